@@ -1,0 +1,343 @@
+//! Block-layer probes: which devices are watched, what is counted per device, the limits
+//! the daemon sets per device, and the events the kernel sends when one is crossed.
+
+/// Most path devices one daemon watches at once; sizes the per-path arrays.
+pub const MAX_PATHS: u32 = 1024;
+
+/// Slots in the watch table (a direct-mapped array, see [`watch_index`]). Four times
+/// [`MAX_PATHS`] keeps probe chains short.
+pub const WATCH_TABLE_SIZE: u32 = 4096;
+/// Entries probed from a device's home index before giving up.
+pub const WATCH_PROBES: u32 = 4;
+/// A removed watch-table entry: lookups probe past it (an empty entry, dev 0, ends the
+/// probe), inserts reuse it. No block device has this dev_t (major 4095, minor 0xfffff).
+pub const WATCH_TOMBSTONE: u32 = u32::MAX;
+
+/// Slots of the table of issue times. Requests are placed by a hash of (dev, sector): a
+/// plain array lookup, which the kernel inlines, instead of a hash-map insert and delete
+/// per request. A collision overwrites the older entry; that request's latency is then
+/// not measured and is counted in [`PathStats::untimed`].
+pub const INFLIGHT_TABLE_SIZE: u32 = 1 << 15;
+
+/// Log2 latency buckets, in microseconds: bucket `i` holds latencies in `[2^i, 2^(i+1))`
+/// us (bucket 0 also holds everything below 1 us); the last bucket is open-ended (>= 2^31
+/// us, about 36 min).
+pub const LATENCY_BUCKETS: usize = 32;
+
+/// Error classes counted per path, from the negative errno a completion carries
+/// (`blk_status_to_errno`).
+pub const ERROR_KINDS: usize = 8;
+pub const ERR_IO: usize = 0; // EIO: BLK_STS_IOERR and friends
+pub const ERR_TRANSPORT: usize = 1; // ENOLINK: BLK_STS_TRANSPORT, a path problem
+pub const ERR_TIMEOUT: usize = 2; // ETIMEDOUT: BLK_STS_TIMEOUT
+pub const ERR_TARGET: usize = 3; // EREMOTEIO: BLK_STS_TARGET, the LUN said no
+pub const ERR_MEDIUM: usize = 4; // ENODATA: BLK_STS_MEDIUM
+pub const ERR_NOSPC: usize = 5; // ENOSPC
+pub const ERR_NOTSUPP: usize = 6; // EOPNOTSUPP
+pub const ERR_OTHER: usize = 7;
+
+/// Maps a completion's (negative) errno to its error class.
+pub const fn error_kind(errno: i32) -> usize {
+    match -errno {
+        5 => ERR_IO,
+        67 => ERR_TRANSPORT,
+        110 => ERR_TIMEOUT,
+        121 => ERR_TARGET,
+        61 => ERR_MEDIUM,
+        28 => ERR_NOSPC,
+        95 => ERR_NOTSUPP,
+        _ => ERR_OTHER,
+    }
+}
+
+/// Request direction, from the tracepoint's `rwbs` string.
+pub const DIR_READ: u32 = 0;
+pub const DIR_WRITE: u32 = 1;
+/// Flushes and anything else without data.
+pub const DIR_OTHER: u32 = 2;
+
+/// Byte offsets of the tracepoint fields the programs read. They differ between kernels,
+/// so the daemon reads them from tracefs' `format` files at start-up and writes them into
+/// the program's read-only global before loading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockTpOffsets {
+    /// block_rq_issue: `dev_t dev`, `sector_t sector`, `char rwbs[8]`.
+    pub issue_dev: u32,
+    pub issue_sector: u32,
+    pub issue_rwbs: u32,
+    /// block_rq_complete: `dev`, `sector`, `nr_sector`, `error`, `rwbs`.
+    pub complete_dev: u32,
+    pub complete_sector: u32,
+    pub complete_nr_sector: u32,
+    pub complete_error: u32,
+    pub complete_rwbs: u32,
+    /// block_rq_requeue: `dev`.
+    pub requeue_dev: u32,
+    /// 1 once the daemon has filled the offsets in; until then the programs do nothing
+    /// rather than read garbage.
+    pub valid: u32,
+}
+
+/// One entry of the watch table: a watched device and its path slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchEntry {
+    /// Kernel dev_t encoding; 0 marks an empty entry (no block device has dev_t 0).
+    pub dev: u32,
+    /// Index into the per-path arrays.
+    pub slot: u32,
+}
+
+/// Home index of `dev` in the watch table; entries are probed linearly from there.
+pub const fn watch_index(dev: u32) -> u32 {
+    // Fibonacci hashing: consecutive minors spread over the table.
+    dev.wrapping_mul(0x9E37_79B1) >> (32 - WATCH_TABLE_SIZE.trailing_zeros())
+}
+
+/// Index of a request in the issue-time table.
+pub const fn inflight_index(dev: u32, sector: u64) -> u32 {
+    let h = (sector ^ ((dev as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - INFLIGHT_TABLE_SIZE.trailing_zeros())) as u32
+}
+
+/// One entry of the issue-time table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InflightEntry {
+    pub sector: u64,
+    /// bpf_ktime_get_ns() at issue; 0 when the entry is free.
+    pub issue_ns: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Thresholds the daemon sets per path. A zero disables that rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathLimits {
+    /// A completion slower than this counts as slow.
+    pub latency_limit_ns: u64,
+    /// Window over which slow completions are counted.
+    pub slow_window_ns: u64,
+    /// Least gap between two events of the same kind for this path; repeats inside it are
+    /// counted in the next event's `suppressed` instead of sent.
+    pub event_gap_ns: u64,
+    /// Slow completions within the window that trip the rule.
+    pub slow_count: u32,
+    pub _pad: u32,
+}
+
+/// Counters of one direction of one path on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirStats {
+    pub completions: u64,
+    pub errors: u64,
+    pub bytes: u64,
+    /// Completions whose latency was measured, and the sum of those latencies.
+    pub timed: u64,
+    pub latency_sum_ns: u64,
+    pub latency_hist: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for DirStats {
+    fn default() -> Self {
+        Self {
+            completions: 0,
+            errors: 0,
+            bytes: 0,
+            timed: 0,
+            latency_sum_ns: 0,
+            latency_hist: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+/// Counters of one path on one CPU (the daemon sums the CPUs), so the hot path never
+/// contends on a shared cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Indexed by DIR_READ, DIR_WRITE, DIR_OTHER.
+    pub dir: [DirStats; 3],
+    pub issues: u64,
+    pub requeues: u64,
+    /// Completions whose issue time was lost to a table collision.
+    pub untimed: u64,
+    /// Latest completion seen on this CPU (bpf_ktime_get_ns), 0 if none.
+    pub last_complete_ns: u64,
+    pub errors_by_kind: [u64; ERROR_KINDS],
+}
+
+impl PathStats {
+    /// Adds another CPU's copy into this one.
+    pub fn accumulate(&mut self, o: &PathStats) {
+        for (d, od) in self.dir.iter_mut().zip(o.dir.iter()) {
+            d.completions += od.completions;
+            d.errors += od.errors;
+            d.bytes += od.bytes;
+            d.timed += od.timed;
+            d.latency_sum_ns += od.latency_sum_ns;
+            for (b, ob) in d.latency_hist.iter_mut().zip(od.latency_hist.iter()) {
+                *b += ob;
+            }
+        }
+        self.issues += o.issues;
+        self.requeues += o.requeues;
+        self.untimed += o.untimed;
+        self.last_complete_ns = self.last_complete_ns.max(o.last_complete_ns);
+        for (e, oe) in self.errors_by_kind.iter_mut().zip(o.errors_by_kind.iter()) {
+            *e += oe;
+        }
+    }
+
+    pub fn completions(&self) -> u64 {
+        self.dir.iter().map(|d| d.completions).sum()
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.dir.iter().map(|d| d.errors).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.dir.iter().map(|d| d.bytes).sum()
+    }
+}
+
+/// Per-path state shared by all CPUs: the rule windows and the smoothed latency. Updates
+/// race between CPUs; a lost update only blurs a count, which the rules tolerate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRuleState {
+    /// Smoothed latency (EWMA, weight 1/8) per direction (read, write), ns.
+    pub ewma_ns: [u64; 2],
+    pub slow_window_start_ns: u64,
+    pub slow_in_window: u64,
+    /// Last event sent, per kind (index = kind - 1), and events held back since.
+    pub last_event_ns: [u64; 2],
+    pub suppressed: [u64; 2],
+}
+
+/// Event kinds.
+pub const EV_IO_ERROR: u32 = 1;
+pub const EV_SLOW: u32 = 2;
+
+/// What the kernel sends through the ring buffer when a rule trips.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEvent {
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the rule tripped.
+    pub ts_ns: u64,
+    /// Kernel dev_t encoding.
+    pub dev: u32,
+    /// EV_IO_ERROR or EV_SLOW.
+    pub kind: u32,
+    /// Negative errno of the failed completion (EV_IO_ERROR), else 0.
+    pub error: i32,
+    /// DIR_READ, DIR_WRITE or DIR_OTHER.
+    pub dir: u32,
+    /// Latency of the completion that tripped the rule, 0 when unknown.
+    pub latency_ns: u64,
+    /// EV_SLOW: slow completions in the window when it tripped.
+    pub count: u32,
+    /// Events of this kind held back by rate limiting since the previous one sent.
+    pub suppressed: u32,
+    pub sector: u64,
+}
+
+/// Converts a userspace `dev_t` (as `stat` and sysfs `dev` give it, major:minor) into the
+/// kernel's internal encoding the block tracepoints carry (major << 20 | minor).
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xfffff)
+}
+
+/// Splits the kernel's internal `dev_t` encoding into (major, minor).
+pub const fn split_kernel_dev(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & 0xfffff)
+}
+
+/// Log2 bucket of a latency in nanoseconds (see [`LATENCY_BUCKETS`]).
+#[inline(always)]
+pub fn latency_bucket(latency_ns: u64) -> usize {
+    let us = latency_ns / 1000;
+    if us == 0 {
+        return 0;
+    }
+    let b = 63 - us.leading_zeros() as usize;
+    if b >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), made only of integer fields and arrays of them, laid out
+    // without implicit padding (checked by the size tests below).
+    unsafe impl aya::Pod for super::BlockTpOffsets {}
+    unsafe impl aya::Pod for super::WatchEntry {}
+    unsafe impl aya::Pod for super::InflightEntry {}
+    unsafe impl aya::Pod for super::PathLimits {}
+    unsafe impl aya::Pod for super::DirStats {}
+    unsafe impl aya::Pod for super::PathStats {}
+    unsafe impl aya::Pod for super::PathRuleState {}
+    unsafe impl aya::Pod for super::BlockEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn no_implicit_padding() {
+        assert_eq!(size_of::<BlockTpOffsets>(), 10 * 4);
+        assert_eq!(size_of::<WatchEntry>(), 8);
+        assert_eq!(size_of::<InflightEntry>(), 24);
+        assert_eq!(size_of::<PathLimits>(), 32);
+        assert_eq!(size_of::<DirStats>(), 8 * (5 + LATENCY_BUCKETS));
+        assert_eq!(
+            size_of::<PathStats>(),
+            3 * size_of::<DirStats>() + 8 * (4 + ERROR_KINDS)
+        );
+        assert_eq!(size_of::<PathRuleState>(), 8 * 8);
+        assert_eq!(size_of::<BlockEvent>(), 48);
+    }
+
+    #[test]
+    fn latency_buckets_are_log2_microseconds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(999), 0);
+        assert_eq!(latency_bucket(1_000), 0);
+        assert_eq!(latency_bucket(2_000), 1);
+        assert_eq!(latency_bucket(3_999), 1);
+        assert_eq!(latency_bucket(1_000_000), 9); // 1 ms = 1000 us: 2^9 = 512
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn dev_encoding_round_trips() {
+        assert_eq!(kernel_dev(8, 16), (8 << 20) | 16);
+        assert_eq!(split_kernel_dev(kernel_dev(259, 3)), (259, 3));
+    }
+
+    #[test]
+    fn table_indexes_stay_in_range() {
+        for dev in [1u32, kernel_dev(7, 0), kernel_dev(8, 0), u32::MAX] {
+            assert!(watch_index(dev) < WATCH_TABLE_SIZE);
+            for sector in [0u64, 8, 1 << 40, u64::MAX] {
+                assert!(inflight_index(dev, sector) < INFLIGHT_TABLE_SIZE);
+            }
+        }
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(error_kind(-5), ERR_IO);
+        assert_eq!(error_kind(-67), ERR_TRANSPORT);
+        assert_eq!(error_kind(-110), ERR_TIMEOUT);
+        assert_eq!(error_kind(-1), ERR_OTHER);
+    }
+}

@@ -1,0 +1,561 @@
+//! Block-layer probes: per-path counters, latency histograms and the events the kernel
+//! sends when a path's completion fails or is too slow, plus the stall scan that catches
+//! IO which never completes.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::TracePoint,
+};
+use multipath_common::block::{
+    BlockEvent, BlockTpOffsets, DIR_READ, DIR_WRITE, ERROR_KINDS, EV_IO_ERROR, EV_SLOW,
+    LATENCY_BUCKETS, MAX_PATHS, PathLimits, PathRuleState, PathStats, WATCH_PROBES,
+    WATCH_TABLE_SIZE, WATCH_TOMBSTONE, WatchEntry, watch_index,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{DevT, EbpfError, TraceFormat};
+
+/// The compiled eBPF object, built by build.rs through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath"));
+
+const PROGRAMS: [&str; 3] = ["block_rq_issue", "block_rq_complete", "block_rq_requeue"];
+
+/// What counts as a sick path, per path. A zero duration or count disables that rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathThresholds {
+    /// A completion slower than this is slow.
+    pub latency_limit: Duration,
+    /// This many slow completions within `slow_window` send a [`PathEventKind::Slow`].
+    pub slow_count: u32,
+    pub slow_window: Duration,
+    /// IO in flight with no completion for this long sends a [`PathEventKind::Stalled`].
+    pub stall_limit: Duration,
+    /// Least gap between two events of one kind for one path; repeats are counted, not sent.
+    pub event_gap: Duration,
+}
+
+impl Default for PathThresholds {
+    /// Defaults for an iSCSI path: a healthy one answers in milliseconds, and a dead one is
+    /// worth failing within a second, long before the SCSI error handler would.
+    fn default() -> Self {
+        Self {
+            latency_limit: Duration::from_millis(500),
+            slow_count: 3,
+            slow_window: Duration::from_secs(5),
+            stall_limit: Duration::from_secs(1),
+            event_gap: Duration::from_millis(100),
+        }
+    }
+}
+
+impl PathThresholds {
+    fn kernel(&self) -> PathLimits {
+        PathLimits {
+            latency_limit_ns: self.latency_limit.as_nanos() as u64,
+            slow_window_ns: self.slow_window.as_nanos() as u64,
+            event_gap_ns: self.event_gap.as_nanos() as u64,
+            slow_count: self.slow_count,
+            _pad: 0,
+        }
+    }
+}
+
+/// Request direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Read,
+    Write,
+    /// Flushes and other requests without data.
+    Other,
+}
+
+impl Dir {
+    fn from_kernel(d: u32) -> Self {
+        match d {
+            DIR_READ => Dir::Read,
+            DIR_WRITE => Dir::Write,
+            _ => Dir::Other,
+        }
+    }
+}
+
+/// Something a path did that the health engine should decide on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathEvent {
+    pub dev: DevT,
+    /// CLOCK_MONOTONIC when the rule tripped, ns (the kernel's bpf_ktime_get_ns clock).
+    pub at_ns: u64,
+    pub kind: PathEventKind,
+    /// Events of this kind for this path held back by rate limiting since the last one.
+    pub suppressed: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathEventKind {
+    /// A request completed with an error (a negative errno, as the block layer maps it).
+    IoError {
+        errno: i32,
+        dir: Dir,
+        sector: u64,
+        latency: Duration,
+    },
+    /// `count` completions slower than the path's limit within its window.
+    Slow {
+        latency: Duration,
+        count: u32,
+        dir: Dir,
+    },
+    /// IO has been in flight with no completion for `for_`.
+    Stalled { inflight: u64, for_: Duration },
+}
+
+/// A path's counters summed over CPUs, with the smoothed latency.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathSnapshot {
+    pub stats: PathStats,
+    /// Smoothed latency of reads and writes (EWMA, 1/8), zero until the first sample.
+    pub ewma: [Duration; 2],
+}
+
+impl PathSnapshot {
+    /// Requests issued and not yet completed or requeued. Counted from the moment the path
+    /// was watched, so IO already in flight then is never counted negative.
+    pub fn inflight(&self) -> u64 {
+        self.stats
+            .issues
+            .saturating_sub(self.stats.completions() + self.stats.requeues)
+    }
+
+    pub fn latency_histogram(&self, dir: Dir) -> &[u64; LATENCY_BUCKETS] {
+        &self.stats.dir[dir as usize].latency_hist
+    }
+
+    pub fn errors_by_kind(&self) -> &[u64; ERROR_KINDS] {
+        &self.stats.errors_by_kind
+    }
+}
+
+/// Run-time statistics of one program, from the kernel (needs stats enabled).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+struct Watched {
+    slot: u32,
+    table_index: u32,
+    thresholds: PathThresholds,
+    /// Last stall scan that saw no IO in flight (monotonic ns): a stall cannot have
+    /// started before it.
+    idle_seen_ns: u64,
+    stall_reported: bool,
+}
+
+/// The block-layer probes, loaded and attached. Dropping this detaches them.
+pub struct BlockProbes {
+    // Dropping `Ebpf` detaches the programs; keep it for as long as the maps are used.
+    ebpf: Ebpf,
+    watch: Array<MapData, WatchEntry>,
+    stats: PerCpuArray<MapData, PathStats>,
+    limits: Array<MapData, PathLimits>,
+    rules: Array<MapData, PathRuleState>,
+    events: Option<RingBuf<MapData>>,
+    /// Mirror of the kernel's watch table (dev per index), to place entries.
+    table: Vec<u32>,
+    paths: StdHashMap<DevT, Watched>,
+    free_slots: Vec<u32>,
+    nr_cpus: usize,
+}
+
+impl BlockProbes {
+    /// Loads the probes with the tracepoint layout of the running kernel and attaches them.
+    pub fn load() -> Result<Self, EbpfError> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| EbpfError::Cpus(e))?;
+        let issue = TraceFormat::read("block", "block_rq_issue")?;
+        let complete = TraceFormat::read("block", "block_rq_complete")?;
+        let requeue = TraceFormat::read("block", "block_rq_requeue")?;
+        let offsets = BlockTpOffsets {
+            issue_dev: issue.offset_of("dev")?,
+            issue_sector: issue.offset_of("sector")?,
+            issue_rwbs: issue.offset_of("rwbs")?,
+            complete_dev: complete.offset_of("dev")?,
+            complete_sector: complete.offset_of("sector")?,
+            complete_nr_sector: complete.offset_of("nr_sector")?,
+            complete_error: complete.offset_of("error")?,
+            complete_rwbs: complete.offset_of("rwbs")?,
+            requeue_dev: requeue.offset_of("dev")?,
+            valid: 1,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("BLOCK_TP_OFFSETS", &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(EbpfError::Load)?;
+        for name in PROGRAMS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    step: "be a tracepoint".into(),
+                    source,
+                })?;
+            program.load().map_err(|source| EbpfError::Program {
+                program: name,
+                step: "load (verifier)".into(),
+                source,
+            })?;
+            program
+                .attach("block", name)
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    step: format!("attach to block:{name}"),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            watch: map(&mut ebpf, "WATCH", Array::try_from)?,
+            stats: map(&mut ebpf, "PATH_STATS", PerCpuArray::try_from)?,
+            limits: map(&mut ebpf, "PATH_LIMITS", Array::try_from)?,
+            rules: map(&mut ebpf, "PATH_RULES", Array::try_from)?,
+            events: Some(map(&mut ebpf, "BLOCK_EVENTS", RingBuf::try_from)?),
+            ebpf,
+            table: vec![0; WATCH_TABLE_SIZE as usize],
+            paths: StdHashMap::new(),
+            // Pop from the end: hand out slot 0 first.
+            free_slots: (0..MAX_PATHS).rev().collect(),
+            nr_cpus,
+        })
+    }
+
+    /// Starts watching `dev` with these thresholds; its counters start from zero.
+    /// Watching a device already watched only updates its thresholds.
+    pub fn watch(&mut self, dev: DevT, thresholds: PathThresholds) -> Result<(), EbpfError> {
+        if let Some(w) = self.paths.get_mut(&dev) {
+            self.limits
+                .set(w.slot, thresholds.kernel(), 0)
+                .map_err(|source| EbpfError::Map {
+                    map: "PATH_LIMITS",
+                    source,
+                })?;
+            w.thresholds = thresholds;
+            return Ok(());
+        }
+        let kdev = dev.kernel();
+        let home = watch_index(kdev);
+        let table_index = (0..WATCH_PROBES)
+            .map(|i| (home + i) % WATCH_TABLE_SIZE)
+            .find(|&i| matches!(self.table[i as usize], 0 | WATCH_TOMBSTONE))
+            .ok_or_else(|| EbpfError::Full {
+                dev,
+                why: format!(
+                    "its {WATCH_PROBES} entries of the watch table are taken; \
+                     more paths than this build supports hash to the same place"
+                ),
+            })?;
+        let slot = *self.free_slots.last().ok_or_else(|| EbpfError::Full {
+            dev,
+            why: format!("all {MAX_PATHS} path slots are in use"),
+        })?;
+        // Zero the slot and set its limits before publishing the device in the watch
+        // table, so the programs never see stale figures from a previous path.
+        let zero = PerCpuValues::try_from(vec![PathStats::default(); self.nr_cpus])
+            .map_err(EbpfError::Cpus)?;
+        self.stats
+            .set(slot, zero, 0)
+            .map_err(|source| EbpfError::Map {
+                map: "PATH_STATS",
+                source,
+            })?;
+        self.rules
+            .set(slot, PathRuleState::default(), 0)
+            .map_err(|source| EbpfError::Map {
+                map: "PATH_RULES",
+                source,
+            })?;
+        self.limits
+            .set(slot, thresholds.kernel(), 0)
+            .map_err(|source| EbpfError::Map {
+                map: "PATH_LIMITS",
+                source,
+            })?;
+        self.watch
+            .set(table_index, WatchEntry { dev: kdev, slot }, 0)
+            .map_err(|source| EbpfError::Map {
+                map: "WATCH",
+                source,
+            })?;
+        self.free_slots.pop();
+        self.table[table_index as usize] = kdev;
+        self.paths.insert(
+            dev,
+            Watched {
+                slot,
+                table_index,
+                thresholds,
+                idle_seen_ns: monotonic_ns(),
+                stall_reported: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops watching `dev` and frees its slot. Unknown devices are ignored.
+    pub fn unwatch(&mut self, dev: DevT) -> Result<(), EbpfError> {
+        let Some(w) = self.paths.get(&dev) else {
+            return Ok(());
+        };
+        self.watch
+            .set(
+                w.table_index,
+                WatchEntry {
+                    dev: WATCH_TOMBSTONE,
+                    slot: 0,
+                },
+                0,
+            )
+            .map_err(|source| EbpfError::Map {
+                map: "WATCH",
+                source,
+            })?;
+        self.table[w.table_index as usize] = WATCH_TOMBSTONE;
+        self.free_slots.push(w.slot);
+        self.paths.remove(&dev);
+        Ok(())
+    }
+
+    /// Devices watched now.
+    pub fn watched(&self) -> impl Iterator<Item = DevT> + '_ {
+        self.paths.keys().copied()
+    }
+
+    /// A watched path's counters summed over CPUs; `None` if it is not watched.
+    pub fn snapshot(&self, dev: DevT) -> Result<Option<PathSnapshot>, EbpfError> {
+        let Some(w) = self.paths.get(&dev) else {
+            return Ok(None);
+        };
+        let per_cpu = self
+            .stats
+            .get(&w.slot, 0)
+            .map_err(|source| EbpfError::Map {
+                map: "PATH_STATS",
+                source,
+            })?;
+        let mut stats = PathStats::default();
+        for c in per_cpu.iter() {
+            stats.accumulate(c);
+        }
+        let rules = self
+            .rules
+            .get(&w.slot, 0)
+            .map_err(|source| EbpfError::Map {
+                map: "PATH_RULES",
+                source,
+            })?;
+        Ok(Some(PathSnapshot {
+            stats,
+            ewma: rules.ewma_ns.map(Duration::from_nanos),
+        }))
+    }
+
+    /// Looks for watched paths with IO in flight and no completion for longer than their
+    /// stall limit: how a silently dead path shows, since its requests never complete.
+    /// Reports each stall once, and again only after the path has made progress. Call it
+    /// periodically; its resolution is the calling period.
+    pub fn scan_stalls(&mut self) -> Result<Vec<PathEvent>, EbpfError> {
+        let now = monotonic_ns();
+        let devs: Vec<DevT> = self.paths.keys().copied().collect();
+        let mut out = Vec::new();
+        for dev in devs {
+            let Some(snap) = self.snapshot(dev)? else {
+                continue;
+            };
+            let w = self.paths.get_mut(&dev).expect("listed above");
+            let inflight = snap.inflight();
+            if inflight == 0 {
+                w.idle_seen_ns = now;
+                w.stall_reported = false;
+                continue;
+            }
+            let since = snap.stats.last_complete_ns.max(w.idle_seen_ns);
+            let stalled = Duration::from_nanos(now.saturating_sub(since));
+            if w.thresholds.stall_limit.is_zero() || stalled < w.thresholds.stall_limit {
+                // Progress (or a disabled rule) re-arms the report.
+                w.stall_reported = false;
+                continue;
+            }
+            if w.stall_reported {
+                continue;
+            }
+            w.stall_reported = true;
+            out.push(PathEvent {
+                dev,
+                at_ns: now,
+                kind: PathEventKind::Stalled {
+                    inflight,
+                    for_: stalled,
+                },
+                suppressed: 0,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes the kernel's event stream; it can be taken once and read from a tokio task.
+    pub fn take_events(&mut self) -> Result<BlockEventStream, EbpfError> {
+        let ring = self.events.take().ok_or(EbpfError::Missing {
+            kind: "event stream (already taken)",
+            name: "BLOCK_EVENTS",
+        })?;
+        Ok(BlockEventStream {
+            // SAFETY: the ring buffer's fd is owned by `RingFd` and lives as long as it.
+            ring: unsafe { AsyncFd::register_with_interest(RingFd(ring), Interest::READABLE) }
+                .map_err(|e| EbpfError::Events(e.into()))?,
+        })
+    }
+
+    /// Turns on the kernel's per-program run-time accounting while the returned fd lives.
+    pub fn enable_run_stats() -> Result<OwnedFd, EbpfError> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| EbpfError::Stats(std::io::Error::other(e.to_string())))
+    }
+
+    /// Run count and total run time of each program (zero unless stats are enabled).
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
+        let mut out = Vec::new();
+        for name in PROGRAMS {
+            let p: &TracePoint = self
+                .ebpf
+                .program(name)
+                .ok_or(EbpfError::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    step: "be a tracepoint".into(),
+                    source,
+                })?;
+            let info = p.info().map_err(|source| EbpfError::Program {
+                program: name,
+                step: "report its info".into(),
+                source,
+            })?;
+            out.push(ProgramStats {
+                name,
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, EbpfError> {
+    let m = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Missing { kind: "map", name })?;
+    convert(m).map_err(|source| EbpfError::Map { map: name, source })
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct RingFd(RingBuf<MapData>);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// The kernel's block events, read asynchronously.
+pub struct BlockEventStream {
+    ring: AsyncFd<RingFd>,
+}
+
+impl BlockEventStream {
+    /// Waits for events and appends every one ready to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<PathEvent>) -> Result<(), EbpfError> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.map_err(EbpfError::Events)?;
+            let ring = &mut guard.get_inner_mut().0;
+            let before = out.len();
+            while let Some(item) = ring.next() {
+                if let Some(ev) = decode(&item) {
+                    out.push(ev);
+                }
+            }
+            guard.clear_ready();
+            if out.len() > before {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends the events ready now without waiting.
+    pub fn drain(&mut self, out: &mut Vec<PathEvent>) {
+        let ring = &mut self.ring.get_mut().0;
+        while let Some(item) = ring.next() {
+            if let Some(ev) = decode(&item) {
+                out.push(ev);
+            }
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<PathEvent> {
+    if bytes.len() < std::mem::size_of::<BlockEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; BlockEvent is plain integers; the ring does not align it.
+    let e: BlockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let dir = Dir::from_kernel(e.dir);
+    let latency = Duration::from_nanos(e.latency_ns);
+    let kind = match e.kind {
+        EV_IO_ERROR => PathEventKind::IoError {
+            errno: e.error,
+            dir,
+            sector: e.sector,
+            latency,
+        },
+        EV_SLOW => PathEventKind::Slow {
+            latency,
+            count: e.count,
+            dir,
+        },
+        _ => return None,
+    };
+    Some(PathEvent {
+        dev: DevT::from_kernel(e.dev),
+        at_ns: e.ts_ns,
+        kind,
+        suppressed: e.suppressed,
+    })
+}

@@ -1,0 +1,84 @@
+//! The daemon's side of the in-kernel probes: load, configure, attach, read.
+//!
+//! This is the only module that talks to aya. The rest of the daemon sees typed values
+//! ([`DevT`], [`PathSnapshot`], [`PathEvent`]) and errors that name their cause.
+
+mod block;
+mod tracefs;
+
+pub use block::{
+    BlockEventStream, BlockProbes, Dir, PathEvent, PathEventKind, PathSnapshot, PathThresholds,
+    ProgramStats,
+};
+pub use tracefs::{TraceField, TraceFormat, TraceFormatError};
+
+use multipath_common::block::{kernel_dev, split_kernel_dev};
+
+/// A block device number as userspace sees it (`stat`, sysfs `dev`): major:minor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevT {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DevT {
+    pub fn new(major: u32, minor: u32) -> Self {
+        Self { major, minor }
+    }
+
+    /// The kernel's internal encoding, as block tracepoints carry it.
+    pub fn kernel(self) -> u32 {
+        kernel_dev(self.major, self.minor)
+    }
+
+    pub fn from_kernel(dev: u32) -> Self {
+        let (major, minor) = split_kernel_dev(dev);
+        Self { major, minor }
+    }
+}
+
+impl std::fmt::Display for DevT {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// Why the probes could not be set up or used. Each message names the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(transparent)]
+    TraceFormat(#[from] TraceFormatError),
+    #[error(
+        "loading the eBPF object failed: {0}\n\
+         mpathd needs root (CAP_BPF and CAP_PERFMON) and a kernel with BPF and BTF enabled"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error(
+        "the eBPF object has no {kind} named {name}: the daemon and its probes are out of step, rebuild mpathd"
+    )]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("the eBPF program {program} failed to {step}: {source}")]
+    Program {
+        program: &'static str,
+        step: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot read the number of possible CPUs from /sys/devices/system/cpu/possible: {0}")]
+    Cpus(#[source] std::io::Error),
+    #[error("cannot watch {dev}: {why}")]
+    Full { dev: DevT, why: String },
+    #[error("reading eBPF events: {0}")]
+    Events(#[source] std::io::Error),
+    #[error("enabling kernel BPF run-time statistics: {0}")]
+    Stats(#[source] std::io::Error),
+}

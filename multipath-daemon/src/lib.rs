@@ -1,0 +1,6 @@
+//! mpathd: a multipath daemon that watches every storage path from inside the kernel.
+//!
+//! Data flows one way: kernel event -> path -> map -> decision -> device-mapper. Each
+//! stage is a module with a narrow, typed interface; only [`ebpf`] talks to aya.
+
+pub mod ebpf;

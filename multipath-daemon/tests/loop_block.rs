@@ -1,0 +1,250 @@
+//! Host-kernel tests of the block probes on real loop devices (root).
+
+mod support;
+
+use std::{os::unix::fs::FileExt, time::Duration};
+
+use mpathd::ebpf::{BlockProbes, Dir, PathEvent, PathEventKind, PathThresholds};
+use multipath_common::block::ERR_IO;
+use support::{AlignedBuf, FsBackedLoop, LoopDev, need_root};
+
+const BS: usize = 4096;
+
+/// Thresholds that never trip: only counting is under test.
+fn quiet() -> PathThresholds {
+    PathThresholds {
+        latency_limit: Duration::ZERO,
+        slow_count: 0,
+        slow_window: Duration::ZERO,
+        stall_limit: Duration::ZERO,
+        event_gap: Duration::ZERO,
+    }
+}
+
+fn load() -> BlockProbes {
+    BlockProbes::load().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Collects the events that arrive within `wait`.
+fn events_within(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut mpathd::ebpf::BlockEventStream,
+    wait: Duration,
+) -> Vec<PathEvent> {
+    let mut out = Vec::new();
+    rt.block_on(async {
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                stream.next_batch(&mut out).await.unwrap();
+            }
+        })
+        .await;
+    });
+    out
+}
+
+#[test]
+fn loop_counts_io_per_watched_device() {
+    if need_root("loop_counts_io_per_watched_device") {
+        return;
+    }
+    let watched = LoopDev::new("watched", 16);
+    let other = LoopDev::new("other", 16);
+    let mut probes = load();
+    let rt = runtime();
+    let mut events = rt.block_on(async { probes.take_events() }).unwrap();
+    probes.watch(watched.dev, quiet()).unwrap();
+
+    const WRITES: u64 = 64;
+    const READS: u64 = 48;
+    let mut buf = AlignedBuf::new(BS);
+    let f = watched.open_direct();
+    let g = other.open_direct();
+    for i in 0..WRITES {
+        buf.as_mut_slice().fill(i as u8);
+        f.write_all_at(buf.as_slice(), i * BS as u64).unwrap();
+        // IO on an unwatched device must not be counted anywhere.
+        g.write_all_at(buf.as_slice(), i * BS as u64).unwrap();
+    }
+    for i in 0..READS {
+        f.read_exact_at(buf.as_mut_slice(), i * BS as u64).unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == i as u8));
+    }
+
+    let s = probes.snapshot(watched.dev).unwrap().expect("watched");
+    let r = &s.stats.dir[Dir::Read as usize];
+    let w = &s.stats.dir[Dir::Write as usize];
+    assert_eq!(
+        (r.completions, r.bytes),
+        (READS, READS * BS as u64),
+        "{s:?}"
+    );
+    assert_eq!(
+        (w.completions, w.bytes),
+        (WRITES, WRITES * BS as u64),
+        "{s:?}"
+    );
+    assert_eq!(s.stats.issues, READS + WRITES, "{s:?}");
+    assert_eq!(s.stats.errors(), 0);
+    assert_eq!(s.inflight(), 0);
+    // One request at a time on distinct sectors: every latency is measured.
+    assert_eq!(s.stats.untimed, 0, "{s:?}");
+    assert_eq!(r.timed, READS);
+    assert_eq!(s.latency_histogram(Dir::Read).iter().sum::<u64>(), READS);
+    assert_eq!(s.latency_histogram(Dir::Write).iter().sum::<u64>(), WRITES);
+    assert!(r.latency_sum_ns > 0 && !s.ewma[0].is_zero() && !s.ewma[1].is_zero());
+    assert_eq!(probes.snapshot(other.dev).unwrap(), None);
+    // Thresholds off: a healthy device sends nothing.
+    assert_eq!(
+        events_within(&rt, &mut events, Duration::from_millis(100)),
+        vec![]
+    );
+
+    // Unwatched again: further IO is not counted, and a reused slot starts at zero.
+    probes.unwatch(watched.dev).unwrap();
+    f.read_exact_at(buf.as_mut_slice(), 0).unwrap();
+    assert_eq!(probes.snapshot(watched.dev).unwrap(), None);
+    probes.watch(other.dev, quiet()).unwrap();
+    g.read_exact_at(buf.as_mut_slice(), 0).unwrap();
+    let s = probes.snapshot(other.dev).unwrap().expect("watched");
+    assert_eq!((s.stats.completions(), s.stats.bytes()), (1, BS as u64));
+}
+
+#[test]
+fn loop_io_errors_send_one_rate_limited_event_with_the_right_dev() {
+    if need_root("loop_io_errors_send_one_rate_limited_event_with_the_right_dev") {
+        return;
+    }
+    let failing = FsBackedLoop::new("eio");
+    let bystander = LoopDev::new("eio-bystander", 16);
+    let mut probes = load();
+    let rt = runtime();
+    let mut events = rt.block_on(async { probes.take_events() }).unwrap();
+    let gap_long = PathThresholds {
+        event_gap: Duration::from_secs(3600),
+        ..quiet()
+    };
+    probes.watch(failing.inner.dev, gap_long).unwrap();
+    probes.watch(bystander.dev, gap_long).unwrap();
+
+    failing.shut_down();
+    let f = failing.inner.open_direct();
+    let mut buf = AlignedBuf::new(BS);
+    const FAILS: u64 = 20;
+    for i in 0..FAILS {
+        let e = f
+            .read_exact_at(buf.as_mut_slice(), i * BS as u64)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    bystander
+        .open_direct()
+        .read_exact_at(buf.as_mut_slice(), 0)
+        .unwrap();
+
+    let got = events_within(&rt, &mut events, Duration::from_millis(300));
+    assert_eq!(got.len(), 1, "one event, the rest rate-limited: {got:?}");
+    assert_eq!(got[0].dev, failing.inner.dev);
+    match &got[0].kind {
+        PathEventKind::IoError {
+            errno, dir, sector, ..
+        } => {
+            assert_eq!((*errno, *dir, *sector), (-libc::EIO, Dir::Read, 0));
+        }
+        k => panic!("expected an IO error event, got {k:?}"),
+    }
+    let s = probes.snapshot(failing.inner.dev).unwrap().unwrap();
+    assert_eq!(s.stats.errors(), FAILS);
+    assert_eq!(s.errors_by_kind()[ERR_IO], FAILS);
+
+    // With the gap lifted the next failure goes out at once, carrying the count held back.
+    probes.watch(failing.inner.dev, quiet()).unwrap();
+    f.read_exact_at(buf.as_mut_slice(), 0).unwrap_err();
+    let got = events_within(&rt, &mut events, Duration::from_millis(300));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].suppressed, (FAILS - 1) as u32, "{got:?}");
+}
+
+#[test]
+fn loop_hung_io_is_reported_stalled_then_slow() {
+    if need_root("loop_hung_io_is_reported_stalled_then_slow") {
+        return;
+    }
+    let mut dev = FsBackedLoop::new("stall");
+    let idle = LoopDev::new("stall-idle", 16);
+    let mut probes = load();
+    let rt = runtime();
+    let mut events = rt.block_on(async { probes.take_events() }).unwrap();
+    let t = PathThresholds {
+        latency_limit: Duration::from_millis(100),
+        slow_count: 1,
+        slow_window: Duration::from_secs(10),
+        stall_limit: Duration::from_millis(200),
+        event_gap: Duration::ZERO,
+    };
+    probes.watch(dev.inner.dev, t).unwrap();
+    probes.watch(idle.dev, t).unwrap();
+
+    dev.freeze();
+    let f = dev.inner.open_direct();
+    let writer = std::thread::spawn(move || {
+        let mut buf = AlignedBuf::new(BS);
+        buf.as_mut_slice().fill(0xa5);
+        f.write_all_at(buf.as_slice(), 0)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let early = probes.scan_stalls().unwrap();
+    assert!(early.is_empty(), "not stalled yet: {early:?}");
+    std::thread::sleep(Duration::from_millis(350));
+    let stalls = probes.scan_stalls().unwrap();
+    assert_eq!(stalls.len(), 1, "only the hung device: {stalls:?}");
+    assert_eq!(stalls[0].dev, dev.inner.dev);
+    match stalls[0].kind {
+        PathEventKind::Stalled { inflight, for_ } => {
+            assert_eq!(inflight, 1);
+            assert!(for_ >= Duration::from_millis(200), "{for_:?}");
+        }
+        ref k => panic!("{k:?}"),
+    }
+    assert!(
+        probes.scan_stalls().unwrap().is_empty(),
+        "reported once per stall"
+    );
+
+    dev.thaw();
+    writer.join().unwrap().unwrap();
+    // The write that hung completes late: the latency rule trips with its real latency.
+    let got = events_within(&rt, &mut events, Duration::from_millis(500));
+    let slow: Vec<_> = got
+        .iter()
+        .filter(|e| matches!(e.kind, PathEventKind::Slow { .. }))
+        .collect();
+    assert_eq!(slow.len(), 1, "{got:?}");
+    assert_eq!(slow[0].dev, dev.inner.dev);
+    match slow[0].kind {
+        PathEventKind::Slow {
+            latency,
+            count,
+            dir,
+        } => {
+            assert!(latency >= Duration::from_millis(400), "{latency:?}");
+            assert_eq!((count, dir), (1, Dir::Write));
+        }
+        ref k => panic!("{k:?}"),
+    }
+    assert!(
+        probes.scan_stalls().unwrap().is_empty(),
+        "progress clears the stall"
+    );
+    assert_eq!(
+        probes.snapshot(dev.inner.dev).unwrap().unwrap().inflight(),
+        0
+    );
+}

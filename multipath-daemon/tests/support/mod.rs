@@ -1,0 +1,224 @@
+//! Helpers for tests that need real kernel objects. Every object made here is torn down in
+//! `Drop`, so it goes away even when the test panics.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use mpathd::ebpf::DevT;
+
+/// Set by `cargo xtask test`: a test that cannot get the kernel feature it needs fails
+/// instead of skipping, so CI never passes by skipping everything.
+pub fn strict() -> bool {
+    std::env::var_os("MPATHD_TEST_STRICT").is_some_and(|v| v == "1")
+}
+
+/// Skips the calling test (returns true) when not root, or panics under `strict()`.
+pub fn need_root(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return false;
+    }
+    if strict() {
+        panic!("{test} needs root (MPATHD_TEST_STRICT=1 forbids skipping)");
+    }
+    eprintln!("skipped {test}: needs root to load eBPF programs and make loop devices");
+    true
+}
+
+/// A loop device over a sparse file in a temporary directory.
+pub struct LoopDev {
+    pub path: PathBuf,
+    pub dev: DevT,
+    dir: PathBuf,
+    /// Removed by whoever owns the directory (see `over_file`).
+    owns_dir: bool,
+    detached: bool,
+}
+
+impl LoopDev {
+    pub fn new(tag: &str, size_mib: u64) -> Self {
+        let dir = std::env::temp_dir().join(format!("mpathd-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut l = Self::over_file(&dir.join("backing.img"), size_mib, dir);
+        l.owns_dir = true;
+        l
+    }
+
+    /// A loop device over a new sparse file at `img`.
+    fn over_file(img: &Path, size_mib: u64, dir: PathBuf) -> Self {
+        File::create(img).unwrap().set_len(size_mib << 20).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(img)
+            .output()
+            .expect("running losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let dev = dev_of(&path);
+        Self {
+            path,
+            dev,
+            dir,
+            owns_dir: false,
+            detached: false,
+        }
+    }
+
+    /// Opens the device for O_DIRECT IO, so every read and write is one request.
+    pub fn open_direct(&self) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+            .unwrap()
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        if !self.detached {
+            let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        }
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A loop device over a file on an ext4 file system (itself on a loop device), so the
+/// test can make the watched device's IO fail (shut the file system down: every read gets
+/// EIO) or hang (freeze the file system: writes stay in flight until it is thawed).
+pub struct FsBackedLoop {
+    pub inner: LoopDev,
+    outer: LoopDev,
+    mnt: PathBuf,
+    frozen: bool,
+}
+
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+const FITHAW: libc::c_ulong = 0xC004_5878;
+const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D;
+
+impl FsBackedLoop {
+    pub fn new(tag: &str) -> Self {
+        let outer = LoopDev::new(&format!("{tag}-outer"), 64);
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&outer.path)
+            .status()
+            .expect("running mkfs.ext4 (e2fsprogs)");
+        assert!(st.success(), "mkfs.ext4 failed");
+        let mnt = outer.dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let st = Command::new("mount")
+            .arg(&outer.path)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting the ext4 image failed");
+        // Sparse: writes must allocate, which needs the journal, which a freeze blocks.
+        let inner = LoopDev::over_file(&mnt.join("inner.img"), 16, mnt.clone());
+        Self {
+            inner,
+            outer,
+            mnt,
+            frozen: false,
+        }
+    }
+
+    fn fs_ioctl(&self, req: libc::c_ulong, arg: u32) -> std::io::Result<()> {
+        let dir = File::open(&self.mnt)?;
+        let mut arg = arg;
+        // SAFETY: valid fd; the three ioctls take a pointer to a u32 (or ignore it).
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                req as _,
+                &mut arg as *mut u32,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Every later read of the inner device fails with EIO.
+    pub fn shut_down(&self) {
+        // Flag 2: FSOP_GOING_FLAGS_NOLOGFLUSH.
+        self.fs_ioctl(FS_IOC_SHUTDOWN, 2).expect("FS_IOC_SHUTDOWN");
+    }
+
+    /// Writes to the inner device stay in flight until `thaw`.
+    pub fn freeze(&mut self) {
+        self.fs_ioctl(FIFREEZE, 0).expect("FIFREEZE");
+        self.frozen = true;
+    }
+
+    pub fn thaw(&mut self) {
+        if self.frozen {
+            self.fs_ioctl(FITHAW, 0).expect("FITHAW");
+            self.frozen = false;
+        }
+    }
+}
+
+impl Drop for FsBackedLoop {
+    fn drop(&mut self) {
+        if self.frozen {
+            let _ = self.fs_ioctl(FITHAW, 0);
+        }
+        // The inner loop device goes first (its file is on the mount), then the mount;
+        // the outer LoopDev is dropped after this.
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(&self.inner.path)
+            .status();
+        self.inner.detached = true;
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// major:minor of a block device node.
+pub fn dev_of(path: &Path) -> DevT {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).unwrap().rdev();
+    DevT::new(libc::major(rdev), libc::minor(rdev))
+}
+
+/// A buffer aligned for O_DIRECT.
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        Self { ptr, len }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, 4096).unwrap();
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}

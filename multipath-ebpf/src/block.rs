@@ -1,0 +1,299 @@
+//! Block-layer fast path: per-path counters, latency and in-kernel decisions.
+//!
+//! Cost matters here: these run on every request of every disk. An unwatched device costs
+//! one tracepoint field read and one inlined array lookup. A watched request costs an
+//! array store at issue and an array lookup at completion; no per-request hash map.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use multipath_common::block::{
+    BlockEvent, BlockTpOffsets, DIR_OTHER, DIR_READ, DIR_WRITE, EV_IO_ERROR, EV_SLOW,
+    INFLIGHT_TABLE_SIZE, InflightEntry, MAX_PATHS, PathLimits, PathRuleState, PathStats,
+    WATCH_PROBES, WATCH_TABLE_SIZE, WatchEntry, error_kind, inflight_index, latency_bucket,
+    watch_index,
+};
+
+/// Tracepoint field offsets, written by the daemon at load time.
+#[unsafe(no_mangle)]
+static BLOCK_TP_OFFSETS: BlockTpOffsets = BlockTpOffsets {
+    issue_dev: 0,
+    issue_sector: 0,
+    issue_rwbs: 0,
+    complete_dev: 0,
+    complete_sector: 0,
+    complete_nr_sector: 0,
+    complete_error: 0,
+    complete_rwbs: 0,
+    requeue_dev: 0,
+    valid: 0,
+};
+
+/// Watched devices: a direct-mapped table probed linearly from `watch_index(dev)`.
+#[map]
+static WATCH: Array<WatchEntry> = Array::with_max_entries(WATCH_TABLE_SIZE, 0);
+
+/// Issue time of each request in flight on a watched device, placed by (dev, sector).
+#[map]
+static INFLIGHT: Array<InflightEntry> = Array::with_max_entries(INFLIGHT_TABLE_SIZE, 0);
+
+/// Counters per path slot, one copy per CPU.
+#[map]
+static PATH_STATS: PerCpuArray<PathStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
+
+/// Thresholds per path slot, set by the daemon.
+#[map]
+static PATH_LIMITS: Array<PathLimits> = Array::with_max_entries(MAX_PATHS, 0);
+
+/// Rule windows and smoothed latency per path slot, shared by all CPUs.
+#[map]
+static PATH_RULES: Array<PathRuleState> = Array::with_max_entries(MAX_PATHS, 0);
+
+/// Events for the daemon: one per tripped rule, rate-limited per path.
+#[map]
+static BLOCK_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[inline(always)]
+fn offsets() -> BlockTpOffsets {
+    // Volatile: the loader rewrites this global after compilation; a plain read would be
+    // constant-folded to the zeroes above.
+    unsafe { core::ptr::read_volatile(&BLOCK_TP_OFFSETS) }
+}
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| 1u32)
+}
+
+/// The path slot of a watched device, or `None` (the common, cheap case).
+#[inline(always)]
+fn watched_slot(dev: u32) -> Option<u32> {
+    let mut i = watch_index(dev);
+    for _ in 0..WATCH_PROBES {
+        let e = WATCH.get(i & (WATCH_TABLE_SIZE - 1))?;
+        if e.dev == dev {
+            return Some(e.slot);
+        }
+        if e.dev == 0 {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Direction from the tracepoint's `rwbs` string ("R", "WS", "FWS", "D", "FN", ...).
+#[inline(always)]
+fn direction(rwbs: &[u8; 8]) -> u32 {
+    for &c in rwbs.iter() {
+        match c {
+            b'R' => return DIR_READ,
+            b'W' | b'D' => return DIR_WRITE,
+            0 => break,
+            _ => {}
+        }
+    }
+    DIR_OTHER
+}
+
+#[tracepoint]
+pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
+    match try_block_rq_issue(ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_block_rq_issue(ctx: TracePointContext) -> Result<u32, u32> {
+    let off = offsets();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    let dev: u32 = read(&ctx, off.issue_dev)?;
+    let Some(slot) = watched_slot(dev) else {
+        return Ok(0);
+    };
+    let sector: u64 = read(&ctx, off.issue_sector)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
+    let entry = INFLIGHT
+        .get_ptr_mut(inflight_index(dev, sector))
+        .ok_or(1u32)?;
+    // Per-CPU slot, tracepoints run with preemption off: plain adds are safe. The
+    // issue-time entry is shared; a colliding request may overwrite it (counted as
+    // untimed at completion).
+    unsafe {
+        (*stats).issues += 1;
+        *entry = InflightEntry {
+            sector,
+            issue_ns: now,
+            dev,
+            _pad: 0,
+        };
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn block_rq_requeue(ctx: TracePointContext) -> u32 {
+    match try_block_rq_requeue(ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_block_rq_requeue(ctx: TracePointContext) -> Result<u32, u32> {
+    let off = offsets();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    let dev: u32 = read(&ctx, off.requeue_dev)?;
+    let Some(slot) = watched_slot(dev) else {
+        return Ok(0);
+    };
+    // A requeued request is issued again later; without this the in-flight count
+    // (issues - completions - requeues) would drift.
+    let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
+    unsafe { (*stats).requeues += 1 };
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
+    match try_block_rq_complete(ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
+    let off = offsets();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    let dev: u32 = read(&ctx, off.complete_dev)?;
+    let Some(slot) = watched_slot(dev) else {
+        return Ok(0);
+    };
+    let sector: u64 = read(&ctx, off.complete_sector)?;
+    let nr_sector: u32 = read(&ctx, off.complete_nr_sector)?;
+    let error: i32 = read(&ctx, off.complete_error)?;
+    let rwbs: [u8; 8] = read(&ctx, off.complete_rwbs)?;
+    let dir = direction(&rwbs);
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let mut latency = 0u64;
+    if let Some(e) = INFLIGHT.get_ptr_mut(inflight_index(dev, sector)) {
+        unsafe {
+            if (*e).dev == dev && (*e).sector == sector && (*e).issue_ns != 0 {
+                latency = now.saturating_sub((*e).issue_ns);
+                (*e).issue_ns = 0;
+            }
+        }
+    }
+
+    let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
+    let stats = unsafe { &mut *stats };
+    stats.last_complete_ns = now;
+    if latency == 0 {
+        stats.untimed += 1;
+    }
+    if let Some(d) = stats.dir.get_mut(dir as usize) {
+        d.completions += 1;
+        d.bytes += u64::from(nr_sector) * 512;
+        if latency != 0 {
+            d.timed += 1;
+            d.latency_sum_ns += latency;
+            if let Some(b) = d.latency_hist.get_mut(latency_bucket(latency)) {
+                *b += 1;
+            }
+        }
+        if error != 0 {
+            d.errors += 1;
+        }
+    }
+    if error != 0 {
+        if let Some(k) = stats.errors_by_kind.get_mut(error_kind(error)) {
+            *k += 1;
+        }
+    }
+
+    let rules = PATH_RULES.get_ptr_mut(slot).ok_or(1u32)?;
+    let rules = unsafe { &mut *rules };
+    let limits = PATH_LIMITS.get(slot).ok_or(1u32)?;
+    let mut event = BlockEvent {
+        ts_ns: now,
+        dev,
+        kind: 0,
+        error,
+        dir,
+        latency_ns: latency,
+        count: 0,
+        suppressed: 0,
+        sector,
+    };
+    if error != 0 {
+        // Any failed completion on a path is worth a decision.
+        event.kind = EV_IO_ERROR;
+        send(rules, limits, event);
+        return Ok(0);
+    }
+    if latency == 0 {
+        return Ok(0);
+    }
+    if let Some(ewma) = rules.ewma_ns.get_mut(dir as usize) {
+        // EWMA with weight 1/8, like TCP's srtt; the first sample seeds it.
+        *ewma = if *ewma == 0 {
+            latency
+        } else {
+            *ewma - (*ewma >> 3) + (latency >> 3)
+        };
+    }
+    if limits.latency_limit_ns == 0 || latency <= limits.latency_limit_ns {
+        return Ok(0);
+    }
+    if now.saturating_sub(rules.slow_window_start_ns) > limits.slow_window_ns {
+        rules.slow_window_start_ns = now;
+        rules.slow_in_window = 0;
+    }
+    rules.slow_in_window += 1;
+    if rules.slow_in_window >= u64::from(limits.slow_count.max(1)) {
+        event.kind = EV_SLOW;
+        event.count = rules.slow_in_window as u32;
+        rules.slow_in_window = 0;
+        rules.slow_window_start_ns = now;
+        send(rules, limits, event);
+    }
+    Ok(0)
+}
+
+/// Sends `ev` unless one of its kind went out less than `event_gap_ns` ago, in which case
+/// it is counted and reported with the next one sent.
+#[inline(always)]
+fn send(rules: &mut PathRuleState, limits: &PathLimits, mut ev: BlockEvent) {
+    let k = (ev.kind - 1) as usize;
+    let (Some(last), Some(held)) = (
+        rules.last_event_ns.get(k).copied(),
+        rules.suppressed.get(k).copied(),
+    ) else {
+        return;
+    };
+    if last != 0 && ev.ts_ns.saturating_sub(last) < limits.event_gap_ns {
+        if let Some(s) = rules.suppressed.get_mut(k) {
+            *s += 1;
+        }
+        return;
+    }
+    ev.suppressed = held as u32;
+    if BLOCK_EVENTS.output::<BlockEvent>(&ev, 0).is_ok() {
+        if let Some(l) = rules.last_event_ns.get_mut(k) {
+            *l = ev.ts_ns;
+        }
+        if let Some(s) = rules.suppressed.get_mut(k) {
+            *s = 0;
+        }
+    } else if let Some(s) = rules.suppressed.get_mut(k) {
+        // Ring full: the daemon is behind; count it rather than lose it silently.
+        *s += 1;
+    }
+}
