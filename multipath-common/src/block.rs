@@ -16,8 +16,9 @@ pub const WATCH_TOMBSTONE: u32 = u32::MAX;
 /// Slots of the table of issue times. Requests are placed by a hash of (dev, sector): a
 /// plain array lookup, which the kernel inlines, instead of a hash-map insert and delete
 /// per request. A collision overwrites the older entry; that request's latency is then
-/// not measured and is counted in [`PathStats::untimed`].
-pub const INFLIGHT_TABLE_SIZE: u32 = 1 << 15;
+/// not measured and is counted in [`PathStats::untimed`]. Small enough (128 KiB) to stay
+/// in cache: at 32 Ki entries a cache miss per request cost more than the rest together.
+pub const INFLIGHT_TABLE_SIZE: u32 = 1 << 13;
 
 /// Log2 latency buckets, in microseconds: bucket `i` holds latencies in `[2^i, 2^(i+1))`
 /// us (bucket 0 also holds everything below 1 us); the last bucket is open-ended (>= 2^31
@@ -56,22 +57,28 @@ pub const DIR_WRITE: u32 = 1;
 /// Flushes and anything else without data.
 pub const DIR_OTHER: u32 = 2;
 
+/// block_rq_complete's fields after `dev` (sector, nr_sector, error, rwbs) are copied in
+/// one helper call of this many bytes from `complete_span`; the daemon checks at load time
+/// that they fit.
+pub const SPAN_BYTES: usize = 32;
+
 /// Byte offsets of the tracepoint fields the programs read. They differ between kernels,
 /// so the daemon reads them from tracefs' `format` files at start-up and writes them into
 /// the program's read-only global before loading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockTpOffsets {
-    /// block_rq_issue: `dev_t dev`, `sector_t sector`, `char rwbs[8]`.
+    /// block_rq_issue: `dev_t dev`, `sector_t sector`.
     pub issue_dev: u32,
     pub issue_sector: u32,
-    pub issue_rwbs: u32,
     /// block_rq_complete: `dev`, `sector`, `nr_sector`, `error`, `rwbs`.
     pub complete_dev: u32,
     pub complete_sector: u32,
     pub complete_nr_sector: u32,
     pub complete_error: u32,
     pub complete_rwbs: u32,
+    /// Where the copied span of block_rq_complete starts (the lowest of the four above).
+    pub complete_span: u32,
     /// block_rq_requeue: `dev`.
     pub requeue_dev: u32,
     /// 1 once the daemon has filled the offsets in; until then the programs do nothing
@@ -95,21 +102,26 @@ pub const fn watch_index(dev: u32) -> u32 {
     dev.wrapping_mul(0x9E37_79B1) >> (32 - WATCH_TABLE_SIZE.trailing_zeros())
 }
 
-/// Index of a request in the issue-time table.
-pub const fn inflight_index(dev: u32, sector: u64) -> u32 {
-    let h = (sector ^ ((dev as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> (64 - INFLIGHT_TABLE_SIZE.trailing_zeros())) as u32
+/// What identifies a request in the issue-time table: its sector with the device folded
+/// in. Two requests with the same tag in the same slot would be confused; that takes two
+/// devices whose dev_t and sector differ in exactly compensating bits, and costs one
+/// latency sample.
+pub const fn inflight_tag(dev: u32, sector: u64) -> u64 {
+    sector ^ ((dev as u64) << 32)
 }
 
-/// One entry of the issue-time table.
+/// Index of a request (by its tag) in the issue-time table.
+pub const fn inflight_index(tag: u64) -> u32 {
+    (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - INFLIGHT_TABLE_SIZE.trailing_zeros())) as u32
+}
+
+/// One entry of the issue-time table: 16 bytes, so an entry never straddles cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InflightEntry {
-    pub sector: u64,
+    pub tag: u64,
     /// bpf_ktime_get_ns() at issue; 0 when the entry is free.
     pub issue_ns: u64,
-    pub dev: u32,
-    pub _pad: u32,
 }
 
 /// Thresholds the daemon sets per path. A zero disables that rule.
@@ -138,6 +150,9 @@ pub struct DirStats {
     /// Completions whose latency was measured, and the sum of those latencies.
     pub timed: u64,
     pub latency_sum_ns: u64,
+    /// Smoothed latency on this CPU (EWMA, weight 1/8, like TCP's srtt), ns. Per CPU so
+    /// the hot path never writes a cache line another CPU also writes.
+    pub ewma_ns: u64,
     pub latency_hist: [u64; LATENCY_BUCKETS],
 }
 
@@ -149,6 +164,7 @@ impl Default for DirStats {
             bytes: 0,
             timed: 0,
             latency_sum_ns: 0,
+            ewma_ns: 0,
             latency_hist: [0; LATENCY_BUCKETS],
         }
     }
@@ -174,6 +190,13 @@ impl PathStats {
     /// Adds another CPU's copy into this one.
     pub fn accumulate(&mut self, o: &PathStats) {
         for (d, od) in self.dir.iter_mut().zip(o.dir.iter()) {
+            // CPUs' smoothed latencies combine weighted by how many samples each saw.
+            let n = d.timed + od.timed;
+            if n > 0 {
+                d.ewma_ns = ((d.ewma_ns as u128 * d.timed as u128
+                    + od.ewma_ns as u128 * od.timed as u128)
+                    / n as u128) as u64;
+            }
             d.completions += od.completions;
             d.errors += od.errors;
             d.bytes += od.bytes;
@@ -205,13 +228,12 @@ impl PathStats {
     }
 }
 
-/// Per-path state shared by all CPUs: the rule windows and the smoothed latency. Updates
-/// race between CPUs; a lost update only blurs a count, which the rules tolerate.
+/// Per-path state shared by all CPUs: the rule windows. Written only when a completion
+/// fails or is slow; updates race between CPUs, and a lost update only blurs a count,
+/// which the rules tolerate.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathRuleState {
-    /// Smoothed latency (EWMA, weight 1/8) per direction (read, write), ns.
-    pub ewma_ns: [u64; 2],
     pub slow_window_start_ns: u64,
     pub slow_in_window: u64,
     /// Last event sent, per kind (index = kind - 1), and events held back since.
@@ -295,14 +317,14 @@ mod tests {
     fn no_implicit_padding() {
         assert_eq!(size_of::<BlockTpOffsets>(), 10 * 4);
         assert_eq!(size_of::<WatchEntry>(), 8);
-        assert_eq!(size_of::<InflightEntry>(), 24);
+        assert_eq!(size_of::<InflightEntry>(), 16);
         assert_eq!(size_of::<PathLimits>(), 32);
-        assert_eq!(size_of::<DirStats>(), 8 * (5 + LATENCY_BUCKETS));
+        assert_eq!(size_of::<DirStats>(), 8 * (6 + LATENCY_BUCKETS));
         assert_eq!(
             size_of::<PathStats>(),
             3 * size_of::<DirStats>() + 8 * (4 + ERROR_KINDS)
         );
-        assert_eq!(size_of::<PathRuleState>(), 8 * 8);
+        assert_eq!(size_of::<PathRuleState>(), 8 * 6);
         assert_eq!(size_of::<BlockEvent>(), 48);
     }
 
@@ -328,7 +350,7 @@ mod tests {
         for dev in [1u32, kernel_dev(7, 0), kernel_dev(8, 0), u32::MAX] {
             assert!(watch_index(dev) < WATCH_TABLE_SIZE);
             for sector in [0u64, 8, 1 << 40, u64::MAX] {
-                assert!(inflight_index(dev, sector) < INFLIGHT_TABLE_SIZE);
+                assert!(inflight_index(inflight_tag(dev, sector)) < INFLIGHT_TABLE_SIZE);
             }
         }
     }

@@ -25,6 +25,52 @@ fn load() -> BlockProbes {
     BlockProbes::load().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The generic programs (offsets handed in at load time) count like the layout-specific
+/// ones the host picks; this is what runs on a kernel whose layout mpathd does not know.
+#[test]
+fn loop_generic_programs_count_and_report_errors() {
+    if need_root("loop_generic_programs_count_and_report_errors") {
+        return;
+    }
+    let failing = FsBackedLoop::new("generic");
+    let mut probes = BlockProbes::load_with(true).unwrap_or_else(|e| panic!("{e}"));
+    let programs: Vec<_> = probes
+        .program_stats()
+        .unwrap()
+        .iter()
+        .map(|p| p.program)
+        .collect();
+    assert_eq!(
+        programs,
+        ["block_rq_issue", "block_rq_complete", "block_rq_requeue"]
+    );
+    let rt = runtime();
+    let mut events = rt.block_on(async { probes.take_events() }).unwrap();
+    probes.watch(failing.inner.dev, quiet()).unwrap();
+    let f = failing.inner.open_direct();
+    let mut buf = AlignedBuf::new(BS);
+    for i in 0..8 {
+        f.write_all_at(buf.as_slice(), i * BS as u64).unwrap();
+        f.read_exact_at(buf.as_mut_slice(), i * BS as u64).unwrap();
+    }
+    let s = probes.snapshot(failing.inner.dev).unwrap().unwrap();
+    assert_eq!(s.stats.dir[Dir::Read as usize].completions, 8, "{s:?}");
+    assert_eq!(
+        s.stats.dir[Dir::Write as usize].bytes,
+        8 * BS as u64,
+        "{s:?}"
+    );
+    assert_eq!(s.stats.dir[Dir::Read as usize].timed, 8, "{s:?}");
+    failing.shut_down();
+    f.read_exact_at(buf.as_mut_slice(), 0).unwrap_err();
+    let got = events_within(&rt, &mut events, Duration::from_millis(300));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        matches!(got[0].kind, PathEventKind::IoError { errno, dir: Dir::Read, .. } if errno == -libc::EIO),
+        "{got:?}"
+    );
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

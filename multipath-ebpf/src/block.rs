@@ -13,8 +13,8 @@ use aya_ebpf::{
 use multipath_common::block::{
     BlockEvent, BlockTpOffsets, DIR_OTHER, DIR_READ, DIR_WRITE, EV_IO_ERROR, EV_SLOW,
     INFLIGHT_TABLE_SIZE, InflightEntry, MAX_PATHS, PathLimits, PathRuleState, PathStats,
-    WATCH_PROBES, WATCH_TABLE_SIZE, WatchEntry, error_kind, inflight_index, latency_bucket,
-    watch_index,
+    SPAN_BYTES, WATCH_PROBES, WATCH_TABLE_SIZE, WatchEntry, error_kind, inflight_index,
+    inflight_tag, latency_bucket, watch_index,
 };
 
 /// Tracepoint field offsets, written by the daemon at load time.
@@ -22,12 +22,12 @@ use multipath_common::block::{
 static BLOCK_TP_OFFSETS: BlockTpOffsets = BlockTpOffsets {
     issue_dev: 0,
     issue_sector: 0,
-    issue_rwbs: 0,
     complete_dev: 0,
     complete_sector: 0,
     complete_nr_sector: 0,
     complete_error: 0,
     complete_rwbs: 0,
+    complete_span: 0,
     requeue_dev: 0,
     valid: 0,
 };
@@ -63,9 +63,33 @@ fn offsets() -> BlockTpOffsets {
     unsafe { core::ptr::read_volatile(&BLOCK_TP_OFFSETS) }
 }
 
+/// Reads one field of the tracepoint record (a bpf_probe_read_kernel call: a classic
+/// tracepoint's context allows direct loads only at constant offsets, and ours come from
+/// the daemon at load time).
 #[inline(always)]
 fn read<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| 1u32)
+}
+
+/// The fields of block_rq_complete after `dev`, copied with one helper call instead of
+/// one per field.
+struct Span([u8; SPAN_BYTES]);
+
+impl Span {
+    #[inline(always)]
+    fn read(ctx: &TracePointContext, start: u32) -> Result<Self, u32> {
+        read::<[u8; SPAN_BYTES]>(ctx, start).map(Span)
+    }
+
+    /// The field at record offset `offset`, where the span starts at record offset `start`.
+    #[inline(always)]
+    fn get<T: Copy>(&self, start: u32, offset: u32) -> Result<T, u32> {
+        let off = offset.wrapping_sub(start) as usize;
+        if off + core::mem::size_of::<T>() > SPAN_BYTES {
+            return Err(1);
+        }
+        Ok(unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(off).cast::<T>()) })
+    }
 }
 
 /// The path slot of a watched device, or `None` (the common, cheap case).
@@ -85,9 +109,18 @@ fn watched_slot(dev: u32) -> Option<u32> {
     None
 }
 
-/// Direction from the tracepoint's `rwbs` string ("R", "WS", "FWS", "D", "FN", ...).
+/// A field of the tracepoint record at a constant offset, loaded straight from the
+/// context (the verifier checks the offset is within the record and aligned).
 #[inline(always)]
-fn direction(rwbs: &[u8; 8]) -> u32 {
+unsafe fn load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    use aya_ebpf::EbpfContext;
+    unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<T>() }
+}
+
+/// Direction from the first bytes of the tracepoint's `rwbs` string ("R", "WS", "FWS",
+/// "D", "FN", ...); the letter that says it comes within the first three.
+#[inline(always)]
+fn direction(rwbs: &[u8; 4]) -> u32 {
     for &c in rwbs.iter() {
         match c {
             b'R' => return DIR_READ,
@@ -106,6 +139,15 @@ pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// For kernels whose block_rq_issue has `dev` at 8 and `sector` at 16 (6.1 through 6.18
+/// at least): direct context loads at constant offsets instead of helper calls.
+#[tracepoint]
+pub fn block_rq_issue_fixed(ctx: TracePointContext) -> u32 {
+    match try_block_rq_issue_fixed(ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
 fn try_block_rq_issue(ctx: TracePointContext) -> Result<u32, u32> {
     let off = offsets();
     if off.valid == 0 {
@@ -116,22 +158,29 @@ fn try_block_rq_issue(ctx: TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     };
     let sector: u64 = read(&ctx, off.issue_sector)?;
+    issued(slot, dev, sector)
+}
+
+fn try_block_rq_issue_fixed(ctx: TracePointContext) -> Result<u32, u32> {
+    let dev: u32 = unsafe { load(&ctx, 8) };
+    let Some(slot) = watched_slot(dev) else {
+        return Ok(0);
+    };
+    issued(slot, dev, unsafe { load(&ctx, 16) })
+}
+
+#[inline(always)]
+fn issued(slot: u32, dev: u32, sector: u64) -> Result<u32, u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
-    let entry = INFLIGHT
-        .get_ptr_mut(inflight_index(dev, sector))
-        .ok_or(1u32)?;
+    let tag = inflight_tag(dev, sector);
+    let entry = INFLIGHT.get_ptr_mut(inflight_index(tag)).ok_or(1u32)?;
     // Per-CPU slot, tracepoints run with preemption off: plain adds are safe. The
     // issue-time entry is shared; a colliding request may overwrite it (counted as
     // untimed at completion).
     unsafe {
         (*stats).issues += 1;
-        *entry = InflightEntry {
-            sector,
-            issue_ns: now,
-            dev,
-            _pad: 0,
-        };
+        *entry = InflightEntry { tag, issue_ns: now };
     }
     Ok(0)
 }
@@ -166,6 +215,46 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// For kernels whose block_rq_complete has dev 8, sector 16, nr_sector 24, error 28 and
+/// `rwbs` at 32 (6.1) or 34 (6.18, after `ioprio`): direct context loads.
+#[tracepoint]
+pub fn block_rq_complete_rwbs32(ctx: TracePointContext) -> u32 {
+    match try_block_rq_complete_fixed::<32>(ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn block_rq_complete_rwbs34(ctx: TracePointContext) -> u32 {
+    match try_block_rq_complete_fixed::<34>(ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_block_rq_complete_fixed<const RWBS: usize>(ctx: TracePointContext) -> Result<u32, u32> {
+    let dev: u32 = unsafe { load(&ctx, 8) };
+    let Some(slot) = watched_slot(dev) else {
+        return Ok(0);
+    };
+    // Byte loads: the verifier wants context loads aligned to their size.
+    let rwbs: [u8; 4] = unsafe {
+        [
+            load(&ctx, RWBS),
+            load(&ctx, RWBS + 1),
+            load(&ctx, RWBS + 2),
+            load(&ctx, RWBS + 3),
+        ]
+    };
+    completed(
+        slot,
+        dev,
+        unsafe { load(&ctx, 16) },
+        unsafe { load(&ctx, 24) },
+        unsafe { load(&ctx, 28) },
+        direction(&rwbs),
+    )
+}
+
 fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
     let off = offsets();
     if off.valid == 0 {
@@ -175,17 +264,35 @@ fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
     let Some(slot) = watched_slot(dev) else {
         return Ok(0);
     };
-    let sector: u64 = read(&ctx, off.complete_sector)?;
-    let nr_sector: u32 = read(&ctx, off.complete_nr_sector)?;
-    let error: i32 = read(&ctx, off.complete_error)?;
-    let rwbs: [u8; 8] = read(&ctx, off.complete_rwbs)?;
-    let dir = direction(&rwbs);
+    let at = off.complete_span;
+    let span = Span::read(&ctx, at)?;
+    let rwbs: [u8; 4] = span.get(at, off.complete_rwbs)?;
+    completed(
+        slot,
+        dev,
+        span.get(at, off.complete_sector)?,
+        span.get(at, off.complete_nr_sector)?,
+        span.get(at, off.complete_error)?,
+        direction(&rwbs),
+    )
+}
+
+#[inline(always)]
+fn completed(
+    slot: u32,
+    dev: u32,
+    sector: u64,
+    nr_sector: u32,
+    error: i32,
+    dir: u32,
+) -> Result<u32, u32> {
     let now = unsafe { bpf_ktime_get_ns() };
 
     let mut latency = 0u64;
-    if let Some(e) = INFLIGHT.get_ptr_mut(inflight_index(dev, sector)) {
+    let tag = inflight_tag(dev, sector);
+    if let Some(e) = INFLIGHT.get_ptr_mut(inflight_index(tag)) {
         unsafe {
-            if (*e).dev == dev && (*e).sector == sector && (*e).issue_ns != 0 {
+            if (*e).tag == tag && (*e).issue_ns != 0 {
                 latency = now.saturating_sub((*e).issue_ns);
                 (*e).issue_ns = 0;
             }
@@ -204,6 +311,12 @@ fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
         if latency != 0 {
             d.timed += 1;
             d.latency_sum_ns += latency;
+            // EWMA with weight 1/8; the first sample seeds it.
+            d.ewma_ns = if d.ewma_ns == 0 {
+                latency
+            } else {
+                d.ewma_ns - (d.ewma_ns >> 3) + (latency >> 3)
+            };
             if let Some(b) = d.latency_hist.get_mut(latency_bucket(latency)) {
                 *b += 1;
             }
@@ -218,9 +331,14 @@ fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
         }
     }
 
+    let limits = PATH_LIMITS.get(slot).ok_or(1u32)?;
+    let slow = latency != 0 && limits.latency_limit_ns != 0 && latency > limits.latency_limit_ns;
+    if error == 0 && !slow {
+        // The common case ends here, having written only this CPU's counters.
+        return Ok(0);
+    }
     let rules = PATH_RULES.get_ptr_mut(slot).ok_or(1u32)?;
     let rules = unsafe { &mut *rules };
-    let limits = PATH_LIMITS.get(slot).ok_or(1u32)?;
     let mut event = BlockEvent {
         ts_ns: now,
         dev,
@@ -236,20 +354,6 @@ fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
         // Any failed completion on a path is worth a decision.
         event.kind = EV_IO_ERROR;
         send(rules, limits, event);
-        return Ok(0);
-    }
-    if latency == 0 {
-        return Ok(0);
-    }
-    if let Some(ewma) = rules.ewma_ns.get_mut(dir as usize) {
-        // EWMA with weight 1/8, like TCP's srtt; the first sample seeds it.
-        *ewma = if *ewma == 0 {
-            latency
-        } else {
-            *ewma - (*ewma >> 3) + (latency >> 3)
-        };
-    }
-    if limits.latency_limit_ns == 0 || latency <= limits.latency_limit_ns {
         return Ok(0);
     }
     if now.saturating_sub(rules.slow_window_start_ns) > limits.slow_window_ns {

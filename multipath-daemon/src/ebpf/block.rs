@@ -15,7 +15,7 @@ use aya::{
 };
 use multipath_common::block::{
     BlockEvent, BlockTpOffsets, DIR_READ, DIR_WRITE, ERROR_KINDS, EV_IO_ERROR, EV_SLOW,
-    LATENCY_BUCKETS, MAX_PATHS, PathLimits, PathRuleState, PathStats, WATCH_PROBES,
+    LATENCY_BUCKETS, MAX_PATHS, PathLimits, PathRuleState, PathStats, SPAN_BYTES, WATCH_PROBES,
     WATCH_TABLE_SIZE, WATCH_TOMBSTONE, WatchEntry, watch_index,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -25,7 +25,50 @@ use super::{DevT, EbpfError, TraceFormat};
 /// The compiled eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath"));
 
-const PROGRAMS: [&str; 3] = ["block_rq_issue", "block_rq_complete", "block_rq_requeue"];
+/// Picks the program for each tracepoint: a variant with the record layout built in
+/// (direct context loads, cheapest) when the kernel's layout is one it knows, else the
+/// generic one that reads fields at the offsets the daemon hands it.
+fn choose_programs(
+    issue: &TraceFormat,
+    complete: &TraceFormat,
+    generic_only: bool,
+) -> [(&'static str, &'static str); 3] {
+    if generic_only {
+        return [
+            ("block_rq_issue", "block_rq_issue"),
+            ("block_rq_complete", "block_rq_complete"),
+            ("block_rq_requeue", "block_rq_requeue"),
+        ];
+    }
+    let at = |f: &TraceFormat, name: &str, offset: u32, size: u32| {
+        f.field(name)
+            .is_ok_and(|x| x.offset == offset && x.size == size)
+    };
+    let issue_prog = if at(issue, "dev", 8, 4) && at(issue, "sector", 16, 8) {
+        "block_rq_issue_fixed"
+    } else {
+        "block_rq_issue"
+    };
+    let base = at(complete, "dev", 8, 4)
+        && at(complete, "sector", 16, 8)
+        && at(complete, "nr_sector", 24, 4)
+        && at(complete, "error", 28, 4);
+    let rwbs = complete
+        .field("rwbs")
+        .ok()
+        .filter(|f| f.size >= 4)
+        .map(|f| f.offset);
+    let complete_prog = match (base, rwbs) {
+        (true, Some(32)) => "block_rq_complete_rwbs32",
+        (true, Some(34)) => "block_rq_complete_rwbs34",
+        _ => "block_rq_complete",
+    };
+    [
+        ("block_rq_issue", issue_prog),
+        ("block_rq_complete", complete_prog),
+        ("block_rq_requeue", "block_rq_requeue"),
+    ]
+}
 
 /// What counts as a sick path, per path. A zero duration or count disables that rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +189,8 @@ impl PathSnapshot {
 /// Run-time statistics of one program, from the kernel (needs stats enabled).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProgramStats {
-    pub name: &'static str,
+    pub tracepoint: &'static str,
+    pub program: &'static str,
     pub run_count: u64,
     pub run_time_ns: u64,
 }
@@ -170,6 +214,8 @@ pub struct BlockProbes {
     limits: Array<MapData, PathLimits>,
     rules: Array<MapData, PathRuleState>,
     events: Option<RingBuf<MapData>>,
+    /// (tracepoint, program attached to it).
+    programs: [(&'static str, &'static str); 3],
     /// Mirror of the kernel's watch table (dev per index), to place entries.
     table: Vec<u32>,
     paths: StdHashMap<DevT, Watched>,
@@ -180,27 +226,44 @@ pub struct BlockProbes {
 impl BlockProbes {
     /// Loads the probes with the tracepoint layout of the running kernel and attaches them.
     pub fn load() -> Result<Self, EbpfError> {
+        Self::load_with(false)
+    }
+
+    /// As [`load`](Self::load); `generic_only` skips the variants with a built-in record
+    /// layout, as on a kernel whose layout mpathd does not know (tests use it).
+    pub fn load_with(generic_only: bool) -> Result<Self, EbpfError> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| EbpfError::Cpus(e))?;
         let issue = TraceFormat::read("block", "block_rq_issue")?;
         let complete = TraceFormat::read("block", "block_rq_complete")?;
         let requeue = TraceFormat::read("block", "block_rq_requeue")?;
+        let data = ["sector", "nr_sector", "error", "rwbs"];
+        let widths = [8, 4, 4, 8];
+        let span = data
+            .iter()
+            .map(|f| complete.offset_of(f))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        let at = |f: &str, w: u32| complete.offset_in_span(f, w, span, SPAN_BYTES);
         let offsets = BlockTpOffsets {
-            issue_dev: issue.offset_of("dev")?,
-            issue_sector: issue.offset_of("sector")?,
-            issue_rwbs: issue.offset_of("rwbs")?,
-            complete_dev: complete.offset_of("dev")?,
-            complete_sector: complete.offset_of("sector")?,
-            complete_nr_sector: complete.offset_of("nr_sector")?,
-            complete_error: complete.offset_of("error")?,
-            complete_rwbs: complete.offset_of("rwbs")?,
-            requeue_dev: requeue.offset_of("dev")?,
+            issue_dev: issue.offset_in_span("dev", 4, 0, usize::MAX)?,
+            issue_sector: issue.offset_in_span("sector", 8, 0, usize::MAX)?,
+            complete_dev: complete.offset_in_span("dev", 4, 0, usize::MAX)?,
+            complete_sector: at(data[0], widths[0])?,
+            complete_nr_sector: at(data[1], widths[1])?,
+            complete_error: at(data[2], widths[2])?,
+            complete_rwbs: at(data[3], widths[3])?,
+            complete_span: span,
+            requeue_dev: requeue.offset_in_span("dev", 4, 0, usize::MAX)?,
             valid: 1,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("BLOCK_TP_OFFSETS", &offsets, true)
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
-        for name in PROGRAMS {
+        let programs = choose_programs(&issue, &complete, generic_only);
+        for (tracepoint, name) in programs {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(EbpfError::Missing {
@@ -219,10 +282,10 @@ impl BlockProbes {
                 source,
             })?;
             program
-                .attach("block", name)
+                .attach("block", tracepoint)
                 .map_err(|source| EbpfError::Program {
                     program: name,
-                    step: format!("attach to block:{name}"),
+                    step: format!("attach to block:{tracepoint}"),
                     source,
                 })?;
         }
@@ -233,6 +296,7 @@ impl BlockProbes {
             rules: map(&mut ebpf, "PATH_RULES", Array::try_from)?,
             events: Some(map(&mut ebpf, "BLOCK_EVENTS", RingBuf::try_from)?),
             ebpf,
+            programs,
             table: vec![0; WATCH_TABLE_SIZE as usize],
             paths: StdHashMap::new(),
             // Pop from the end: hand out slot 0 first.
@@ -358,17 +422,11 @@ impl BlockProbes {
         for c in per_cpu.iter() {
             stats.accumulate(c);
         }
-        let rules = self
-            .rules
-            .get(&w.slot, 0)
-            .map_err(|source| EbpfError::Map {
-                map: "PATH_RULES",
-                source,
-            })?;
-        Ok(Some(PathSnapshot {
-            stats,
-            ewma: rules.ewma_ns.map(Duration::from_nanos),
-        }))
+        let ewma = [
+            Duration::from_nanos(stats.dir[0].ewma_ns),
+            Duration::from_nanos(stats.dir[1].ewma_ns),
+        ];
+        Ok(Some(PathSnapshot { stats, ewma }))
     }
 
     /// Looks for watched paths with IO in flight and no completion for longer than their
@@ -436,7 +494,7 @@ impl BlockProbes {
     /// Run count and total run time of each program (zero unless stats are enabled).
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
         let mut out = Vec::new();
-        for name in PROGRAMS {
+        for (tracepoint, name) in self.programs {
             let p: &TracePoint = self
                 .ebpf
                 .program(name)
@@ -456,7 +514,8 @@ impl BlockProbes {
                 source,
             })?;
             out.push(ProgramStats {
-                name,
+                tracepoint,
+                program: name,
                 run_count: info.run_count(),
                 run_time_ns: info.run_time().as_nanos() as u64,
             });

@@ -8,7 +8,7 @@ mod tracefs;
 
 pub use block::{
     BlockEventStream, BlockProbes, Dir, PathEvent, PathEventKind, PathSnapshot, PathThresholds,
-    ProgramStats,
+    ProgramStats, monotonic_ns,
 };
 pub use tracefs::{TraceField, TraceFormat, TraceFormatError};
 

@@ -34,6 +34,19 @@ pub enum TraceFormatError {
         field: String,
         fields: String,
     },
+    #[error(
+        "{path}: field `{field}` is {size} bytes at offset {offset}; mpathd reads {want} bytes \
+         of it within the {len} bytes from offset {start}: this kernel's layout is not supported yet"
+    )]
+    Layout {
+        path: PathBuf,
+        field: String,
+        offset: u32,
+        size: u32,
+        want: u32,
+        start: u32,
+        len: usize,
+    },
     #[error("{path}:{line}: cannot parse field line {text:?}: {what}")]
     Parse {
         path: PathBuf,
@@ -151,6 +164,32 @@ impl TraceFormat {
     pub fn offset_of(&self, name: &str) -> Result<u32, TraceFormatError> {
         self.field(name).map(|f| f.offset)
     }
+
+    /// The offset of `name`, checked to be at least `size` bytes wide (the programs read
+    /// the first `size`; `rwbs` grew from 8 to 10 bytes in 6.x) and to lie within the
+    /// `len` bytes the programs copy from offset `start`.
+    pub fn offset_in_span(
+        &self,
+        name: &str,
+        size: u32,
+        start: u32,
+        len: usize,
+    ) -> Result<u32, TraceFormatError> {
+        let f = self.field(name)?;
+        let end = (f.offset as usize).saturating_add(size as usize);
+        if f.size < size || f.offset < start || end - start as usize > len {
+            return Err(TraceFormatError::Layout {
+                path: self.path.clone(),
+                field: name.to_owned(),
+                offset: f.offset,
+                size: f.size,
+                want: size,
+                start,
+                len,
+            });
+        }
+        Ok(f.offset)
+    }
 }
 
 /// The identifier at the end of a C declaration, without any array suffix:
@@ -204,6 +243,18 @@ print fmt: \"%d,%d %s (%s) %llu + %u [%d]\", ...
         assert!(e.contains("/x/format"), "{e}");
         assert!(e.contains("no field named `bytes`"), "{e}");
         assert!(e.contains("nr_sector"), "{e}");
+    }
+
+    #[test]
+    fn layout_is_checked_against_what_the_programs_copy() {
+        let f = TraceFormat::parse(Path::new("format"), RQ_COMPLETE_6_1).unwrap();
+        assert_eq!(f.offset_in_span("rwbs", 8, 16, 32).unwrap(), 32);
+        let e = f.offset_in_span("rwbs", 8, 16, 20).unwrap_err().to_string();
+        assert!(e.contains("`rwbs` is 8 bytes at offset 32"), "{e}");
+        let e = f.offset_in_span("dev", 8, 0, 64).unwrap_err().to_string();
+        assert!(e.contains("reads 8 bytes"), "{e}");
+        let e = f.offset_in_span("dev", 4, 16, 32).unwrap_err().to_string();
+        assert!(e.contains("from offset 16"), "{e}");
     }
 
     #[test]
