@@ -23,7 +23,8 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{DevT, EbpfError, TraceFormat};
 
 /// The compiled eBPF object, built by build.rs through aya-build.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-block"));
 
 /// Picks the program for each tracepoint: a variant with the record layout built in
 /// (direct context loads, cheapest) when the kernel's layout is one it knows, else the

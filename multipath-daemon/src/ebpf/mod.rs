@@ -4,11 +4,16 @@
 //! ([`DevT`], [`PathSnapshot`], [`PathEvent`]) and errors that name their cause.
 
 mod block;
+mod tcp;
 mod tracefs;
 
 pub use block::{
     BlockEventStream, BlockProbes, Dir, PathEvent, PathEventKind, PathSnapshot, PathThresholds,
     ProgramStats, monotonic_ns,
+};
+pub use tcp::{
+    Conn, ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream,
+    TcpProbes,
 };
 pub use tracefs::{TraceField, TraceFormat, TraceFormatError};
 

@@ -1,0 +1,381 @@
+//! TCP probes for iSCSI connections: see a path's connection die before SCSI does.
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, RingBuf},
+    programs::TracePoint,
+};
+use multipath_common::tcp::{
+    ConnKey, ConnLimits, ConnState, TEV_RESET, TEV_RETRANS, TEV_RTT, TEV_STATE, TcpEvent,
+    TcpTpOffsets,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{EbpfError, TraceFormat};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-tcp"));
+
+/// (category, tracepoint); the program has the tracepoint's name.
+const PROGRAMS: [(&str, &str); 4] = [
+    ("tcp", "tcp_retransmit_skb"),
+    ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_receive_reset"),
+    ("tcp", "tcp_probe"),
+];
+
+/// The default iSCSI portal port.
+pub const ISCSI_PORT: u16 = 3260;
+
+/// One TCP connection, from the initiator's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conn {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Conn {
+    fn key(&self) -> ConnKey {
+        ConnKey {
+            laddr: v6(self.local.ip()).octets(),
+            raddr: v6(self.remote.ip()).octets(),
+            lport: self.local.port(),
+            rport: self.remote.port(),
+        }
+    }
+
+    fn from_key(k: &ConnKey) -> Self {
+        let ip = |a: [u8; 16]| {
+            let a = Ipv6Addr::from(a);
+            a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
+        };
+        Self {
+            local: SocketAddr::new(ip(k.laddr), k.lport),
+            remote: SocketAddr::new(ip(k.raddr), k.rport),
+        }
+    }
+}
+
+impl std::fmt::Display for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.local, self.remote)
+    }
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
+/// When a connection counts as dying. Zero disables a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnThresholds {
+    /// Retransmissions in a row without new data acknowledged.
+    pub retrans_limit: u32,
+    /// Smoothed RTT above this.
+    pub rtt_limit: Duration,
+    /// Least gap between two events of one kind for one connection.
+    pub event_gap: Duration,
+}
+
+impl Default for ConnThresholds {
+    /// Three retransmissions in a row is about 200 ms + 400 ms + 800 ms of silence with the
+    /// kernel's minimum RTO: well inside the seconds a NOP-out timeout takes.
+    fn default() -> Self {
+        Self {
+            retrans_limit: 3,
+            rtt_limit: Duration::from_millis(200),
+            event_gap: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Something a watched connection did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub conn: Conn,
+    /// CLOCK_MONOTONIC, ns.
+    pub at_ns: u64,
+    pub kind: ConnEventKind,
+    pub srtt: Duration,
+    pub consecutive_retrans: u32,
+    pub suppressed: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnEventKind {
+    /// The peer reset the connection. `state` is the last TCP state the probes saw change
+    /// to since the connection was watched, 0 if none.
+    Reset { state: u32 },
+    /// The connection left ESTABLISHED (kernel TCP state numbers).
+    LeftEstablished { new_state: u32 },
+    /// `retrans_limit` retransmissions in a row without progress.
+    Retransmits,
+    /// Smoothed RTT above the limit.
+    SlowRtt,
+}
+
+/// What the kernel keeps for a watched connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub retransmits: u64,
+    pub consecutive_retrans: u32,
+    pub resets: u64,
+    pub srtt: Duration,
+    /// Last TCP state seen (1 = ESTABLISHED), 0 if none since watched.
+    pub last_state: u32,
+}
+
+/// The TCP probes, loaded and attached. Dropping this detaches them.
+pub struct TcpProbes {
+    _ebpf: Ebpf,
+    conns: HashMap<MapData, ConnKey, ConnState>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl TcpProbes {
+    /// Loads and attaches the probes; only connections to `portal_port` cost more than an
+    /// early return.
+    pub fn load(portal_port: u16) -> Result<Self, EbpfError> {
+        let rtx = TraceFormat::read("tcp", "tcp_retransmit_skb")?;
+        let st = TraceFormat::read("sock", "inet_sock_set_state")?;
+        let rst = TraceFormat::read("tcp", "tcp_receive_reset")?;
+        let probe = TraceFormat::read("tcp", "tcp_probe")?;
+        let quad = |f: &TraceFormat| -> Result<[u32; 4], EbpfError> {
+            Ok([
+                f.offset_in_span("sport", 2, 0, usize::MAX)?,
+                f.offset_in_span("dport", 2, 0, usize::MAX)?,
+                f.offset_in_span("saddr_v6", 16, 0, usize::MAX)?,
+                f.offset_in_span("daddr_v6", 16, 0, usize::MAX)?,
+            ])
+        };
+        let any =
+            |f: &TraceFormat, name: &str, size: u32| f.offset_in_span(name, size, 0, usize::MAX);
+        let offsets = TcpTpOffsets {
+            rtx: quad(&rtx)?,
+            state: quad(&st)?,
+            state_protocol: any(&st, "protocol", 2)?,
+            state_old: any(&st, "oldstate", 4)?,
+            state_new: any(&st, "newstate", 4)?,
+            rst: quad(&rst)?,
+            // tcp_probe's addresses are sockaddrs: room for a sockaddr_in6 (28 bytes).
+            probe: [
+                any(&probe, "sport", 2)?,
+                any(&probe, "dport", 2)?,
+                any(&probe, "saddr", 24)?,
+                any(&probe, "daddr", 24)?,
+            ],
+            probe_family: any(&probe, "family", 2)?,
+            probe_srtt: any(&probe, "srtt", 4)?,
+            probe_snd_una: any(&probe, "snd_una", 4)?,
+            portal_port: u32::from(portal_port),
+            valid: 1,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TCP_TP_OFFSETS", &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(EbpfError::Load)?;
+        for (category, name) in PROGRAMS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    step: "be a tracepoint".into(),
+                    source,
+                })?;
+            p.load().map_err(|source| EbpfError::Program {
+                program: name,
+                step: "load (verifier)".into(),
+                source,
+            })?;
+            p.attach(category, name)
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    step: format!("attach to {category}:{name}"),
+                    source,
+                })?;
+        }
+        let conns = ebpf.take_map("CONNS").ok_or(EbpfError::Missing {
+            kind: "map",
+            name: "CONNS",
+        })?;
+        let events = ebpf.take_map("TCP_EVENTS").ok_or(EbpfError::Missing {
+            kind: "map",
+            name: "TCP_EVENTS",
+        })?;
+        Ok(Self {
+            conns: HashMap::try_from(conns).map_err(|source| EbpfError::Map {
+                map: "CONNS",
+                source,
+            })?,
+            events: Some(RingBuf::try_from(events).map_err(|source| EbpfError::Map {
+                map: "TCP_EVENTS",
+                source,
+            })?),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Starts watching `conn` (its counters from zero) or updates its thresholds.
+    pub fn watch(&mut self, conn: Conn, t: ConnThresholds) -> Result<(), EbpfError> {
+        let key = conn.key();
+        let limits = ConnLimits {
+            retrans_limit: t.retrans_limit,
+            rtt_limit_us: t.rtt_limit.as_micros().min(u32::MAX as u128) as u32,
+            event_gap_ns: t.event_gap.as_nanos() as u64,
+        };
+        let state = match self.conns.get(&key, 0) {
+            Ok(mut s) => {
+                s.limits = limits;
+                s
+            }
+            Err(_) => ConnState {
+                limits,
+                ..Default::default()
+            },
+        };
+        self.conns
+            .insert(key, state, 0)
+            .map_err(|source| EbpfError::Map {
+                map: "CONNS",
+                source,
+            })
+    }
+
+    /// Stops watching `conn`; unknown connections are ignored. Call it when a session
+    /// reconnects (new local port) and watch the new connection.
+    pub fn unwatch(&mut self, conn: Conn) -> Result<(), EbpfError> {
+        match self.conns.remove(&conn.key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(EbpfError::Map {
+                map: "CONNS",
+                source,
+            }),
+        }
+    }
+
+    pub fn snapshot(&self, conn: Conn) -> Result<Option<ConnSnapshot>, EbpfError> {
+        match self.conns.get(&conn.key(), 0) {
+            Ok(s) => Ok(Some(ConnSnapshot {
+                retransmits: s.retransmits,
+                consecutive_retrans: s.consecutive_retrans,
+                resets: s.resets,
+                srtt: Duration::from_micros(u64::from(s.srtt_us)),
+                last_state: s.last_state,
+            })),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(EbpfError::Map {
+                map: "CONNS",
+                source,
+            }),
+        }
+    }
+
+    /// Takes the kernel's event stream (once); read it from a tokio task.
+    pub fn take_events(&mut self) -> Result<TcpEventStream, EbpfError> {
+        let ring = self.events.take().ok_or(EbpfError::Missing {
+            kind: "event stream (already taken)",
+            name: "TCP_EVENTS",
+        })?;
+        Ok(TcpEventStream {
+            // SAFETY: the ring buffer's fd is owned by `RingFd` and lives as long as it.
+            ring: unsafe { AsyncFd::register_with_interest(RingFd(ring), Interest::READABLE) }
+                .map_err(|e| EbpfError::Events(e.into()))?,
+        })
+    }
+}
+
+struct RingFd(RingBuf<MapData>);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+pub struct TcpEventStream {
+    ring: AsyncFd<RingFd>,
+}
+
+impl TcpEventStream {
+    /// Waits for events and appends every one ready to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<ConnEvent>) -> Result<(), EbpfError> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.map_err(EbpfError::Events)?;
+            let ring = &mut guard.get_inner_mut().0;
+            let before = out.len();
+            while let Some(item) = ring.next() {
+                if let Some(ev) = decode(&item) {
+                    out.push(ev);
+                }
+            }
+            guard.clear_ready();
+            if out.len() > before {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<ConnEvent> {
+    if bytes.len() < std::mem::size_of::<TcpEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; TcpEvent is plain integers; the ring does not align it.
+    let e: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = match e.kind {
+        TEV_RESET => ConnEventKind::Reset { state: e.old_state },
+        TEV_STATE => ConnEventKind::LeftEstablished {
+            new_state: e.new_state,
+        },
+        TEV_RETRANS => ConnEventKind::Retransmits,
+        TEV_RTT => ConnEventKind::SlowRtt,
+        _ => return None,
+    };
+    Some(ConnEvent {
+        conn: Conn::from_key(&e.key),
+        at_ns: e.ts_ns,
+        kind,
+        srtt: Duration::from_micros(u64::from(e.srtt_us)),
+        consecutive_retrans: e.consecutive_retrans,
+        suppressed: e.suppressed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_keys_round_trip_v4_and_v6() {
+        for (l, r) in [
+            ("10.99.1.1:40000", "10.99.1.2:3260"),
+            ("[fd00::1]:40000", "[fd00::2]:3260"),
+        ] {
+            let c = Conn {
+                local: l.parse().unwrap(),
+                remote: r.parse().unwrap(),
+            };
+            assert_eq!(Conn::from_key(&c.key()), c);
+        }
+        let k = Conn {
+            local: "10.0.0.1:1".parse().unwrap(),
+            remote: "10.0.0.2:3260".parse().unwrap(),
+        }
+        .key();
+        // IPv4 is stored mapped, as the tracepoints' *_v6 fields carry it.
+        assert_eq!(&k.laddr[10..], &[0xff, 0xff, 10, 0, 0, 1]);
+    }
+}
