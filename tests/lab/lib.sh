@@ -1,0 +1,453 @@
+# Guest-side primitives for mpathd lab scenarios. Sourced by every scenario:
+#   . "$LAB_LIB"
+# The harness (cargo xtask lab run) sets LAB_LIB, LAB_OUT (writable dir shared with the
+# host), LAB_NAME and LABIO (the verifier binary). Scenarios set the LAB_* knobs below
+# before calling lab_setup, then build a map, start IO, inject faults and assert.
+#
+# Timeline: every lab_event line goes to the console ("[lab +12.345s] ...") and to
+# events.tsv (epoch seconds, kind, message), which the host turns into report.json.
+
+set -u
+export DM_DISABLE_UDEV=1 # no udevd in the guest: dmsetup must not wait for udev cookies
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+: "${LAB_OUT:?LAB_OUT is set by the harness (cargo xtask lab run)}"
+: "${LABIO:?LABIO is set by the harness (cargo xtask lab run)}"
+: "${LAB_NAME:=scenario}"
+
+# --- knobs (override in the scenario before lab_setup) ------------------------------
+: "${LAB_PORTALS:=2}"            # portals = veth links = iSCSI sessions = dm paths
+: "${LAB_LUN_MB:=256}"
+: "${LAB_LUN_SERIAL:=6001405f00dcafe0123456789abcdef0}" # fixed WWID (naa.<serial>)
+: "${LAB_LUN_BACKEND:=fileio}"   # fileio (file in /tmp) | dm (iblock over dm-linear, for lab_lun_error)
+: "${LAB_IQN:=iqn.2003-01.org.mpathd.lab:tgt1}"
+: "${LAB_INITIATOR:=iqn.2004-10.org.mpathd.lab:guest}"
+: "${LAB_RECOVERY_TMO:=5}"       # node.session.timeo.replacement_timeout
+: "${LAB_NOOP_INTERVAL:=5}"      # node.conn[0].timeo.noop_out_interval
+: "${LAB_NOOP_TIMEOUT:=5}"       # node.conn[0].timeo.noop_out_timeout
+: "${LAB_MAP:=mpatha}"
+: "${LAB_IO_BLOCKS:=4096}"       # 16 MiB of verified blocks
+: "${LAB_IO_WORKERS:=4}"
+: "${LAB_DM_POLL:=0.2}"          # watcher's pause when `dmsetup wait` fails
+
+LAB_CFG=/sys/kernel/config/target
+LAB_STEP=start
+LAB_T0=$EPOCHREALTIME
+LAB_EVENTS=/tmp/lab-events.tsv # local tmpfs: appends from several processes stay whole
+LAB_IO_PID=
+LAB_DM_WATCH_PID=
+declare -a LAB_DEV=() LAB_DEVT=() LAB_HCTL=() LAB_SESSION=() LAB_PORTAL=()
+: >"$LAB_EVENTS"
+
+# --- timeline and steps --------------------------------------------------------------
+# lab_event KIND MESSAGE: kinds used: step, fault, restore, dm, io, iscsi, fail, info.
+# (mpathd and its eBPF probe will add their own kinds; nothing here fakes them.)
+lab_event() {
+	local now=$EPOCHREALTIME kind=$1
+	shift
+	printf '%s\t%s\t%s\n' "$now" "$kind" "$*" >>"$LAB_EVENTS"
+	printf '[lab +%.3fs] %s: %s\n' "$(lab__elapsed "$now")" "$kind" "$*"
+}
+lab_event_at() { # lab_event_at EPOCH KIND MESSAGE: an event observed at EPOCH
+	local at=$1 kind=$2
+	shift 2
+	printf '%s\t%s\t%s\n' "$at" "$kind" "$*" >>"$LAB_EVENTS"
+	printf '[lab +%.3fs] %s: %s\n' "$(lab__elapsed "$at")" "$kind" "$*"
+}
+lab__elapsed() { awk -v a="$1" -v b="$LAB_T0" 'BEGIN{printf "%.3f", a-b}'; }
+
+lab_step() {
+	LAB_STEP=$1
+	lab_event step "$*"
+}
+
+lab_fail() {
+	lab_event fail "step '$LAB_STEP': $*"
+	echo "LAB-FAIL step=$LAB_STEP: $*"
+	exit 1
+}
+
+# lab_do CMD...: run a command quietly; fail the current step, with its output, if it fails.
+lab_do() {
+	local out
+	if ! out=$("$@" 2>&1); then
+		echo "$out"
+		lab_fail "command failed: $*"
+	fi
+}
+
+lab_wait() { # lab_wait SECONDS WHAT CMD...: poll CMD every 0.1 s
+	local secs=$1 what=$2 end
+	shift 2
+	end=$(awk -v t="$EPOCHREALTIME" -v s="$secs" 'BEGIN{printf "%.3f", t+s}')
+	until "$@" >/dev/null 2>&1; do
+		awk -v t="$EPOCHREALTIME" -v e="$end" 'BEGIN{exit !(t>e)}' && lab_fail "timed out after ${secs}s waiting for $what"
+		sleep 0.1
+	done
+}
+
+lab_sleep_since() { # lab_sleep_since EPOCH SECONDS: sleep until SECONDS after EPOCH
+	sleep "$(awk -v s="$1" -v d="$2" -v n="$EPOCHREALTIME" 'BEGIN{r=s+d-n; printf "%.3f", (r > 0 ? r : 0)}')"
+}
+
+lab__finish() {
+	local rc=$?
+	[ -n "$LAB_IO_PID" ] && kill "$LAB_IO_PID" 2>/dev/null
+	[ -n "$LAB_DM_WATCH_PID" ] && { pkill -P "$LAB_DM_WATCH_PID"; kill "$LAB_DM_WATCH_PID"; } 2>/dev/null
+	cp "$LAB_EVENTS" "$LAB_OUT/events.tsv" 2>/dev/null
+	[ -f /tmp/labio.json ] && cp /tmp/labio.json "$LAB_OUT/labio.json"
+	dmesg >"$LAB_OUT/dmesg.txt" 2>/dev/null
+	exit $rc
+}
+trap lab__finish EXIT
+
+lab_done() {
+	lab_event step "scenario passed"
+	echo "LAB-PASS $LAB_NAME"
+	exit 0
+}
+
+# --- setup ---------------------------------------------------------------------------
+lab_modules() {
+	lab_do modprobe -a target_core_mod target_core_file target_core_iblock iscsi_target_mod iscsi_tcp sd_mod \
+		dm_multipath dm_round_robin dm_queue_length dm_service_time veth sch_netem loop \
+		nf_tables nft_reject_inet nft_reject_ipv4
+}
+
+# lab_target_start: netns tgt, one veth pair per portal (p<i> in the root ns at 10.99.<i>.1,
+# p<i>-t in tgt at 10.99.<i>.2), an LIO target with one LUN on every portal.
+lab_target_start() {
+	local i C=$LAB_CFG T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1" sz=$((LAB_LUN_MB * 1048576)) bs
+	ip link set lo up
+	lab_do ip netns add tgt
+	ip -n tgt link set lo up
+	for i in $(seq "$LAB_PORTALS"); do
+		lab_do ip link add "p$i" type veth peer name "p$i-t"
+		lab_do ip link set "p$i-t" netns tgt
+		ip addr add "10.99.$i.1/24" dev "p$i"
+		ip link set "p$i" up
+		ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
+		ip -n tgt link set "p$i-t" up
+		LAB_PORTAL[i]=10.99.$i.2
+	done
+	truncate -s "$sz" /tmp/lun0.img
+	if [ "$LAB_LUN_BACKEND" = dm ]; then
+		# iblock submits bios straight to the dm device, so swapping its table to
+		# `error` fails the target's IO at once (fileio would hide it in the page cache).
+		local loopdev
+		loopdev=$(losetup -f --show /tmp/lun0.img) || lab_fail "losetup for the LUN"
+		lab_do dmsetup create lab_lun --table "0 $((sz / 512)) linear $loopdev 0"
+		LAB_LUN_LOOP=$loopdev
+		bs=$C/core/iblock_0/lun0
+		mkdir -p "$bs"
+		echo "udev_path=/dev/mapper/lab_lun" >"$bs/control"
+	else
+		bs=$C/core/fileio_0/lun0
+		mkdir -p "$bs"
+		echo "fd_dev_name=/tmp/lun0.img,fd_dev_size=$sz" >"$bs/control"
+	fi
+	echo 1 >"$bs/enable" || lab_fail "enabling the LIO backstore $bs"
+	# Without a unit serial LIO reports no WWID and the paths cannot be grouped.
+	echo "$LAB_LUN_SERIAL" >"$bs/wwn/vpd_unit_serial"
+	mkdir -p "$T/lun/lun_0"
+	ln -s "$bs" "$T/lun/lun_0/lun0"
+	for i in $(seq "$LAB_PORTALS"); do
+		# `ip netns exec` remounts /sys and hides configfs; nsenter keeps it.
+		lab_do nsenter --net=/run/netns/tgt mkdir "$T/np/10.99.$i.2:3260"
+	done
+	echo 1 >"$T/attrib/generate_node_acls"
+	echo 0 >"$T/attrib/demo_mode_write_protect"
+	echo 0 >"$T/attrib/authentication"
+	echo 1 >"$T/attrib/cache_dynamic_acls"
+	echo 1 >"$T/enable"
+	lab_event info "LIO target $LAB_IQN: $LAB_PORTALS portals, ${LAB_LUN_MB} MiB $LAB_LUN_BACKEND LUN, serial $LAB_LUN_SERIAL"
+}
+
+# lab_login: iscsid, discovery and login through every portal; fills LAB_DEV/DEVT/HCTL/SESSION.
+lab_login() {
+	local i s d p
+	echo "InitiatorName=$LAB_INITIATOR" >/etc/iscsi/initiatorname.iscsi
+	mkdir -p /run/lock/iscsi /var/lib/iscsi
+	# iscsid daemonizes: keep it off lab_do's captured stdout or the capture never ends.
+	iscsid </dev/null >/dev/null 2>&1 || lab_fail "iscsid did not start"
+	sleep 0.3
+	for i in $(seq "$LAB_PORTALS"); do
+		lab_do iscsiadm -m discovery -t sendtargets -p "10.99.$i.2"
+		lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" -o update -n node.session.timeo.replacement_timeout -v "$LAB_RECOVERY_TMO"
+		lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" -o update -n 'node.conn[0].timeo.noop_out_interval' -v "$LAB_NOOP_INTERVAL"
+		lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" -o update -n 'node.conn[0].timeo.noop_out_timeout' -v "$LAB_NOOP_TIMEOUT"
+		lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" --login
+	done
+	for i in $(seq "$LAB_PORTALS"); do
+		lab_wait 20 "the SCSI disk behind portal $i" lab__find_disk "$i"
+		lab__find_disk "$i"
+	done
+	lab_event iscsi "logged in through $LAB_PORTALS portals (recovery_tmo=$LAB_RECOVERY_TMO noop=$LAB_NOOP_INTERVAL/$LAB_NOOP_TIMEOUT)"
+}
+
+# lab__find_disk I: the sd disk of the session whose connection goes to portal I.
+lab__find_disk() {
+	local i=$1 s n blk
+	for s in /sys/class/iscsi_session/session*; do
+		n=${s##*session}
+		[ "$(cat "/sys/class/iscsi_connection/connection$n:0/persistent_address" 2>/dev/null)" = "10.99.$i.2" ] || continue
+		for blk in "$s"/device/target*/*:*:*:*/block/sd*; do
+			[ -e "$blk" ] || continue
+			LAB_DEV[i]=${blk##*/}
+			LAB_DEVT[i]=$(cat "$blk/dev")
+			LAB_HCTL[i]=$(basename "$(dirname "$(dirname "$blk")")")
+			LAB_SESSION[i]=session$n
+			[ -b "/dev/${LAB_DEV[i]}" ] && return 0
+		done
+	done
+	return 1
+}
+
+# lab_setup: modules, target, login; the usual first step of a scenario.
+lab_setup() {
+	lab_step "setup: modules, LIO target, iSCSI login"
+	lab_modules
+	lab_target_start
+	lab_login
+	local i w0 w
+	w0=$(cat "/sys/block/${LAB_DEV[1]}/device/wwid")
+	for i in $(seq "$LAB_PORTALS"); do
+		w=$(cat "/sys/block/${LAB_DEV[i]}/device/wwid")
+		[ "$w" = "$w0" ] || lab_fail "path $i (${LAB_DEV[i]}) has WWID $w, path 1 has $w0"
+	done
+}
+
+# lab_map [failover|multibus] [queue]: a dm multipath map over all paths, made with dmsetup.
+# failover: one path per priority group, path 1 first; multibus: one group with all paths.
+# queue: feature queue_if_no_path (IO waits instead of failing when every path is down).
+lab_map() {
+	local policy=${1:-failover} queue=${2:-} feat="0" sz i table
+	[ "$queue" = queue ] && feat="1 queue_if_no_path"
+	sz=$(blockdev --getsz "/dev/${LAB_DEV[1]}") || lab_fail "reading the size of /dev/${LAB_DEV[1]}"
+	case $policy in
+	failover)
+		table="0 $sz multipath $feat 0 $LAB_PORTALS 1"
+		for i in $(seq "$LAB_PORTALS"); do table+=" round-robin 0 1 1 ${LAB_DEVT[i]} 1"; done
+		;;
+	multibus)
+		table="0 $sz multipath $feat 0 1 1 round-robin 0 $LAB_PORTALS 1"
+		for i in $(seq "$LAB_PORTALS"); do table+=" ${LAB_DEVT[i]} 1"; done
+		;;
+	*) lab_fail "unknown map policy '$policy' (failover or multibus)" ;;
+	esac
+	lab_do dmsetup create "$LAB_MAP" --table "$table"
+	lab_wait 5 "/dev/mapper/$LAB_MAP" test -b "/dev/mapper/$LAB_MAP"
+	lab_event dm "map $LAB_MAP created ($policy${queue:+, queue_if_no_path})"
+}
+
+# lab_topology: the map as `multipath -ll` would print it.
+lab_topology() {
+	local i st pg=0 w
+	w=$(cat "/sys/block/${LAB_DEV[1]}/device/wwid")
+	echo "$LAB_MAP ($w) dm-$(dmsetup info -c --noheadings -o minor "$LAB_MAP" | tr -d ' ') $(cat "/sys/block/${LAB_DEV[1]}/device/vendor" | tr -d ' '),$(cat "/sys/block/${LAB_DEV[1]}/device/model" | tr -d ' ')"
+	echo "size=$(($(blockdev --getsize64 "/dev/mapper/$LAB_MAP") / 1048576))M features='$(dmsetup table "$LAB_MAP" | awk '{n=$4; s=""; for(i=5;i<5+n;i++) s=s (s?" ":"") $i; print n (s?" " s:"")}')'"
+	st=$(dmsetup status "$LAB_MAP")
+	for i in $(seq "$LAB_PORTALS"); do
+		echo "  path $i: ${LAB_HCTL[i]} ${LAB_DEV[i]} ${LAB_DEVT[i]} portal ${LAB_PORTAL[i]}:3260 ${LAB_SESSION[i]} dm=$(lab_dm_path_state "$i") sd=$(cat "/sys/block/${LAB_DEV[i]}/device/state") session=$(cat "/sys/class/iscsi_session/${LAB_SESSION[i]}/state")"
+	done
+	echo "  dmsetup table:  $(dmsetup table "$LAB_MAP")"
+	echo "  dmsetup status: $st"
+	: "$pg"
+}
+
+# lab_dm_path_state I: A or F for path I in `dmsetup status`.
+lab_dm_path_state() {
+	dmsetup status "$LAB_MAP" | grep -oE "${LAB_DEVT[$1]} [AF]" | awk '{print $2}'
+}
+
+lab_expect_dm() { # lab_expect_dm I A|F
+	local s
+	s=$(lab_dm_path_state "$1")
+	[ "$s" = "$2" ] || lab_fail "dm path $1 (${LAB_DEV[$1]} ${LAB_DEVT[$1]}) is '$s' in dmsetup status, expected $2: $(dmsetup status "$LAB_MAP")"
+}
+
+lab_wait_dm() { # lab_wait_dm I A|F SECONDS
+	lab_wait "$3" "dm path $1 to be $2" lab__dm_is "$1" "$2"
+}
+lab__dm_is() { [ "$(lab_dm_path_state "$1")" = "$2" ]; }
+
+# lab_dm_watch_start: logs every path state change of the map on the timeline. It sleeps
+# in `dmsetup wait` (dm raises an event when multipath fails or reinstates a path) and
+# stamps a change with the wake-up time, so the timeline is not late by a poll interval
+# or by dmsetup's start-up time under TCG.
+lab_dm_watch_start() {
+	(
+		declare -A prev=()
+		t=$EPOCHREALTIME
+		while :; do
+			# Event number first: a change after this read makes the wait return at once.
+			ev=$(dmsetup info -c --noheadings -o events "$LAB_MAP" 2>/dev/null | tr -d ' ')
+			st=$(dmsetup status "$LAB_MAP" 2>/dev/null)
+			# Path entries are "<maj:min> <A|F> <fail count>".
+			while read -r dev state fails; do
+				[ -n "$dev" ] || continue
+				if [ "${prev[$dev]:-}" != "$state" ]; then
+					[ -n "${prev[$dev]:-}" ] && lab_event_at "$t" dm "path $(lab__path_name "$dev") ${prev[$dev]} -> $state (fail count $fails) in dmsetup status"
+					prev[$dev]=$state
+				fi
+			done < <(grep -oE '[0-9]+:[0-9]+ [AF] [0-9]+' <<<"$st")
+			# The timeout is only a safety net should an event ever be missed.
+			timeout 5 dmsetup wait "$LAB_MAP" "${ev:-0}" >/dev/null 2>&1 || sleep "$LAB_DM_POLL"
+			t=$EPOCHREALTIME
+		done
+	) &
+	LAB_DM_WATCH_PID=$!
+}
+lab__path_name() {
+	local i
+	for i in $(seq "$LAB_PORTALS"); do
+		[ "${LAB_DEVT[i]}" = "$1" ] && { echo "$i (${LAB_DEV[i]} $1, portal ${LAB_PORTAL[i]})"; return; }
+	done
+	echo "$1"
+}
+
+lab_reinstate() { # lab_reinstate I: dm reinstate_path (what a daemon does once the path works)
+	lab_do dmsetup message "$LAB_MAP" 0 reinstate_path "${LAB_DEVT[$1]}"
+	lab_event dm "reinstate_path ${LAB_DEV[$1]} ${LAB_DEVT[$1]} sent"
+}
+
+lab_wait_session() { # lab_wait_session I SECONDS: until the session is LOGGED_IN again
+	lab_wait "$2" "session ${LAB_SESSION[$1]} (portal $1) to be LOGGED_IN" \
+		grep -qx LOGGED_IN "/sys/class/iscsi_session/${LAB_SESSION[$1]}/state"
+	lab_event iscsi "session ${LAB_SESSION[$1]} (portal $1) LOGGED_IN"
+}
+
+# --- verified IO -----------------------------------------------------------------------
+lab_io_start() { # lab_io_start [DEV]: labio in the background until lab_io_stop
+	local dev=${1:-/dev/mapper/$LAB_MAP}
+	rm -f /tmp/labio.stop /tmp/labio.json
+	"$LABIO" --dev "$dev" --blocks "$LAB_IO_BLOCKS" --workers "$LAB_IO_WORKERS" \
+		--stop-file /tmp/labio.stop --out /tmp/labio.json --progress 5 &
+	LAB_IO_PID=$!
+	lab_event io "verified IO started on $dev ($LAB_IO_WORKERS workers, $LAB_IO_BLOCKS blocks)"
+}
+
+lab_io_stop() { # lab_io_stop [SECONDS]: stop the load, wait for the verify pass
+	local rc
+	touch /tmp/labio.stop
+	lab_event io "stop requested"
+	lab_wait "${1:-120}" "labio to finish (IO hung?)" lab__io_exited
+	wait "$LAB_IO_PID"
+	rc=$?
+	LAB_IO_PID=
+	[ -f /tmp/labio.json ] || lab_fail "labio exited with $rc and wrote no report"
+	lab_event io "verifier finished (exit $rc)"
+	# The longest stall goes on the timeline: it lines up with the fault events.
+	python3 - "$LAB_EVENTS" "$LAB_T0" <<-'PY'
+		import json, sys
+		r = json.load(open("/tmp/labio.json"))
+		s = r["longest_stall"]
+		ev = [(s["start"], "longest IO stall begins (last IO completion before it)"),
+		      (s["end"], "IO resumed after the longest stall (%.3f s)" % s["seconds"])]
+		with open(sys.argv[1], "a") as f:
+		    for t, msg in ev:
+		        f.write("%.6f\tio\t%s\n" % (t, msg))
+		        print("[lab +%.3fs] io: %s" % (t - float(sys.argv[2]), msg))
+	PY
+}
+lab__io_exited() { ! kill -0 "$LAB_IO_PID" 2>/dev/null; }
+
+# lab_io_check [errors=N | min_errors=N] [verify_errors=N] [mismatches=N] [min_ops=N] [max_stall=S] [min_stall=S] [resumed=1]
+# Defaults: errors=0 mismatches=0 min_ops=1.
+lab_io_check() {
+	python3 - "$@" <<-'PY' || lab_fail "verifier check failed (see above; labio.json in the output dir)"
+		import json, sys
+		r = json.load(open("/tmp/labio.json"))
+		want = {"errors": "0", "mismatches": "0", "min_ops": "1"}
+		want.update(a.split("=", 1) for a in sys.argv[1:])
+		s = r["longest_stall"]
+		print("verifier: ops=%d (reads %d, writes %d) verify_reads=%d io_errors=%d (%d in verify) mismatches=%d "
+		      "latency p50=%.1fms p99=%.1fms max=%.1fms longest_stall=%.3fs"
+		      % (r["ops"], r["reads"], r["writes"], r["verify_reads"], r["io_errors"]["count"], r["io_errors"]["in_verify"],
+		         r["mismatches"]["count"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
+		         r["latency_ms"]["max"], s["seconds"]))
+		bad = []
+		if "min_errors" in want:
+		    if r["io_errors"]["count"] < int(want["min_errors"]):
+		        bad.append("IO errors seen by the application: %d, expected at least %s"
+		                   % (r["io_errors"]["count"], want["min_errors"]))
+		elif r["io_errors"]["count"] != int(want["errors"]):
+		    bad.append("IO errors seen by the application: %d, expected %s; first: %s"
+		               % (r["io_errors"]["count"], want["errors"], r["io_errors"]["first"][:3]))
+		if "verify_errors" in want and r["io_errors"]["in_verify"] != int(want["verify_errors"]):
+		    bad.append("%d blocks could not be re-read in the verify pass, expected %s"
+		               % (r["io_errors"]["in_verify"], want["verify_errors"]))
+		if r["mismatches"]["count"] != int(want["mismatches"]):
+		    bad.append("data mismatches: %d, expected %s; first: %s"
+		               % (r["mismatches"]["count"], want["mismatches"], r["mismatches"]["first"][:3]))
+		if r["ops"] < int(want["min_ops"]):
+		    bad.append("only %d IOs completed, expected at least %s" % (r["ops"], want["min_ops"]))
+		if "max_stall" in want and s["seconds"] > float(want["max_stall"]):
+		    bad.append("longest stall %.3f s > %s s" % (s["seconds"], want["max_stall"]))
+		if "min_stall" in want and s["seconds"] < float(want["min_stall"]):
+		    bad.append("longest stall %.3f s < %s s: the fault did not stop IO" % (s["seconds"], want["min_stall"]))
+		if want.get("resumed") == "1" and s["end"] >= r["end"] - 0.2:
+		    bad.append("IO never resumed after the longest stall (it lasted until the load stopped)")
+		for b in bad:
+		    print("verifier: FAIL: " + b)
+		sys.exit(1 if bad else 0)
+	PY
+}
+
+# --- faults (I = portal number) --------------------------------------------------------
+lab_link_down() { lab_do ip link set "p$1" down; lab_event fault "link p$1 (portal $1) down"; }
+lab_link_up() { lab_do ip link set "p$1" up; lab_event restore "link p$1 (portal $1) up"; }
+
+# Silent loss: drop the portal's traffic both ways, no RST, no link change.
+lab_drop() {
+	lab_do nft -f - <<-EOF
+		table inet lab_drop_$1 {
+			chain o { type filter hook output priority 0; ip daddr 10.99.$1.2 drop; }
+			chain i { type filter hook input priority 0; ip saddr 10.99.$1.2 drop; }
+		}
+	EOF
+	lab_event fault "nft drop both ways on portal $1 (silent loss)"
+}
+lab_undrop() { lab_do nft delete table inet "lab_drop_$1"; lab_event restore "nft drop on portal $1 removed"; }
+
+# TCP reset from the target side: reject new segments with RST and kill the target's socket.
+lab_tcp_reset() {
+	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
+		table inet lab_rst_$1 {
+			chain i { type filter hook input priority 0; ip saddr 10.99.$1.1 tcp dport 3260 reject with tcp reset; }
+		}
+	EOF
+	nsenter --net=/run/netns/tgt ss -K dst "10.99.$1.1" >/dev/null 2>&1
+	lab_event fault "target-side TCP reset on portal $1 (RST + socket killed)"
+}
+lab_tcp_reset_clear() {
+	lab_do nsenter --net=/run/netns/tgt nft delete table inet "lab_rst_$1"
+	lab_event restore "TCP reset rule on portal $1 removed"
+}
+
+lab_netem() { # lab_netem I "delay 200ms loss 5%"
+	local i=$1
+	shift
+	# shellcheck disable=SC2086 # the netem spec is several words on purpose
+	lab_do tc qdisc replace dev "p$i" root netem $*
+	lab_event fault "netem on p$i: $*"
+}
+lab_netem_clear() { lab_do tc qdisc del dev "p$1" root; lab_event restore "netem on p$1 removed"; }
+
+# Target-side LUN errors (needs LAB_LUN_BACKEND=dm): every IO to the LUN fails.
+lab_lun_error() {
+	[ "$LAB_LUN_BACKEND" = dm ] || lab_fail "lab_lun_error needs LAB_LUN_BACKEND=dm before lab_setup"
+	lab_do dmsetup suspend --noflush lab_lun
+	lab_do dmsetup load lab_lun --table "0 $((LAB_LUN_MB * 2048)) error"
+	lab_do dmsetup resume lab_lun
+	lab_event fault "target LUN now fails every IO (dm error table)"
+}
+lab_lun_ok() {
+	lab_do dmsetup suspend --noflush lab_lun
+	lab_do dmsetup load lab_lun --table "0 $((LAB_LUN_MB * 2048)) linear $LAB_LUN_LOOP 0"
+	lab_do dmsetup resume lab_lun
+	lab_event restore "target LUN back to its data (dm linear table)"
+}
+
+lab_sdev_offline() { echo offline >"/sys/block/${LAB_DEV[$1]}/device/state" || lab_fail "offlining ${LAB_DEV[$1]}"; lab_event fault "SCSI device ${LAB_DEV[$1]} (path $1) offline"; }
+lab_sdev_running() { echo running >"/sys/block/${LAB_DEV[$1]}/device/state" || lab_fail "onlining ${LAB_DEV[$1]}"; lab_event restore "SCSI device ${LAB_DEV[$1]} (path $1) running"; }

@@ -1,0 +1,201 @@
+//! Installs what the build and the tests need, once, and says what it is doing.
+//!
+//! Every check is cheap (a dpkg-query, a rustup listing, a `--version`), so running this
+//! before every command costs well under a second when everything is present.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// What a command needs. Kept as a type so a later command can ask for less.
+#[derive(Clone, Copy)]
+pub enum Need {
+    All,
+}
+
+/// Debian packages, with why each is here.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("clang", "C toolchain for -sys crates"),
+    ("libclang-dev", "bindgen for the devicemapper crate"),
+    ("libdevmapper-dev", "device-mapper library"),
+    ("libudev-dev", "udev monitoring"),
+    ("pkg-config", "finding C libraries"),
+    (
+        "bpftool",
+        "inspecting loaded eBPF programs and their run-time stats",
+    ),
+    ("fio", "IO load in tests and benchmarks"),
+    ("util-linux", "losetup for the loop-device tests"),
+    ("e2fsprogs", "mkfs.ext4 for the IO-error tests"),
+    ("qemu-system-x86", "the lab VM"),
+    ("linux-image-amd64", "the lab guest's kernel and modules"),
+    ("open-iscsi", "the lab's iSCSI initiator"),
+    ("busybox-static", "the lab's initramfs"),
+    ("cpio", "packing the lab's initramfs"),
+    ("kmod", "modprobe in the lab guest"),
+    ("nftables", "silent-loss fault injection"),
+    ("iproute2", "veth portals, netns and netem in the lab"),
+    ("dmsetup", "device-mapper tables in the lab"),
+    ("sg3-utils", "SCSI inquiries in the lab"),
+    (
+        "prometheus",
+        "promtool and a real Prometheus for the alerting tests",
+    ),
+];
+
+/// bpf-linker 0.11+ wants a system LLVM >= 21 that Debian 12 lacks; 0.10.x links with
+/// nightly's own libLLVM.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+pub fn ensure(_root: &Path, need: Need) -> Result<()> {
+    match need {
+        Need::All => {
+            debian_packages()?;
+            nightly_rust_src()?;
+            bpf_linker()?;
+        }
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}\nInstall them as root: {cmd}",
+            missing.join(" ")
+        );
+    }
+    for p in &missing {
+        let why = DEBIAN_PACKAGES
+            .iter()
+            .find(|(n, _)| n == p)
+            .map(|(_, w)| *w);
+        eprintln!("bootstrap: installing {p} ({})", why.unwrap_or(""));
+    }
+    run_quiet(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    run_quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+    .with_context(|| format!("installing Debian packages failed; try by hand: {cmd}"))?;
+    let still: Vec<&str> = missing.into_iter().filter(|p| !dpkg_installed(p)).collect();
+    if !still.is_empty() {
+        bail!(
+            "apt-get reported success but these are still missing: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let listed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup: the eBPF build needs rustup with a nightly toolchain")?;
+    if !listed.status.success() {
+        eprintln!("bootstrap: installing the nightly toolchain with rust-src (eBPF build)");
+        return run_quiet(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+            "rustup toolchain install nightly",
+        );
+    }
+    if String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    eprintln!("bootstrap: adding rust-src to nightly (eBPF programs build core from source)");
+    run_quiet(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup component add rust-src --toolchain nightly",
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if have.starts_with("bpf-linker 0.10.") {
+        return Ok(());
+    }
+    let what = if have.is_empty() {
+        "not found".to_owned()
+    } else {
+        have
+    };
+    eprintln!(
+        "bootstrap: installing bpf-linker {BPF_LINKER_VERSION} (have: {what}); this compiles it, a few minutes"
+    );
+    run_quiet(
+        Command::new("cargo").args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ]),
+        &format!("cargo +nightly install bpf-linker --version {BPF_LINKER_VERSION} --locked"),
+    )
+}
+
+/// Runs a command, showing its output only when it fails.
+fn run_quiet(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{what}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{what}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

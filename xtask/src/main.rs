@@ -1,0 +1,75 @@
+//! `cargo xtask`: the project's commands. Each one installs what it needs first.
+
+mod bench;
+mod bootstrap;
+mod lab;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and demonstrate mpathd")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot the built-in lab, start mpathd, cut a portal during IO and show the failover.
+    Demo,
+    /// Run every test: fmt, clippy, unit tests, host-kernel eBPF tests (root), lab scenarios.
+    Test(test::TestArgs),
+    /// The lab VM: a real LIO iSCSI target, open-iscsi and dm-multipath under QEMU.
+    Lab(lab::LabArgs),
+    /// Run a benchmark by name and write its JSON under target/bench/.
+    Bench(BenchArgs),
+    /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker).
+    Bootstrap,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The benchmark to run: probes (eBPF block probe cost, IOPS with and without them,
+    /// event latency).
+    name: String,
+}
+
+fn main() {
+    if let Err(e) = try_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn try_main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = project_root();
+    match cli.cmd {
+        Cmd::Bootstrap => bootstrap::ensure(&root, bootstrap::Need::All),
+        Cmd::Test(args) => test::run(&root, args),
+        Cmd::Lab(args) => {
+            bootstrap::ensure(&root, bootstrap::Need::All)?;
+            lab::run(&root, args)
+        }
+        Cmd::Demo => {
+            bootstrap::ensure(&root, bootstrap::Need::All)?;
+            lab::demo(&root)
+        }
+        Cmd::Bench(args) => {
+            bootstrap::ensure(&root, bootstrap::Need::All)?;
+            bench::run(&root, &args.name)
+        }
+    }
+}
+
+/// The workspace root, wherever cargo was started from.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
