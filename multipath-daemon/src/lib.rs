@@ -4,3 +4,5 @@
 //! stage is a module with a narrow, typed interface; only [`ebpf`] talks to aya.
 
 pub mod ebpf;
+pub mod model;
+pub mod topology;

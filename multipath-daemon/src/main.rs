@@ -7,7 +7,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use mpathd::ebpf::{BlockProbes, DevT, PathEvent, PathEventKind, PathThresholds, monotonic_ns};
+use mpathd::{
+    ebpf::{
+        BlockProbes, ConnEvent, ConnEventKind, ConnThresholds, DevT, ISCSI_PORT, PathEvent,
+        PathEventKind, PathThresholds, TcpProbes, monotonic_ns,
+    },
+    model::Conn,
+    topology::Sysfs,
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Watch block devices with the eBPF probes and print every path event as it happens
-    /// (IO errors, slow completions, stalled IO), then each device's counters on exit.
+    /// (IO errors, slow completions, stalled IO; for iSCSI disks also their TCP
+    /// connection's resets, retransmissions and RTT), then each device's counters on exit.
     Probe(ProbeArgs),
 }
 
@@ -52,6 +60,19 @@ struct ProbeArgs {
     /// Least gap (ms) between two events of one kind for one device.
     #[arg(long, default_value_t = 100)]
     event_gap_ms: u64,
+    /// Retransmissions in a row (no new data acknowledged) on an iSCSI connection that
+    /// make an event; 0 turns the rule off.
+    #[arg(long, default_value_t = 3)]
+    retrans_limit: u32,
+    /// Smoothed RTT (ms) of an iSCSI connection above which an event is sent; 0: off.
+    #[arg(long, default_value_t = 200)]
+    rtt_limit_ms: u64,
+    /// The iSCSI portals' TCP port.
+    #[arg(long, default_value_t = ISCSI_PORT)]
+    portal_port: u16,
+    /// Do not watch the TCP connections of iSCSI disks.
+    #[arg(long)]
+    no_tcp: bool,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
@@ -83,6 +104,8 @@ fn try_main() -> Result<()> {
 struct Target {
     name: String,
     dev: DevT,
+    /// Its iSCSI connection, when it is an iSCSI disk with one.
+    conn: Option<Conn>,
 }
 
 fn resolve(arg: &str) -> Result<Target> {
@@ -92,6 +115,7 @@ fn resolve(arg: &str) -> Result<Target> {
         return Ok(Target {
             name: arg.to_owned(),
             dev: DevT::new(major, minor),
+            conn: None,
         });
     }
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -102,12 +126,20 @@ fn resolve(arg: &str) -> Result<Target> {
         bail!("{arg} is not a block device");
     }
     let rdev = meta.rdev();
+    let name = Path::new(arg)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| arg.to_owned());
+    // The sysfs name is the node's name for sdX; anything else simply has no iSCSI side.
+    let conn = Sysfs::default()
+        .iscsi_path(&name)
+        .ok()
+        .flatten()
+        .and_then(|p| p.conn);
     Ok(Target {
-        name: Path::new(arg)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| arg.to_owned()),
+        name,
         dev: DevT::new(libc::major(rdev), libc::minor(rdev)),
+        conn,
     })
 }
 
@@ -135,6 +167,37 @@ fn probe(args: ProbeArgs) -> Result<()> {
             probes.watch(t.dev, thresholds)?;
             tracing::info!(device = %t.name, dev = %t.dev, "watching");
         }
+        let mut conns: Vec<(Conn, &str)> = targets
+            .iter()
+            .filter_map(|t| Some((t.conn?, t.name.as_str())))
+            .collect();
+        let mut tcp = None;
+        let mut tcp_events = None;
+        if !args.no_tcp && !conns.is_empty() {
+            let mut p = TcpProbes::load(args.portal_port).context("loading the TCP probes")?;
+            let stream = p.take_events()?;
+            let ct = ConnThresholds {
+                retrans_limit: args.retrans_limit,
+                rtt_limit: Duration::from_millis(args.rtt_limit_ms),
+                event_gap: Duration::from_millis(args.event_gap_ms),
+            };
+            for (c, name) in &conns {
+                p.watch(*c, ct)?;
+                tracing::info!(device = %name, conn = %c, "watching iSCSI connection");
+            }
+            tcp = Some((p, ct));
+            tcp_events = Some(stream);
+        }
+        let conn_name = |conns: &[(Conn, &str)], c: &Conn| {
+            conns
+                .iter()
+                .find(|(x, _)| x == c)
+                .map_or_else(|| c.to_string(), |(_, n)| n.to_string())
+        };
+        // A session that reconnects gets a new TCP connection (a new local port); sysfs
+        // says which, so it is re-read every second and the watch follows it.
+        let mut relearn = tokio::time::interval(Duration::from_secs(1));
+        let sysfs = Sysfs::default();
         let name_of = |dev: DevT| {
             targets
                 .iter()
@@ -152,17 +215,41 @@ fn probe(args: ProbeArgs) -> Result<()> {
         };
         tokio::pin!(stop);
         let mut batch = Vec::new();
+        let mut tcp_batch = Vec::new();
         loop {
             batch.clear();
+            tcp_batch.clear();
+            let tcp_next = async {
+                match tcp_events.as_mut() {
+                    Some(s) => s.next_batch(&mut tcp_batch).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = events.next_batch(&mut batch) => r?,
+                r = tcp_next => r?,
                 _ = scan.tick() => batch.extend(probes.scan_stalls()?),
+                _ = relearn.tick(), if tcp.is_some() => {
+                    let (p, ct) = tcp.as_mut().expect("checked");
+                    for (conn, name) in conns.iter_mut() {
+                        let now = sysfs.iscsi_path(name).ok().flatten().and_then(|x| x.conn);
+                        if let Some(new) = now.filter(|n| n != conn) {
+                            p.unwatch(*conn)?;
+                            p.watch(new, *ct)?;
+                            tracing::info!(device = %name, old = %conn, new = %new, "iSCSI connection changed; watching the new one");
+                            *conn = new;
+                        }
+                    }
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = &mut stop => break,
             }
             for ev in &batch {
                 print_event(ev, &name_of(ev.dev), args.json);
+            }
+            for ev in &tcp_batch {
+                print_conn_event(ev, &conn_name(&conns, &ev.conn), args.json);
             }
         }
         for t in &targets {
@@ -196,6 +283,72 @@ fn wall_secs(mono_ns: u64) -> f64 {
     now_wall - age
 }
 
+fn print_conn_event(ev: &ConnEvent, name: &str, json: bool) {
+    let wall = wall_secs(ev.at_ns);
+    let kind = match ev.kind {
+        ConnEventKind::Reset { .. } => "tcp_reset",
+        ConnEventKind::LeftEstablished { .. } => "tcp_left_established",
+        ConnEventKind::Retransmits => "tcp_retransmits",
+        ConnEventKind::SlowRtt => "tcp_slow_rtt",
+    };
+    let mut detail = serde_json::json!({
+        "conn": ev.conn.to_string(),
+        "srtt_us": ev.srtt.as_micros() as u64,
+        "consecutive_retrans": ev.consecutive_retrans,
+    });
+    match ev.kind {
+        ConnEventKind::Reset { state } => detail["state"] = state.into(),
+        ConnEventKind::LeftEstablished { new_state } => detail["new_state"] = new_state.into(),
+        _ => {}
+    }
+    emit(
+        wall,
+        ev.at_ns,
+        name,
+        None,
+        kind,
+        ev.suppressed,
+        detail,
+        json,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    wall: f64,
+    mono_ns: u64,
+    name: &str,
+    dev: Option<DevT>,
+    kind: &str,
+    suppressed: u32,
+    detail: serde_json::Value,
+    json: bool,
+) {
+    if json {
+        // How long after the kernel saw it the daemon had it in hand.
+        let lag_us = monotonic_ns().saturating_sub(mono_ns) / 1000;
+        let mut v = serde_json::json!({
+            "wall": wall, "mono_ns": mono_ns, "lag_us": lag_us, "device": name, "kind": kind,
+            "suppressed": suppressed,
+        });
+        if let Some(d) = dev {
+            v["dev"] = d.to_string().into();
+        }
+        if let (Some(o), Some(d)) = (v.as_object_mut(), detail.as_object()) {
+            o.extend(d.clone());
+        }
+        println!("{v}");
+    } else {
+        let dev = dev.map(|d| format!(" ({d})")).unwrap_or_default();
+        let held = if suppressed > 0 {
+            format!(" (+{suppressed} suppressed)")
+        } else {
+            String::new()
+        };
+        println!("{wall:.6} {name}{dev} {kind} {detail}{held}");
+    }
+}
+
 fn print_event(ev: &PathEvent, name: &str, json: bool) {
     let wall = wall_secs(ev.at_ns);
     let (kind, detail) = match &ev.kind {
@@ -222,24 +375,14 @@ fn print_event(ev: &PathEvent, name: &str, json: bool) {
             serde_json::json!({"inflight": inflight, "for_ms": for_.as_millis() as u64}),
         ),
     };
-    if json {
-        let mut v = serde_json::json!({
-            "wall": wall, "mono_ns": ev.at_ns, "device": name, "dev": ev.dev.to_string(),
-            "kind": kind, "suppressed": ev.suppressed,
-        });
-        if let (Some(o), Some(d)) = (v.as_object_mut(), detail.as_object()) {
-            o.extend(d.clone());
-        }
-        println!("{v}");
-    } else {
-        println!(
-            "{wall:.6} {name} ({}) {kind} {detail}{}",
-            ev.dev,
-            if ev.suppressed > 0 {
-                format!(" (+{} suppressed)", ev.suppressed)
-            } else {
-                String::new()
-            }
-        );
-    }
+    emit(
+        wall,
+        ev.at_ns,
+        name,
+        Some(ev.dev),
+        kind,
+        ev.suppressed,
+        detail,
+        json,
+    );
 }

@@ -11,8 +11,10 @@ lab_topology
 echo
 lab_dm_watch_start
 
-# MPATHD: the daemon (and its eBPF first-kernel-signal probe) starts here once it exists;
-# it will log its own timeline events (kinds `mpathd` and `ebpf`) with lab_event.
+# mpathd watches both paths from inside the kernel: its events land on the timeline as
+# `ebpf` rows. It only watches so far; failing the path itself comes with the health
+# engine, so dm still fails it when the iSCSI layer gives up.
+lab_probe_start --stall-ms 500 --retrans-limit 3
 
 lab_step "verified IO running, then the link of portal 1 (active path) is cut"
 lab_io_start
@@ -21,6 +23,7 @@ lab_link_down 1
 lab_wait_dm 1 F 60
 sleep 5
 lab_io_stop
+lab_probe_stop
 echo
 echo "Topology after the fault:"
 lab_topology

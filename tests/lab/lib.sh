@@ -94,6 +94,7 @@ lab__finish() {
 	local rc=$?
 	[ -n "$LAB_IO_PID" ] && kill "$LAB_IO_PID" 2>/dev/null
 	[ -n "$LAB_DM_WATCH_PID" ] && { pkill -P "$LAB_DM_WATCH_PID"; kill "$LAB_DM_WATCH_PID"; } 2>/dev/null
+	[ -n "${LAB_PROBE_PID:-}" ] && lab_probe_stop
 	cp "$LAB_EVENTS" "$LAB_OUT/events.tsv" 2>/dev/null
 	[ -f /tmp/labio.json ] && cp /tmp/labio.json "$LAB_OUT/labio.json"
 	dmesg >"$LAB_OUT/dmesg.txt" 2>/dev/null
@@ -410,6 +411,24 @@ lab_drop() {
 }
 lab_undrop() { lab_do nft delete table inet "lab_drop_$1"; lab_event restore "nft drop on portal $1 removed"; }
 
+# Silent loss in the network: the portal's namespace drops the traffic both ways, so the
+# initiator's segments leave it normally and vanish, as behind a dead switch. (A drop on
+# the initiator's own output hook instead fails each retransmission locally with EPERM,
+# which the kernel does not trace as a retransmission.)
+lab_drop_net() {
+	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
+		table inet lab_drop_net_$1 {
+			chain i { type filter hook input priority 0; ip saddr 10.99.$1.1 drop; }
+			chain o { type filter hook output priority 0; ip daddr 10.99.$1.1 drop; }
+		}
+	EOF
+	lab_event fault "nft drop both ways in the target's namespace for portal $1 (silent loss in the network)"
+}
+lab_undrop_net() {
+	lab_do nsenter --net=/run/netns/tgt nft delete table inet "lab_drop_net_$1"
+	lab_event restore "network drop on portal $1 removed"
+}
+
 # TCP reset from the target side: reject new segments with RST and kill the target's socket.
 lab_tcp_reset() {
 	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
@@ -451,3 +470,80 @@ lab_lun_ok() {
 
 lab_sdev_offline() { echo offline >"/sys/block/${LAB_DEV[$1]}/device/state" || lab_fail "offlining ${LAB_DEV[$1]}"; lab_event fault "SCSI device ${LAB_DEV[$1]} (path $1) offline"; }
 lab_sdev_running() { echo running >"/sys/block/${LAB_DEV[$1]}/device/state" || lab_fail "onlining ${LAB_DEV[$1]}"; lab_event restore "SCSI device ${LAB_DEV[$1]} (path $1) running"; }
+
+# --- mpathd's eBPF probes ----------------------------------------------------------------
+# lab_probe_start [ARGS...]: `mpathd probe --json ARGS` on every path's sd device in the
+# background (and, through sysfs, on each one's iSCSI connection). Events go to
+# $LAB_OUT/probe.jsonl as the kernel reports them; lab_probe_stop puts them on the
+# timeline (kind ebpf) at the time the kernel saw them.
+LAB_PROBE_PID=
+lab_probe_start() {
+	local devs=() i
+	for i in $(seq "$LAB_PORTALS"); do devs+=("/dev/${LAB_DEV[i]}"); done
+	: "${MPATHD:?MPATHD is set by the harness (cargo xtask lab run)}"
+	"$MPATHD" probe --json "$@" "${devs[@]}" >"$LAB_OUT/probe.jsonl" 2>"$LAB_OUT/probe.log" &
+	LAB_PROBE_PID=$!
+	lab_wait 30 "mpathd probe to attach (see probe.log)" lab__probe_ready
+	lab_event mpathd "mpathd probe watching ${devs[*]} and their iSCSI connections"
+}
+lab__probe_ready() {
+	kill -0 "$LAB_PROBE_PID" 2>/dev/null || lab_fail "mpathd probe exited: $(tail -3 "$LAB_OUT/probe.log")"
+	[ "$(grep -c 'watching iSCSI connection' "$LAB_OUT/probe.log")" -ge "$LAB_PORTALS" ]
+}
+
+lab_probe_stop() {
+	[ -n "$LAB_PROBE_PID" ] || return 0
+	kill -TERM "$LAB_PROBE_PID" 2>/dev/null
+	wait "$LAB_PROBE_PID"
+	LAB_PROBE_PID=
+	python3 - "$LAB_OUT/probe.jsonl" "$LAB_EVENTS" <<-'PY'
+		import json, sys
+		with open(sys.argv[2], "a") as out:
+		    for line in open(sys.argv[1]):
+		        e = json.loads(line)
+		        if "kind" not in e:
+		            continue  # the per-device summary printed on exit
+		        skip = {"wall", "mono_ns", "device", "dev", "kind", "lag_us"}
+		        detail = " ".join("%s=%s" % (k, v) for k, v in e.items() if k not in skip)
+		        out.write("%.6f\tebpf\t%s %s %s\n" % (e["wall"], e["device"], e["kind"], detail))
+	PY
+	lab_event mpathd "mpathd probe stopped ($(grep -c '"kind"' "$LAB_OUT/probe.jsonl") events)"
+}
+
+# lab_probe_wait KIND I SINCE SECONDS: until the probe reports KIND (io_error, slow,
+# stalled, tcp_reset, tcp_retransmits, ...) for path I at or after epoch SINCE. Prints
+# how long after SINCE the kernel saw it.
+lab_probe_wait() {
+	local kind=$1 i=$2 since=$3 secs=$4
+	lab_wait "$secs" "an mpathd $kind event for ${LAB_DEV[$i]}" lab__probe_has "$kind" "${LAB_DEV[$i]}" "$since"
+	lab__probe_has "$kind" "${LAB_DEV[$i]}" "$since" print
+}
+lab__probe_has() {
+	python3 - "$LAB_OUT/probe.jsonl" "$@" <<-'PY'
+		import json, sys
+		path, kind, dev, since = sys.argv[1:5]
+		for line in open(path):
+		    e = json.loads(line)
+		    if e.get("kind") == kind and e["device"] == dev and e["wall"] >= float(since):
+		        if len(sys.argv) > 5:
+		            print("probe: %s %s %.3f s after the fault" % (dev, kind, e["wall"] - float(since)))
+		        sys.exit(0)
+		sys.exit(1)
+	PY
+}
+
+# lab_probe_none I SINCE [UNTIL [KIND,KIND...]]: fail if the probe reported anything (or
+# any of these kinds) for path I in between.
+lab_probe_none() {
+	python3 - "$LAB_OUT/probe.jsonl" "${LAB_DEV[$1]}" "$2" "${3:-1e12}" "${4:-}" <<-'PY' || lab_fail "path $1 had events it should not have"
+		import json, sys
+		path, dev, since, until = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+		kinds = set(filter(None, sys.argv[5].split(",")))
+		evs = [json.loads(l) for l in open(path) if '"kind"' in l]
+		bad = [e for e in evs if e["device"] == dev and since <= e["wall"] <= until
+		       and (not kinds or e["kind"] in kinds)]
+		for b in bad:
+		    print("probe: unexpected event: " + b)
+		sys.exit(1 if bad else 0)
+	PY
+}

@@ -20,7 +20,7 @@ use multipath_common::block::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DevT, EbpfError, TraceFormat};
+use super::{DevT, EbpfError, TraceFormat, devt_from_kernel, kernel_devt};
 
 /// The compiled eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] =
@@ -319,7 +319,7 @@ impl BlockProbes {
             w.thresholds = thresholds;
             return Ok(());
         }
-        let kdev = dev.kernel();
+        let kdev = kernel_devt(dev);
         let home = watch_index(kdev);
         let table_index = (0..WATCH_PROBES)
             .map(|i| (home + i) % WATCH_TABLE_SIZE)
@@ -613,7 +613,7 @@ fn decode(bytes: &[u8]) -> Option<PathEvent> {
         _ => return None,
     };
     Some(PathEvent {
-        dev: DevT::from_kernel(e.dev),
+        dev: devt_from_kernel(e.dev),
         at_ns: e.ts_ns,
         kind,
         suppressed: e.suppressed,

@@ -12,40 +12,22 @@ pub use block::{
     ProgramStats, monotonic_ns,
 };
 pub use tcp::{
-    Conn, ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream,
-    TcpProbes,
+    ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream, TcpProbes,
 };
 pub use tracefs::{TraceField, TraceFormat, TraceFormatError};
 
 use multipath_common::block::{kernel_dev, split_kernel_dev};
 
-/// A block device number as userspace sees it (`stat`, sysfs `dev`): major:minor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DevT {
-    pub major: u32,
-    pub minor: u32,
+pub use crate::model::{Conn, DevT};
+
+/// The kernel's internal encoding of a device number, as block tracepoints carry it.
+pub(crate) fn kernel_devt(d: DevT) -> u32 {
+    kernel_dev(d.major, d.minor)
 }
 
-impl DevT {
-    pub fn new(major: u32, minor: u32) -> Self {
-        Self { major, minor }
-    }
-
-    /// The kernel's internal encoding, as block tracepoints carry it.
-    pub fn kernel(self) -> u32 {
-        kernel_dev(self.major, self.minor)
-    }
-
-    pub fn from_kernel(dev: u32) -> Self {
-        let (major, minor) = split_kernel_dev(dev);
-        Self { major, minor }
-    }
-}
-
-impl std::fmt::Display for DevT {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
+pub(crate) fn devt_from_kernel(dev: u32) -> DevT {
+    let (major, minor) = split_kernel_dev(dev);
+    DevT::new(major, minor)
 }
 
 /// Why the probes could not be set up or used. Each message names the cause.

@@ -17,7 +17,7 @@ use multipath_common::tcp::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{EbpfError, TraceFormat};
+use super::{Conn, EbpfError, TraceFormat};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-tcp"));
 
@@ -32,38 +32,23 @@ const PROGRAMS: [(&str, &str); 4] = [
 /// The default iSCSI portal port.
 pub const ISCSI_PORT: u16 = 3260;
 
-/// One TCP connection, from the initiator's side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Conn {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
-
-impl Conn {
-    fn key(&self) -> ConnKey {
-        ConnKey {
-            laddr: v6(self.local.ip()).octets(),
-            raddr: v6(self.remote.ip()).octets(),
-            lport: self.local.port(),
-            rport: self.remote.port(),
-        }
-    }
-
-    fn from_key(k: &ConnKey) -> Self {
-        let ip = |a: [u8; 16]| {
-            let a = Ipv6Addr::from(a);
-            a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
-        };
-        Self {
-            local: SocketAddr::new(ip(k.laddr), k.lport),
-            remote: SocketAddr::new(ip(k.raddr), k.rport),
-        }
+fn key(c: &Conn) -> ConnKey {
+    ConnKey {
+        laddr: v6(c.local.ip()).octets(),
+        raddr: v6(c.remote.ip()).octets(),
+        lport: c.local.port(),
+        rport: c.remote.port(),
     }
 }
 
-impl std::fmt::Display for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} -> {}", self.local, self.remote)
+fn conn_from_key(k: &ConnKey) -> Conn {
+    let ip = |a: [u8; 16]| {
+        let a = Ipv6Addr::from(a);
+        a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
+    };
+    Conn {
+        local: SocketAddr::new(ip(k.laddr), k.lport),
+        remote: SocketAddr::new(ip(k.raddr), k.rport),
     }
 }
 
@@ -230,7 +215,7 @@ impl TcpProbes {
 
     /// Starts watching `conn` (its counters from zero) or updates its thresholds.
     pub fn watch(&mut self, conn: Conn, t: ConnThresholds) -> Result<(), EbpfError> {
-        let key = conn.key();
+        let key = key(&conn);
         let limits = ConnLimits {
             retrans_limit: t.retrans_limit,
             rtt_limit_us: t.rtt_limit.as_micros().min(u32::MAX as u128) as u32,
@@ -257,7 +242,7 @@ impl TcpProbes {
     /// Stops watching `conn`; unknown connections are ignored. Call it when a session
     /// reconnects (new local port) and watch the new connection.
     pub fn unwatch(&mut self, conn: Conn) -> Result<(), EbpfError> {
-        match self.conns.remove(&conn.key()) {
+        match self.conns.remove(&key(&conn)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(EbpfError::Map {
                 map: "CONNS",
@@ -267,7 +252,7 @@ impl TcpProbes {
     }
 
     pub fn snapshot(&self, conn: Conn) -> Result<Option<ConnSnapshot>, EbpfError> {
-        match self.conns.get(&conn.key(), 0) {
+        match self.conns.get(&key(&conn), 0) {
             Ok(s) => Ok(Some(ConnSnapshot {
                 retransmits: s.retransmits,
                 consecutive_retrans: s.consecutive_retrans,
@@ -345,7 +330,7 @@ fn decode(bytes: &[u8]) -> Option<ConnEvent> {
         _ => return None,
     };
     Some(ConnEvent {
-        conn: Conn::from_key(&e.key),
+        conn: conn_from_key(&e.key),
         at_ns: e.ts_ns,
         kind,
         srtt: Duration::from_micros(u64::from(e.srtt_us)),
@@ -368,13 +353,12 @@ mod tests {
                 local: l.parse().unwrap(),
                 remote: r.parse().unwrap(),
             };
-            assert_eq!(Conn::from_key(&c.key()), c);
+            assert_eq!(conn_from_key(&key(&c)), c);
         }
-        let k = Conn {
+        let k = key(&Conn {
             local: "10.0.0.1:1".parse().unwrap(),
             remote: "10.0.0.2:3260".parse().unwrap(),
-        }
-        .key();
+        });
         // IPv4 is stored mapped, as the tracepoints' *_v6 fields carry it.
         assert_eq!(&k.laddr[10..], &[0xff, 0xff, 10, 0, 0, 1]);
     }

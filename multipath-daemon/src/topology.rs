@@ -1,0 +1,239 @@
+//! What the host's storage is made of, read from sysfs: block devices and, for iSCSI
+//! paths, the session, target and TCP connection behind each. The only module that reads
+//! sysfs.
+//!
+//! Everything is read relative to a root directory (`/` on a host, a recorded tree in
+//! tests), so the code is tested against real layouts without the hardware.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use crate::model::{Conn, DevT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}: {text:?}")]
+    Parse {
+        path: PathBuf,
+        what: String,
+        text: String,
+    },
+    #[error("no block device named {0} (looked in {1})")]
+    NoDevice(String, PathBuf),
+}
+
+/// A SCSI disk reached over iSCSI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IscsiPath {
+    /// Kernel name, e.g. `sda`.
+    pub name: String,
+    pub dev: DevT,
+    /// SCSI address host:channel:target:lun.
+    pub hctl: String,
+    /// `session3`
+    pub session: String,
+    pub target: String,
+    /// The session's state (LOGGED_IN, FAILED, FREE).
+    pub session_state: String,
+    /// Seconds the session waits for a lost connection before failing IO.
+    pub recovery_tmo: Option<u32>,
+    /// The portal the session was logged in to (persistent across reconnects).
+    pub portal: SocketAddr,
+    /// The connection now, when the session has one: the initiator's address (its iSCSI
+    /// host's `ipaddress`) and local port, and the portal's current address.
+    pub conn: Option<Conn>,
+}
+
+/// sysfs under `root`.
+#[derive(Clone, Debug)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Self::new("/")
+    }
+}
+
+impl Sysfs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel.trim_start_matches('/'))
+    }
+
+    /// The device number of a block device by kernel name.
+    pub fn block_devt(&self, name: &str) -> Result<DevT, TopologyError> {
+        let p = self.path("sys/block").join(name).join("dev");
+        if !p.exists() {
+            return Err(TopologyError::NoDevice(name.into(), self.path("sys/block")));
+        }
+        parse(&p, |t| t.parse::<DevT>())
+    }
+
+    /// Block devices, by kernel name, sorted.
+    pub fn block_devices(&self) -> Result<Vec<String>, TopologyError> {
+        let dir = self.path("sys/block");
+        let mut out: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|source| TopologyError::Io {
+                path: dir.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The iSCSI session and connection behind a block device; `None` when the device is
+    /// not a SCSI disk on an iSCSI session.
+    pub fn iscsi_path(&self, name: &str) -> Result<Option<IscsiPath>, TopologyError> {
+        let dev = self.block_devt(name)?;
+        let link = self.path("sys/block").join(name).join("device");
+        let Ok(sdev) = std::fs::canonicalize(&link) else {
+            return Ok(None); // no device link: not SCSI (loop, dm, nvme-ns...)
+        };
+        // .../platform/host0/session1/target0:0:0/0:0:0:0
+        let session_dir = sdev.ancestors().find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.strip_prefix("session").is_some_and(is_number))
+        });
+        let Some(session_dir) = session_dir else {
+            return Ok(None);
+        };
+        let session = name_of(session_dir);
+        let sid = &session["session".len()..];
+        let host_dir = session_dir.parent().unwrap_or(session_dir);
+        let host = name_of(host_dir);
+        let sattr = session_dir.join("iscsi_session").join(&session);
+        let cattr = session_dir
+            .join(format!("connection{sid}:0"))
+            .join("iscsi_connection")
+            .join(format!("connection{sid}:0"));
+        let portal = SocketAddr::new(
+            parse(&cattr.join("persistent_address"), |t| t.parse::<IpAddr>())?,
+            parse(&cattr.join("persistent_port"), |t| t.parse::<u16>())?,
+        );
+        // The live connection: absent or unparsable while the session is reconnecting.
+        let conn = (|| {
+            let local_ip = read(&host_dir.join("iscsi_host").join(&host).join("ipaddress"))
+                .ok()?
+                .parse::<IpAddr>()
+                .ok()?;
+            let local_port = read(&cattr.join("local_port")).ok()?.parse::<u16>().ok()?;
+            let remote_ip = read(&cattr.join("address")).ok()?.parse::<IpAddr>().ok()?;
+            let remote_port = read(&cattr.join("port")).ok()?.parse::<u16>().ok()?;
+            Some(Conn {
+                local: SocketAddr::new(local_ip, local_port),
+                remote: SocketAddr::new(remote_ip, remote_port),
+            })
+        })();
+        Ok(Some(IscsiPath {
+            name: name.to_owned(),
+            dev,
+            hctl: name_of(&sdev),
+            target: read(&sattr.join("targetname"))?,
+            session_state: read(&sattr.join("state"))?,
+            recovery_tmo: read(&sattr.join("recovery_tmo"))
+                .ok()
+                .and_then(|t| t.parse().ok()),
+            session,
+            portal,
+            conn,
+        }))
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A sysfs attribute, trimmed.
+fn read(p: &Path) -> Result<String, TopologyError> {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| TopologyError::Io {
+            path: p.to_owned(),
+            source,
+        })
+}
+
+fn parse<T, E: std::fmt::Display>(
+    p: &Path,
+    f: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, TopologyError> {
+    let text = read(p)?;
+    f(&text).map_err(|e| TopologyError::Parse {
+        path: p.to_owned(),
+        what: e.to_string(),
+        text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> Sysfs {
+        // Recorded from the lab guest (Debian 6.1, LIO target on two portals).
+        Sysfs::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/sysfs/lab-2portals"
+        ))
+    }
+
+    #[test]
+    fn finds_the_session_and_connection_behind_each_disk() {
+        let s = lab();
+        let a = s.iscsi_path("sda").unwrap().expect("sda is iSCSI");
+        assert_eq!(a.dev, DevT::new(8, 0));
+        assert_eq!(a.hctl, "0:0:0:0");
+        assert_eq!(a.session, "session1");
+        assert_eq!(a.target, "iqn.2003-01.org.mpathd.lab:tgt1");
+        assert_eq!(a.session_state, "LOGGED_IN");
+        assert_eq!(a.recovery_tmo, Some(5));
+        assert_eq!(a.portal, "10.99.1.2:3260".parse().unwrap());
+        assert_eq!(
+            a.conn,
+            Some(Conn {
+                local: "10.99.1.1:58324".parse().unwrap(),
+                remote: "10.99.1.2:3260".parse().unwrap(),
+            })
+        );
+        let b = s.iscsi_path("sdb").unwrap().unwrap();
+        assert_eq!((b.session.as_str(), b.dev), ("session2", DevT::new(8, 16)));
+        assert_eq!(b.conn.unwrap().local.port(), 52502);
+    }
+
+    #[test]
+    fn non_scsi_devices_are_not_iscsi_paths() {
+        let s = lab();
+        assert_eq!(s.iscsi_path("loop0").unwrap(), None);
+        assert_eq!(s.block_devices().unwrap(), ["loop0", "sda", "sdb"]);
+    }
+
+    #[test]
+    fn unknown_device_is_named_in_the_error() {
+        let e = lab().iscsi_path("sdz").unwrap_err().to_string();
+        assert!(e.starts_with("no block device named sdz"), "{e}");
+    }
+}
