@@ -60,7 +60,7 @@ fn run(watched: &Loop, unwatched: &Loop) -> serde_json::Value {
         stall_limit: Duration::ZERO,
         event_gap: Duration::ZERO,
     };
-    let _stats_fd = BlockProbes::enable_run_stats().expect("enabling BPF run-time stats");
+    let _stats_fd = mpathd::ebpf::enable_run_stats().expect("enabling BPF run-time stats");
 
     // 1. Cost per IO, watched and unwatched.
     let mut probes = BlockProbes::load().expect("loading probes");

@@ -416,13 +416,15 @@ lab_undrop() { lab_do nft delete table inet "lab_drop_$1"; lab_event restore "nf
 # the initiator's own output hook instead fails each retransmission locally with EPERM,
 # which the kernel does not trace as a retransmission.)
 lab_drop_net() {
+	local t=$EPOCHREALTIME
 	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
 		table inet lab_drop_net_$1 {
 			chain i { type filter hook input priority 0; ip saddr 10.99.$1.1 drop; }
 			chain o { type filter hook output priority 0; ip daddr 10.99.$1.1 drop; }
 		}
 	EOF
-	lab_event fault "nft drop both ways in the target's namespace for portal $1 (silent loss in the network)"
+	# Stamped before the command: under TCG nft takes long enough to matter.
+	lab_event_at "$t" fault "nft drop both ways in the target's namespace for portal $1 (silent loss in the network)"
 }
 lab_undrop_net() {
 	lab_do nsenter --net=/run/netns/tgt nft delete table inet "lab_drop_net_$1"
@@ -431,13 +433,14 @@ lab_undrop_net() {
 
 # TCP reset from the target side: reject new segments with RST and kill the target's socket.
 lab_tcp_reset() {
+	local t=$EPOCHREALTIME
 	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
 		table inet lab_rst_$1 {
 			chain i { type filter hook input priority 0; ip saddr 10.99.$1.1 tcp dport 3260 reject with tcp reset; }
 		}
 	EOF
 	nsenter --net=/run/netns/tgt ss -K dst "10.99.$1.1" >/dev/null 2>&1
-	lab_event fault "target-side TCP reset on portal $1 (RST + socket killed)"
+	lab_event_at "$t" fault "target-side TCP reset on portal $1 (RST + socket killed)"
 }
 lab_tcp_reset_clear() {
 	lab_do nsenter --net=/run/netns/tgt nft delete table inet "lab_rst_$1"

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd},
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use multipath_common::block::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DevT, EbpfError, TraceFormat, devt_from_kernel, kernel_devt};
+use super::{DevT, EbpfError, ProgramStats, TraceFormat, devt_from_kernel, kernel_devt};
 
 /// The compiled eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] =
@@ -185,15 +185,6 @@ impl PathSnapshot {
     pub fn errors_by_kind(&self) -> &[u64; ERROR_KINDS] {
         &self.stats.errors_by_kind
     }
-}
-
-/// Run-time statistics of one program, from the kernel (needs stats enabled).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ProgramStats {
-    pub tracepoint: &'static str,
-    pub program: &'static str,
-    pub run_count: u64,
-    pub run_time_ns: u64,
 }
 
 struct Watched {
@@ -486,42 +477,10 @@ impl BlockProbes {
         })
     }
 
-    /// Turns on the kernel's per-program run-time accounting while the returned fd lives.
-    pub fn enable_run_stats() -> Result<OwnedFd, EbpfError> {
-        aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .map_err(|e| EbpfError::Stats(std::io::Error::other(e.to_string())))
-    }
-
-    /// Run count and total run time of each program (zero unless stats are enabled).
+    /// Run count and total run time of each attached program (zero unless
+    /// [`enable_run_stats`](super::enable_run_stats) is in force).
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
-        let mut out = Vec::new();
-        for (tracepoint, name) in self.programs {
-            let p: &TracePoint = self
-                .ebpf
-                .program(name)
-                .ok_or(EbpfError::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    program: name,
-                    step: "be a tracepoint".into(),
-                    source,
-                })?;
-            let info = p.info().map_err(|source| EbpfError::Program {
-                program: name,
-                step: "report its info".into(),
-                source,
-            })?;
-            out.push(ProgramStats {
-                tracepoint,
-                program: name,
-                run_count: info.run_count(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-            });
-        }
-        Ok(out)
+        super::program_stats(&self.ebpf, &self.programs)
     }
 }
 

@@ -9,7 +9,7 @@ mod tracefs;
 
 pub use block::{
     BlockEventStream, BlockProbes, Dir, PathEvent, PathEventKind, PathSnapshot, PathThresholds,
-    ProgramStats, monotonic_ns,
+    monotonic_ns,
 };
 pub use tcp::{
     ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream, TcpProbes,
@@ -68,4 +68,54 @@ pub enum EbpfError {
     Events(#[source] std::io::Error),
     #[error("enabling kernel BPF run-time statistics: {0}")]
     Stats(#[source] std::io::Error),
+}
+
+/// Run-time statistics of one program, from the kernel (needs stats enabled).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramStats {
+    pub tracepoint: &'static str,
+    pub program: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Turns on the kernel's per-program run-time accounting while the returned fd lives
+/// (benchmarks; it costs a little on every program run).
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, EbpfError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| EbpfError::Stats(std::io::Error::other(e.to_string())))
+}
+
+/// Run count and total run time of each (tracepoint, program) attached from `ebpf`.
+fn program_stats(
+    ebpf: &aya::Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<Vec<ProgramStats>, EbpfError> {
+    let mut out = Vec::new();
+    for &(tracepoint, name) in programs {
+        let p: &aya::programs::TracePoint = ebpf
+            .program(name)
+            .ok_or(EbpfError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| EbpfError::Program {
+                program: name,
+                step: "be a tracepoint".into(),
+                source,
+            })?;
+        let info = p.info().map_err(|source| EbpfError::Program {
+            program: name,
+            step: "report its info".into(),
+            source,
+        })?;
+        out.push(ProgramStats {
+            tracepoint,
+            program: name,
+            run_count: info.run_count(),
+            run_time_ns: info.run_time().as_nanos() as u64,
+        });
+    }
+    Ok(out)
 }

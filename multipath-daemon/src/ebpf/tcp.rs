@@ -17,7 +17,7 @@ use multipath_common::tcp::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{Conn, EbpfError, TraceFormat};
+use super::{Conn, EbpfError, ProgramStats, TraceFormat};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-tcp"));
 
@@ -120,7 +120,7 @@ pub struct ConnSnapshot {
 
 /// The TCP probes, loaded and attached. Dropping this detaches them.
 pub struct TcpProbes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     conns: HashMap<MapData, ConnKey, ConnState>,
     events: Option<RingBuf<MapData>>,
 }
@@ -209,8 +209,16 @@ impl TcpProbes {
                 map: "TCP_EVENTS",
                 source,
             })?),
-            _ebpf: ebpf,
+            ebpf,
         })
+    }
+
+    /// Run count and total run time of each program (zero unless
+    /// [`enable_run_stats`](super::enable_run_stats) is in force).
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
+        let programs: Vec<(&'static str, &'static str)> =
+            PROGRAMS.iter().map(|&(_, name)| (name, name)).collect();
+        super::program_stats(&self.ebpf, &programs)
     }
 
     /// Starts watching `conn` (its counters from zero) or updates its thresholds.

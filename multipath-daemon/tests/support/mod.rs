@@ -4,12 +4,16 @@
 
 use std::{
     fs::File,
-    os::unix::fs::OpenOptionsExt,
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::{Path, PathBuf},
     process::Command,
+    sync::mpsc,
+    time::Duration,
 };
 
-use mpathd::ebpf::DevT;
+use mpathd::{ebpf::DevT, model::Conn};
 
 /// Set by `cargo xtask test`: a test that cannot get the kernel feature it needs fails
 /// instead of skipping, so CI never passes by skipping everything.
@@ -221,4 +225,111 @@ impl Drop for AlignedBuf {
         let layout = std::alloc::Layout::from_size_align(self.len, 4096).unwrap();
         unsafe { std::alloc::dealloc(self.ptr, layout) }
     }
+}
+
+/// A namespace `ns` with a veth pair: `a` in the root namespace (198.18.N.1/30), `b` in
+/// the namespace (198.18.N.2/30). RFC 2544 benchmark addresses, on a link of our own.
+pub struct NetNs {
+    name: String,
+    our_if: String,
+    peer_if: String,
+    local: std::net::Ipv4Addr,
+    remote: std::net::Ipv4Addr,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running ip (iproute2)");
+    assert!(st.success(), "ip {}", args.join(" "));
+}
+
+impl NetNs {
+    pub fn new(n: u8) -> Self {
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let name = format!("mpt{id}");
+        let (a, b) = (format!("mpa{id}"), format!("mpb{id}"));
+        ip(&["netns", "add", &name]);
+        let ns = Self {
+            name: name.clone(),
+            our_if: a.clone(),
+            peer_if: b.clone(),
+            local: std::net::Ipv4Addr::new(198, 18, n, 1),
+            remote: std::net::Ipv4Addr::new(198, 18, n, 2),
+        };
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &b, "netns", &name]);
+        ip(&["addr", "add", &format!("{}/30", ns.local), "dev", &a]);
+        ip(&["link", "set", &a, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.remote),
+            "dev",
+            &b,
+        ]);
+        ip(&["-n", &name, "link", "set", &b, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Silently drops everything on the link, as a dead switch port does: the peer's end
+    /// goes down, ours stays up, so TCP only notices by retransmitting.
+    pub fn cut(&self) {
+        ip(&["-n", &self.name, "link", "set", &self.peer_if, "down"]);
+    }
+
+    /// A listener on `port` inside the namespace; each accepted connection is handed to
+    /// `serve` on its own thread.
+    pub fn listen(&self, port: u16, serve: fn(TcpStream)) {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = SocketAddr::from((self.remote, port));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only; the fd is a network namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let l = TcpListener::bind(addr).unwrap();
+            tx.send(()).unwrap();
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || serve(s));
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("listener up");
+    }
+
+    pub fn connect(&self, port: u16) -> (TcpStream, Conn) {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::from((self.remote, port)),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let conn = Conn {
+            local: s.local_addr().unwrap(),
+            remote: s.peer_addr().unwrap(),
+        };
+        (s, conn)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Our end first: the namespace lives on while sockets in it linger, and with it
+        // the pair and its route, which would break the next run.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.our_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn sink(mut s: TcpStream) {
+    let mut buf = [0u8; 65536];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
 }

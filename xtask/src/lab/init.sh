@@ -16,7 +16,9 @@ fail() { echo "lab-init: $*"; echo "LAB-EXIT-CODE=125"; poweroff -f; }
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot $R || fail "9p mount of the host root failed"
 mkdir -p /ovl
 mount -t tmpfs -o size=512m tmpfs /ovl
-for d in etc var root; do
+# /tmp too is an overlay, not a bare tmpfs: a work tree (and the binaries and output dir
+# the scenario uses) may live under the host's /tmp, and must stay visible there.
+for d in etc var root tmp; do
 	mkdir -p /ovl/$d/u /ovl/$d/w
 	mount -t overlay overlay -o lowerdir=$R/$d,upperdir=/ovl/$d/u,workdir=/ovl/$d/w $R/$d || fail "overlay on /$d failed"
 done
@@ -32,7 +34,6 @@ ln -sf /proc/self/fd/0 $R/dev/stdin
 ln -sf /proc/self/fd/1 $R/dev/stdout
 ln -sf /proc/self/fd/2 $R/dev/stderr
 mount -t tmpfs tmpfs $R/run
-mount -t tmpfs tmpfs $R/tmp
 # The kernel's module autoload runs this path outside the chroot: hop into it.
 printf '#!/bin/sh\nexec /bin/chroot /newroot /sbin/modprobe "$@"\n' >/modprobe
 chmod +x /modprobe

@@ -107,6 +107,17 @@ pub fn run_builtin_scenarios(root: &Path) -> Vec<ScenarioOutcome> {
         .collect()
 }
 
+/// Runs one built-in scenario and returns its output directory (benchmarks read the
+/// figures they need from it); an error if it failed.
+pub fn run_builtin(root: &Path, name: &str) -> Result<PathBuf> {
+    let s = Scenario::resolve(root, name)?;
+    let r = run_scenario(root, &s, None, Echo::Progress)?;
+    r.print_summary();
+    let out = r.out_dir.clone();
+    r.into_result()?;
+    Ok(out)
+}
+
 /// Boots the lab, shows the topology, cuts the active portal during verified IO and prints
 /// the failover timeline and the verifier's result.
 pub fn demo(root: &Path) -> Result<()> {
