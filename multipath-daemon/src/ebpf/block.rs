@@ -2,25 +2,22 @@
 //! sends when a path's completion fails or is too slow, plus the stall scan that catches
 //! IO which never completes.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    os::fd::{AsFd, AsRawFd},
-    time::Duration,
-};
+use std::{collections::HashMap as StdHashMap, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::TracePoint,
 };
 use multipath_common::block::{
     BlockEvent, BlockTpOffsets, DIR_READ, DIR_WRITE, ERROR_KINDS, EV_IO_ERROR, EV_SLOW,
     LATENCY_BUCKETS, MAX_PATHS, PathLimits, PathRuleState, PathStats, SPAN_BYTES, WATCH_PROBES,
     WATCH_TABLE_SIZE, WATCH_TOMBSTONE, WatchEntry, watch_index,
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DevT, EbpfError, ProgramStats, TraceFormat, devt_from_kernel, kernel_devt};
+use super::{
+    DevT, EbpfError, EventRing, ProgramStats, TraceFormat, attach_tracepoint, devt_from_kernel,
+    kernel_devt, take_map,
+};
 
 /// The compiled eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] =
@@ -256,37 +253,14 @@ impl BlockProbes {
             .map_err(EbpfError::Load)?;
         let programs = choose_programs(&issue, &complete, generic_only);
         for (tracepoint, name) in programs {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    program: name,
-                    step: "be a tracepoint".into(),
-                    source,
-                })?;
-            program.load().map_err(|source| EbpfError::Program {
-                program: name,
-                step: "load (verifier)".into(),
-                source,
-            })?;
-            program
-                .attach("block", tracepoint)
-                .map_err(|source| EbpfError::Program {
-                    program: name,
-                    step: format!("attach to block:{tracepoint}"),
-                    source,
-                })?;
+            attach_tracepoint(&mut ebpf, name, "block", tracepoint)?;
         }
         Ok(Self {
-            watch: map(&mut ebpf, "WATCH", Array::try_from)?,
-            stats: map(&mut ebpf, "PATH_STATS", PerCpuArray::try_from)?,
-            limits: map(&mut ebpf, "PATH_LIMITS", Array::try_from)?,
-            rules: map(&mut ebpf, "PATH_RULES", Array::try_from)?,
-            events: Some(map(&mut ebpf, "BLOCK_EVENTS", RingBuf::try_from)?),
+            watch: take_map(&mut ebpf, "WATCH", Array::try_from)?,
+            stats: take_map(&mut ebpf, "PATH_STATS", PerCpuArray::try_from)?,
+            limits: take_map(&mut ebpf, "PATH_LIMITS", Array::try_from)?,
+            rules: take_map(&mut ebpf, "PATH_RULES", Array::try_from)?,
+            events: Some(take_map(&mut ebpf, "BLOCK_EVENTS", RingBuf::try_from)?),
             ebpf,
             programs,
             table: vec![0; WATCH_TABLE_SIZE as usize],
@@ -471,9 +445,7 @@ impl BlockProbes {
             name: "BLOCK_EVENTS",
         })?;
         Ok(BlockEventStream {
-            // SAFETY: the ring buffer's fd is owned by `RingFd` and lives as long as it.
-            ring: unsafe { AsyncFd::register_with_interest(RingFd(ring), Interest::READABLE) }
-                .map_err(|e| EbpfError::Events(e.into()))?,
+            ring: EventRing::new(ring, decode)?,
         })
     }
 
@@ -482,17 +454,6 @@ impl BlockProbes {
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
         super::program_stats(&self.ebpf, &self.programs)
     }
-}
-
-fn map<T>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
-) -> Result<T, EbpfError> {
-    let m = ebpf
-        .take_map(name)
-        .ok_or(EbpfError::Missing { kind: "map", name })?;
-    convert(m).map_err(|source| EbpfError::Map { map: name, source })
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().
@@ -506,46 +467,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-struct RingFd(RingBuf<MapData>);
-
-impl AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
 /// The kernel's block events, read asynchronously.
 pub struct BlockEventStream {
-    ring: AsyncFd<RingFd>,
+    ring: EventRing<PathEvent>,
 }
 
 impl BlockEventStream {
     /// Waits for events and appends every one ready to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<PathEvent>) -> Result<(), EbpfError> {
-        loop {
-            let mut guard = self.ring.readable_mut().await.map_err(EbpfError::Events)?;
-            let ring = &mut guard.get_inner_mut().0;
-            let before = out.len();
-            while let Some(item) = ring.next() {
-                if let Some(ev) = decode(&item) {
-                    out.push(ev);
-                }
-            }
-            guard.clear_ready();
-            if out.len() > before {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Appends the events ready now without waiting.
-    pub fn drain(&mut self, out: &mut Vec<PathEvent>) {
-        let ring = &mut self.ring.get_mut().0;
-        while let Some(item) = ring.next() {
-            if let Some(ev) = decode(&item) {
-                out.push(ev);
-            }
-        }
+        self.ring.next_batch(out).await
     }
 }
 

@@ -119,3 +119,98 @@ fn program_stats(
     }
     Ok(out)
 }
+
+/// Loads program `name` from `ebpf` (the verifier runs here) and attaches it to the
+/// tracepoint `category:tracepoint`.
+fn attach_tracepoint(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<(), EbpfError> {
+    let program: &mut aya::programs::TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: "be a tracepoint".into(),
+            source,
+        })?;
+    program.load().map_err(|source| EbpfError::Program {
+        program: name,
+        step: "load (verifier)".into(),
+        source,
+    })?;
+    program
+        .attach(category, tracepoint)
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: format!("attach to {category}:{tracepoint}"),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Takes map `name` out of `ebpf` and converts it to its typed form.
+fn take_map<T>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, EbpfError> {
+    let m = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Missing { kind: "map", name })?;
+    convert(m).map_err(|source| EbpfError::Map { map: name, source })
+}
+
+struct RingFd(aya::maps::RingBuf<aya::maps::MapData>);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// A ring buffer of events read with tokio; `decode` turns each record into a `T`.
+struct EventRing<T> {
+    ring: tokio::io::unix::AsyncFd<RingFd>,
+    decode: fn(&[u8]) -> Option<T>,
+}
+
+impl<T> EventRing<T> {
+    fn new(
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+        decode: fn(&[u8]) -> Option<T>,
+    ) -> Result<Self, EbpfError> {
+        // SAFETY: the ring buffer's fd is owned by `RingFd` and lives as long as it.
+        let ring = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                RingFd(ring),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(|e| EbpfError::Events(e.into()))?;
+        Ok(Self { ring, decode })
+    }
+
+    /// Waits for records and appends every one ready to `out`.
+    async fn next_batch(&mut self, out: &mut Vec<T>) -> Result<(), EbpfError> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.map_err(EbpfError::Events)?;
+            let ring = &mut guard.get_inner_mut().0;
+            let before = out.len();
+            while let Some(item) = ring.next() {
+                out.extend((self.decode)(&item));
+            }
+            guard.clear_ready();
+            if out.len() > before {
+                return Ok(());
+            }
+        }
+    }
+}

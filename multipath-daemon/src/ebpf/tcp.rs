@@ -2,22 +2,19 @@
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd, AsRawFd},
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, RingBuf},
-    programs::TracePoint,
 };
 use multipath_common::tcp::{
     ConnKey, ConnLimits, ConnState, TEV_RESET, TEV_RETRANS, TEV_RTT, TEV_STATE, TcpEvent,
     TcpTpOffsets,
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{Conn, EbpfError, ProgramStats, TraceFormat};
+use super::{Conn, EbpfError, EventRing, ProgramStats, TraceFormat, attach_tracepoint, take_map};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-tcp"));
 
@@ -168,47 +165,11 @@ impl TcpProbes {
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
         for (category, name) in PROGRAMS {
-            let p: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    program: name,
-                    step: "be a tracepoint".into(),
-                    source,
-                })?;
-            p.load().map_err(|source| EbpfError::Program {
-                program: name,
-                step: "load (verifier)".into(),
-                source,
-            })?;
-            p.attach(category, name)
-                .map_err(|source| EbpfError::Program {
-                    program: name,
-                    step: format!("attach to {category}:{name}"),
-                    source,
-                })?;
+            attach_tracepoint(&mut ebpf, name, category, name)?;
         }
-        let conns = ebpf.take_map("CONNS").ok_or(EbpfError::Missing {
-            kind: "map",
-            name: "CONNS",
-        })?;
-        let events = ebpf.take_map("TCP_EVENTS").ok_or(EbpfError::Missing {
-            kind: "map",
-            name: "TCP_EVENTS",
-        })?;
         Ok(Self {
-            conns: HashMap::try_from(conns).map_err(|source| EbpfError::Map {
-                map: "CONNS",
-                source,
-            })?,
-            events: Some(RingBuf::try_from(events).map_err(|source| EbpfError::Map {
-                map: "TCP_EVENTS",
-                source,
-            })?),
+            conns: take_map(&mut ebpf, "CONNS", HashMap::try_from)?,
+            events: Some(take_map(&mut ebpf, "TCP_EVENTS", RingBuf::try_from)?),
             ebpf,
         })
     }
@@ -283,42 +244,20 @@ impl TcpProbes {
             name: "TCP_EVENTS",
         })?;
         Ok(TcpEventStream {
-            // SAFETY: the ring buffer's fd is owned by `RingFd` and lives as long as it.
-            ring: unsafe { AsyncFd::register_with_interest(RingFd(ring), Interest::READABLE) }
-                .map_err(|e| EbpfError::Events(e.into()))?,
+            ring: EventRing::new(ring, decode)?,
         })
     }
 }
 
-struct RingFd(RingBuf<MapData>);
-
-impl AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
+/// The kernel's TCP events, read asynchronously.
 pub struct TcpEventStream {
-    ring: AsyncFd<RingFd>,
+    ring: EventRing<ConnEvent>,
 }
 
 impl TcpEventStream {
     /// Waits for events and appends every one ready to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<ConnEvent>) -> Result<(), EbpfError> {
-        loop {
-            let mut guard = self.ring.readable_mut().await.map_err(EbpfError::Events)?;
-            let ring = &mut guard.get_inner_mut().0;
-            let before = out.len();
-            while let Some(item) = ring.next() {
-                if let Some(ev) = decode(&item) {
-                    out.push(ev);
-                }
-            }
-            guard.clear_ready();
-            if out.len() > before {
-                return Ok(());
-            }
-        }
+        self.ring.next_batch(out).await
     }
 }
 
