@@ -86,6 +86,55 @@ pub struct BlockTpOffsets {
     pub valid: u32,
 }
 
+/// Byte offsets in kernel structures for the `tp_btf` completion program, taken from the
+/// running kernel's BTF by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RqBtfOffsets {
+    /// struct request: q, cmd_flags, __sector, start_time_ns (io_start_time_ns must follow
+    /// it directly: they are read together).
+    pub rq_q: u32,
+    pub rq_cmd_flags: u32,
+    pub rq_sector: u32,
+    pub rq_start_time_ns: u32,
+    /// struct request_queue: disk.
+    pub q_disk: u32,
+    /// struct gendisk: major (first_minor must follow it directly).
+    pub disk_major: u32,
+    /// 1 once filled in.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// Negative errno for a `blk_status_t`, as `blk_status_to_errno` maps it. The values up to
+/// BLK_STS_AGAIN have been the same from 5.x through 6.18; anything else counts as EIO.
+pub const fn blk_status_errno(status: u8) -> i32 {
+    match status {
+        0 => 0,
+        1 => -95,  // NOTSUPP: EOPNOTSUPP
+        2 => -110, // TIMEOUT: ETIMEDOUT
+        3 => -28,  // NOSPC: ENOSPC
+        4 => -67,  // TRANSPORT: ENOLINK
+        5 => -121, // TARGET: EREMOTEIO
+        6 => -52,  // RESV_CONFLICT (NEXUS before 6.5): EBADE
+        7 => -61,  // MEDIUM: ENODATA
+        8 => -84,  // PROTECTION: EILSEQ
+        9 => -12,  // RESOURCE: ENOMEM
+        12 => -11, // AGAIN: EAGAIN
+        _ => -5,   // IOERR and the rest: EIO
+    }
+}
+
+/// Direction of a request from its `cmd_flags` operation (REQ_OP_MASK = 0xff): read 0,
+/// write 1, flush 2, discard 3, secure erase 5, write zeroes 9.
+pub const fn op_direction(cmd_flags: u32) -> u32 {
+    match cmd_flags & 0xff {
+        0 => DIR_READ,
+        1 | 3 | 5 | 9 => DIR_WRITE,
+        _ => DIR_OTHER,
+    }
+}
+
 /// One entry of the watch table: a watched device and its path slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -299,6 +348,7 @@ mod pod {
     // SAFETY: all are repr(C), made only of integer fields and arrays of them, laid out
     // without implicit padding (checked by the size tests below).
     unsafe impl aya::Pod for super::BlockTpOffsets {}
+    unsafe impl aya::Pod for super::RqBtfOffsets {}
     unsafe impl aya::Pod for super::WatchEntry {}
     unsafe impl aya::Pod for super::InflightEntry {}
     unsafe impl aya::Pod for super::PathLimits {}
@@ -316,6 +366,7 @@ mod tests {
     #[test]
     fn no_implicit_padding() {
         assert_eq!(size_of::<BlockTpOffsets>(), 10 * 4);
+        assert_eq!(size_of::<RqBtfOffsets>(), 8 * 4);
         assert_eq!(size_of::<WatchEntry>(), 8);
         assert_eq!(size_of::<InflightEntry>(), 16);
         assert_eq!(size_of::<PathLimits>(), 32);
@@ -353,6 +404,16 @@ mod tests {
                 assert!(inflight_index(inflight_tag(dev, sector)) < INFLIGHT_TABLE_SIZE);
             }
         }
+    }
+
+    #[test]
+    fn block_status_and_op_decode() {
+        assert_eq!(blk_status_errno(10), -5);
+        assert_eq!(error_kind(blk_status_errno(4)), ERR_TRANSPORT);
+        assert_eq!(error_kind(blk_status_errno(2)), ERR_TIMEOUT);
+        assert_eq!(op_direction(0), DIR_READ);
+        assert_eq!(op_direction(1 | (1 << 11)), DIR_WRITE); // write with a flag
+        assert_eq!(op_direction(2), DIR_OTHER);
     }
 
     #[test]

@@ -4,7 +4,7 @@ mod support;
 
 use std::{os::unix::fs::FileExt, time::Duration};
 
-use mpathd::ebpf::{BlockProbes, Dir, PathEvent, PathEventKind, PathThresholds};
+use mpathd::ebpf::{BlockProbes, Dir, PathEvent, PathEventKind, PathThresholds, ProbeVariant};
 use multipath_common::block::ERR_IO;
 use support::{AlignedBuf, FsBackedLoop, LoopDev, need_root};
 
@@ -33,7 +33,8 @@ fn loop_generic_programs_count_and_report_errors() {
         return;
     }
     let failing = FsBackedLoop::new("generic");
-    let mut probes = BlockProbes::load_with(true).unwrap_or_else(|e| panic!("{e}"));
+    let mut probes =
+        BlockProbes::load_with(ProbeVariant::Generic).unwrap_or_else(|e| panic!("{e}"));
     let programs: Vec<_> = probes
         .program_stats()
         .unwrap()
@@ -101,9 +102,45 @@ fn loop_counts_io_per_watched_device() {
     if need_root("loop_counts_io_per_watched_device") {
         return;
     }
-    let watched = LoopDev::new("watched", 16);
-    let other = LoopDev::new("other", 16);
-    let mut probes = load();
+    let probes = load();
+    let programs: Vec<_> = probes
+        .program_stats()
+        .unwrap()
+        .iter()
+        .map(|p| p.program)
+        .collect();
+    // This kernel has BTF: the completion comes from the tp_btf program.
+    assert_eq!(
+        programs[..2],
+        ["block_rq_issue_count", "block_rq_complete_btf"]
+    );
+    counts_io(probes, "watched");
+}
+
+/// The classic tracepoint programs, which kernels without BTF get, count the same.
+#[test]
+fn loop_classic_tracepoint_programs_count_io() {
+    if need_root("loop_classic_tracepoint_programs_count_io") {
+        return;
+    }
+    let probes = BlockProbes::load_with(ProbeVariant::Tracepoint).unwrap_or_else(|e| panic!("{e}"));
+    let programs: Vec<_> = probes
+        .program_stats()
+        .unwrap()
+        .iter()
+        .map(|p| p.program)
+        .collect();
+    assert!(programs[0].starts_with("block_rq_issue") && programs[0] != "block_rq_issue_count");
+    assert!(
+        programs[1].starts_with("block_rq_complete_rwbs"),
+        "{programs:?}"
+    );
+    counts_io(probes, "classic");
+}
+
+fn counts_io(mut probes: BlockProbes, tag: &str) {
+    let watched = LoopDev::new(&format!("{tag}-watched"), 16);
+    let other = LoopDev::new(&format!("{tag}-other"), 16);
     let rt = runtime();
     let mut events = rt.block_on(async { probes.take_events() }).unwrap();
     probes.watch(watched.dev, quiet()).unwrap();

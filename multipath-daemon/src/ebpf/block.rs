@@ -10,8 +10,8 @@ use aya::{
 };
 use multipath_common::block::{
     BlockEvent, BlockTpOffsets, DIR_READ, DIR_WRITE, ERROR_KINDS, EV_IO_ERROR, EV_SLOW,
-    LATENCY_BUCKETS, MAX_PATHS, PathLimits, PathRuleState, PathStats, SPAN_BYTES, WATCH_PROBES,
-    WATCH_TABLE_SIZE, WATCH_TOMBSTONE, WatchEntry, watch_index,
+    LATENCY_BUCKETS, MAX_PATHS, PathLimits, PathRuleState, PathStats, RqBtfOffsets, SPAN_BYTES,
+    WATCH_PROBES, WATCH_TABLE_SIZE, WATCH_TOMBSTONE, WatchEntry, watch_index,
 };
 
 use super::{
@@ -23,26 +23,54 @@ use super::{
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-block"));
 
-/// Picks the program for each tracepoint: a variant with the record layout built in
-/// (direct context loads, cheapest) when the kernel's layout is one it knows, else the
-/// generic one that reads fields at the offsets the daemon hands it.
-fn choose_programs(
-    issue: &TraceFormat,
-    complete: &TraceFormat,
-    generic_only: bool,
-) -> [(&'static str, &'static str); 3] {
-    if generic_only {
-        return [
-            ("block_rq_issue", "block_rq_issue"),
-            ("block_rq_complete", "block_rq_complete"),
-            ("block_rq_requeue", "block_rq_requeue"),
-        ];
+/// Which programs to attach. `Auto` is what the daemon uses; the others exist so tests
+/// and benchmarks can run every variant on one kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVariant {
+    /// The cheapest this kernel allows: `tp_btf` completion with offsets from the kernel's
+    /// BTF when it has them, else `Tracepoint`.
+    Auto,
+    /// Classic tracepoints, with the record layout built in when it is one we know.
+    Tracepoint,
+    /// Classic tracepoints reading every field at offsets from tracefs.
+    Generic,
+}
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    Tracepoint,
+    Btf,
+}
+
+/// (tracepoint, program, how) for issue, complete and requeue.
+type Programs = [(&'static str, &'static str, Attach); 3];
+
+/// Picks the classic-tracepoint program for each tracepoint: a variant with the record
+/// layout built in (direct context loads) when the kernel's layout is one it knows, else
+/// the generic one that reads fields at the offsets the daemon hands it.
+fn choose_programs(issue: &TraceFormat, complete: &TraceFormat, variant: ProbeVariant) -> Programs {
+    let generic: Programs = [
+        ("block_rq_issue", "block_rq_issue", Attach::Tracepoint),
+        ("block_rq_complete", "block_rq_complete", Attach::Tracepoint),
+        ("block_rq_requeue", "block_rq_requeue", Attach::Tracepoint),
+    ];
+    if variant == ProbeVariant::Generic {
+        return generic;
     }
     let at = |f: &TraceFormat, name: &str, offset: u32, size: u32| {
         f.field(name)
             .is_ok_and(|x| x.offset == offset && x.size == size)
     };
-    let issue_prog = if at(issue, "dev", 8, 4) && at(issue, "sector", 16, 8) {
+    let issue_fixed = at(issue, "dev", 8, 4) && at(issue, "sector", 16, 8);
+    if variant == ProbeVariant::Auto && issue_fixed {
+        return [
+            ("block_rq_issue", "block_rq_issue_count", Attach::Tracepoint),
+            ("block_rq_complete", "block_rq_complete_btf", Attach::Btf),
+            generic[2],
+        ];
+    }
+    let issue_prog = if issue_fixed {
         "block_rq_issue_fixed"
     } else {
         "block_rq_issue"
@@ -62,10 +90,43 @@ fn choose_programs(
         _ => "block_rq_complete",
     };
     [
-        ("block_rq_issue", issue_prog),
-        ("block_rq_complete", complete_prog),
-        ("block_rq_requeue", "block_rq_requeue"),
+        ("block_rq_issue", issue_prog, Attach::Tracepoint),
+        ("block_rq_complete", complete_prog, Attach::Tracepoint),
+        generic[2],
     ]
+}
+
+/// Offsets for the `tp_btf` completion from the kernel's BTF; an error says why the
+/// classic tracepoints are used instead.
+fn rq_btf_offsets() -> Result<RqBtfOffsets, super::BtfError> {
+    let btf = super::Btf::kernel()?;
+    let m = |s: &str, f: &str| btf.member_offset(s, f);
+    let o = RqBtfOffsets {
+        rq_q: m("request", "q")?,
+        rq_cmd_flags: m("request", "cmd_flags")?,
+        rq_sector: m("request", "__sector")?,
+        rq_start_time_ns: m("request", "start_time_ns")?,
+        q_disk: m("request_queue", "disk")?,
+        disk_major: m("gendisk", "major")?,
+        valid: 1,
+        _pad: 0,
+    };
+    // Read in pairs by the program: they must be neighbours.
+    if m("request", "io_start_time_ns")? != o.rq_start_time_ns + 8 {
+        return Err(super::BtfError::NoMember {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            strukt: "request".into(),
+            member: "io_start_time_ns right after start_time_ns".into(),
+        });
+    }
+    if m("gendisk", "first_minor")? != o.disk_major + 4 {
+        return Err(super::BtfError::NoMember {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            strukt: "gendisk".into(),
+            member: "first_minor right after major".into(),
+        });
+    }
+    Ok(o)
 }
 
 /// What counts as a sick path, per path. A zero duration or count disables that rule.
@@ -203,8 +264,8 @@ pub struct BlockProbes {
     limits: Array<MapData, PathLimits>,
     rules: Array<MapData, PathRuleState>,
     events: Option<RingBuf<MapData>>,
-    /// (tracepoint, program attached to it).
-    programs: [(&'static str, &'static str); 3],
+    /// (tracepoint, program attached to it, how).
+    programs: Programs,
     /// Mirror of the kernel's watch table (dev per index), to place entries.
     table: Vec<u32>,
     paths: StdHashMap<DevT, Watched>,
@@ -215,12 +276,11 @@ pub struct BlockProbes {
 impl BlockProbes {
     /// Loads the probes with the tracepoint layout of the running kernel and attaches them.
     pub fn load() -> Result<Self, EbpfError> {
-        Self::load_with(false)
+        Self::load_with(ProbeVariant::Auto)
     }
 
-    /// As [`load`](Self::load); `generic_only` skips the variants with a built-in record
-    /// layout, as on a kernel whose layout mpathd does not know (tests use it).
-    pub fn load_with(generic_only: bool) -> Result<Self, EbpfError> {
+    /// As [`load`](Self::load), with the programs of `variant`.
+    pub fn load_with(variant: ProbeVariant) -> Result<Self, EbpfError> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| EbpfError::Cpus(e))?;
         let issue = TraceFormat::read("block", "block_rq_issue")?;
         let complete = TraceFormat::read("block", "block_rq_complete")?;
@@ -247,13 +307,29 @@ impl BlockProbes {
             requeue_dev: requeue.offset_in_span("dev", 4, 0, usize::MAX)?,
             valid: 1,
         };
+        let mut variant = variant;
+        let btf_offsets = match variant {
+            ProbeVariant::Auto => match rq_btf_offsets() {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::info!("block probes: using classic tracepoints ({e})");
+                    variant = ProbeVariant::Tracepoint;
+                    RqBtfOffsets::default()
+                }
+            },
+            _ => RqBtfOffsets::default(),
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("BLOCK_TP_OFFSETS", &offsets, true)
+            .override_global("RQ_BTF_OFFSETS", &btf_offsets, true)
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
-        let programs = choose_programs(&issue, &complete, generic_only);
-        for (tracepoint, name) in programs {
-            attach_tracepoint(&mut ebpf, name, "block", tracepoint)?;
+        let programs = choose_programs(&issue, &complete, variant);
+        for (tracepoint, name, how) in programs {
+            match how {
+                Attach::Tracepoint => attach_tracepoint(&mut ebpf, name, "block", tracepoint)?,
+                Attach::Btf => attach_btf(&mut ebpf, name, tracepoint)?,
+            }
         }
         Ok(Self {
             watch: take_map(&mut ebpf, "WATCH", Array::try_from)?,
@@ -452,8 +528,43 @@ impl BlockProbes {
     /// Run count and total run time of each attached program (zero unless
     /// [`enable_run_stats`](super::enable_run_stats) is in force).
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
-        super::program_stats(&self.ebpf, &self.programs)
+        let named: Vec<(&'static str, &'static str)> =
+            self.programs.iter().map(|&(t, p, _)| (t, p)).collect();
+        super::program_stats(&self.ebpf, &named)
     }
+}
+
+/// Loads a `tp_btf` program against the kernel's BTF and attaches it.
+fn attach_btf(ebpf: &mut Ebpf, name: &'static str, tracepoint: &str) -> Result<(), EbpfError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
+        program: name,
+        step: "read the kernel's BTF".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    let p: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: "be a BTF tracepoint".into(),
+            source,
+        })?;
+    p.load(tracepoint, &btf)
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: "load (verifier)".into(),
+            source,
+        })?;
+    p.attach().map_err(|source| EbpfError::Program {
+        program: name,
+        step: format!("attach to tp_btf/{tracepoint}"),
+        source,
+    })?;
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().

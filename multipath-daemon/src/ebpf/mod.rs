@@ -4,13 +4,15 @@
 //! ([`DevT`], [`PathSnapshot`], [`PathEvent`]) and errors that name their cause.
 
 mod block;
+mod btf;
 mod tcp;
 mod tracefs;
 
 pub use block::{
     BlockEventStream, BlockProbes, Dir, PathEvent, PathEventKind, PathSnapshot, PathThresholds,
-    monotonic_ns,
+    ProbeVariant, monotonic_ns,
 };
+pub use btf::{Btf, BtfError};
 pub use tcp::{
     ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream, TcpProbes,
 };
@@ -93,23 +95,18 @@ fn program_stats(
 ) -> Result<Vec<ProgramStats>, EbpfError> {
     let mut out = Vec::new();
     for &(tracepoint, name) in programs {
-        let p: &aya::programs::TracePoint = ebpf
+        let info = ebpf
             .program(name)
             .ok_or(EbpfError::Missing {
                 kind: "program",
                 name,
             })?
-            .try_into()
+            .info()
             .map_err(|source| EbpfError::Program {
                 program: name,
-                step: "be a tracepoint".into(),
+                step: "report its info".into(),
                 source,
             })?;
-        let info = p.info().map_err(|source| EbpfError::Program {
-            program: name,
-            step: "report its info".into(),
-            source,
-        })?;
         out.push(ProgramStats {
             tracepoint,
             program: name,
