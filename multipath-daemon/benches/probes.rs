@@ -19,8 +19,8 @@ use std::{
 use mpathd::ebpf::{BlockProbes, DevT, PathThresholds, ProgramStats, monotonic_ns};
 use serde_json::json;
 
-const ROUNDS: usize = 8;
-const ROUND_SECS: u32 = 3;
+const ROUNDS: usize = 16;
+const ROUND_SECS: u32 = 2;
 
 fn main() {
     let mut args = std::env::args().skip(1);
