@@ -1,7 +1,7 @@
 # Guest-side primitives for mpathd lab scenarios. Sourced by every scenario:
 #   . "$LAB_LIB"
 # The harness (cargo xtask lab run) sets LAB_LIB, LAB_OUT (writable dir shared with the
-# host), LAB_NAME and LABIO (the verifier binary). Scenarios set the LAB_* knobs below
+# host), LAB_NAME, LABIO (the verifier binary) and MPATHD (the daemon binary). Scenarios set the LAB_* knobs below
 # before calling lab_setup, then build a map, start IO, inject faults and assert.
 #
 # Timeline: every lab_event line goes to the console ("[lab +12.345s] ...") and to

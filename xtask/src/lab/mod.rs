@@ -3,7 +3,7 @@
 //! The host kernel has no device-mapper, SCSI or iSCSI, so every scenario runs in its own
 //! VM (vm.rs). Scenarios are bash scripts under tests/lab/scenarios/ that source
 //! tests/lab/lib.sh; the guest sees the host's root read-only, so it runs the host's
-//! binaries (labio, later mpathd) at their host paths, and writes its results to
+//! binaries (labio, mpathd) at their host paths, and writes its results to
 //! target/lab/<name>/ through a writable share. report.rs turns them into report.json.
 
 mod report;
