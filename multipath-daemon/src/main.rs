@@ -13,7 +13,7 @@ use mpathd::{
         PathEventKind, PathThresholds, TcpProbes, monotonic_ns,
     },
     model::Conn,
-    topology::Sysfs,
+    topology::{Sysfs, group_by_wwid},
 };
 
 #[derive(Parser)]
@@ -33,6 +33,13 @@ enum Cmd {
     /// (IO errors, slow completions, stalled IO; for iSCSI disks also their TCP
     /// connection's resets, retransmissions and RTT), then each device's counters on exit.
     Probe(ProbeArgs),
+    /// Scan sysfs for SCSI disks and show them grouped by LUN (WWID), with the iSCSI
+    /// session and connection behind each path: what mpathd would fold into one map each.
+    Scan {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -97,7 +104,71 @@ fn try_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Probe(args) => probe(args),
+        Cmd::Scan { json } => scan(json),
     }
+}
+
+fn scan(json: bool) -> Result<()> {
+    let sysfs = Sysfs::default();
+    let disks = sysfs.scsi_disks().context("scanning /sys/block")?;
+    let mut out = Vec::new();
+    for (wwid, paths) in group_by_wwid(&disks) {
+        let first = paths[0];
+        let mut ps = Vec::new();
+        for p in &paths {
+            let iscsi = sysfs.iscsi_path(&p.name).ok().flatten();
+            ps.push(serde_json::json!({
+                "name": p.name, "dev": p.dev.to_string(), "hctl": p.hctl, "state": p.state,
+                "iscsi": iscsi.map(|i| serde_json::json!({
+                    "session": i.session, "target": i.target, "portal": i.portal.to_string(),
+                    "session_state": i.session_state, "recovery_tmo": i.recovery_tmo,
+                    "conn": i.conn.map(|c| c.to_string()),
+                })),
+            }));
+        }
+        out.push(serde_json::json!({
+            "wwid": wwid, "vendor": first.vendor, "model": first.model,
+            "size_bytes": first.size_bytes, "paths": ps,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("no SCSI disks with a WWID");
+    }
+    for lun in &out {
+        println!(
+            "{} {},{} size={}M",
+            lun["wwid"].as_str().unwrap_or(""),
+            lun["vendor"].as_str().unwrap_or(""),
+            lun["model"].as_str().unwrap_or(""),
+            lun["size_bytes"].as_u64().unwrap_or(0) >> 20
+        );
+        let paths = lun["paths"].as_array().cloned().unwrap_or_default();
+        for (i, p) in paths.iter().enumerate() {
+            let tree = if i + 1 == paths.len() { "`-" } else { "|-" };
+            let iscsi = match &p["iscsi"] {
+                serde_json::Value::Null => String::new(),
+                v => format!(
+                    " iscsi {} {} {} conn {}",
+                    v["session"].as_str().unwrap_or(""),
+                    v["portal"].as_str().unwrap_or(""),
+                    v["session_state"].as_str().unwrap_or(""),
+                    v["conn"].as_str().unwrap_or("none")
+                ),
+            };
+            println!(
+                "{tree} {} {} {} {}{iscsi}",
+                p["hctl"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or(""),
+                p["dev"].as_str().unwrap_or(""),
+                p["state"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A device named on the command line.

@@ -52,6 +52,70 @@ pub struct IscsiPath {
     pub conn: Option<Conn>,
 }
 
+/// A SCSI disk: one path to a LUN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiDisk {
+    /// Kernel name, e.g. `sda`.
+    pub name: String,
+    pub dev: DevT,
+    /// SCSI address host:channel:target:lun.
+    pub hctl: String,
+    pub vendor: String,
+    pub model: String,
+    pub rev: String,
+    pub size_bytes: u64,
+    /// The SCSI device's state (running, offline, transport-offline, blocked...).
+    pub state: String,
+    /// The LUN's identifier as `scsi_id -g -u` prints it (and multipath-tools keys maps
+    /// by), from the kernel's `wwid` attribute; `None` when the LUN reports none.
+    pub wwid: Option<String>,
+}
+
+/// SCSI disks grouped by the LUN they reach (WWID), in WWID order; disks without a WWID
+/// are left out (nothing can be grouped by identity without one).
+pub fn group_by_wwid(disks: &[ScsiDisk]) -> Vec<(String, Vec<&ScsiDisk>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&ScsiDisk>> = Default::default();
+    for d in disks {
+        if let Some(w) = d.wwid.as_deref() {
+            groups.entry(w).or_default().push(d);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(w, ds)| (w.to_owned(), ds))
+        .collect()
+}
+
+/// Turns the kernel's `wwid` attribute (VPD page 0x83, `naa.`/`eui.`/`t10.` prefixed)
+/// into the form `scsi_id -g -u` prints: the designator type as a digit, then the id,
+/// whitespace runs folded into one `_` and trimmed.
+pub fn scsi_id_wwid(sysfs_wwid: &str) -> Option<String> {
+    let w = sysfs_wwid.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    if w.is_empty() {
+        return None;
+    }
+    let (digit, rest) = match w.split_at_checked(4) {
+        Some(("naa.", r)) => ("3", r),
+        Some(("eui.", r)) => ("2", r),
+        Some(("t10.", r)) => ("1", r),
+        _ => ("", w),
+    };
+    let mut out = String::from(digit);
+    let mut gap = false;
+    for c in rest.trim().chars() {
+        if c.is_whitespace() {
+            gap = true;
+        } else {
+            if gap {
+                out.push('_');
+                gap = false;
+            }
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 /// sysfs under `root`.
 #[derive(Clone, Debug)]
 pub struct Sysfs {
@@ -94,6 +158,35 @@ impl Sysfs {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         out.sort();
+        Ok(out)
+    }
+
+    /// Every SCSI disk (sd*), sorted by name. A disk that disappears while being read is
+    /// skipped; one whose attributes cannot be read is an error naming the file.
+    pub fn scsi_disks(&self) -> Result<Vec<ScsiDisk>, TopologyError> {
+        let mut out = Vec::new();
+        for name in self.block_devices()? {
+            let sdev = self.path("sys/block").join(&name).join("device");
+            if !name.starts_with("sd") || !sdev.join("vendor").exists() {
+                continue;
+            }
+            let real = match std::fs::canonicalize(&sdev) {
+                Ok(p) => p,
+                Err(_) => continue, // removed meanwhile
+            };
+            let block = self.path("sys/block").join(&name);
+            out.push(ScsiDisk {
+                dev: self.block_devt(&name)?,
+                hctl: name_of(&real),
+                vendor: read(&sdev.join("vendor"))?,
+                model: read(&sdev.join("model"))?,
+                rev: read(&sdev.join("rev")).unwrap_or_default(),
+                size_bytes: parse(&block.join("size"), |t| t.parse::<u64>())? * 512,
+                state: read(&sdev.join("state"))?,
+                wwid: read(&sdev.join("wwid")).ok().and_then(|w| scsi_id_wwid(&w)),
+                name,
+            });
+        }
         Ok(out)
     }
 
@@ -222,6 +315,42 @@ mod tests {
         let b = s.iscsi_path("sdb").unwrap().unwrap();
         assert_eq!((b.session.as_str(), b.dev), ("session2", DevT::new(8, 16)));
         assert_eq!(b.conn.unwrap().local.port(), 52502);
+    }
+
+    #[test]
+    fn scsi_disks_with_their_lun_identity() {
+        let disks = lab().scsi_disks().unwrap();
+        let names: Vec<_> = disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["sda", "sdb"], "loop0 is not a SCSI disk");
+        let a = &disks[0];
+        assert_eq!((a.vendor.as_str(), a.model.as_str()), ("LIO-ORG", "FILEIO"));
+        assert_eq!((a.hctl.as_str(), a.state.as_str()), ("0:0:0:0", "running"));
+        assert_eq!(a.size_bytes, 256 << 20);
+        // Both paths lead to one LUN: the identifier a map is keyed by.
+        assert_eq!(a.wwid.as_deref(), Some("360014056001405f00dcafe0123456789"));
+        assert_eq!(disks[1].wwid, a.wwid);
+        let groups = group_by_wwid(&disks);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].1.len(), 2);
+    }
+
+    #[test]
+    fn wwids_print_as_scsi_id_does() {
+        assert_eq!(
+            scsi_id_wwid("naa.60014056001405f00dcafe0123456789\n").as_deref(),
+            Some("360014056001405f00dcafe0123456789")
+        );
+        assert_eq!(
+            scsi_id_wwid("eui.0025385b71b07e2f").as_deref(),
+            Some("20025385b71b07e2f")
+        );
+        // The seed's IET LUN: `scsi_id -g -u` prints 1IET_00010001.
+        assert_eq!(
+            scsi_id_wwid("t10.IET     00010001  ").as_deref(),
+            Some("1IET_00010001")
+        );
+        assert_eq!(scsi_id_wwid("  \0"), None);
+        assert_eq!(scsi_id_wwid("weird").as_deref(), Some("weird"));
     }
 
     #[test]
