@@ -89,6 +89,8 @@ fn veth_cut_link_sends_retransmit_events_for_the_watched_connection_only() {
     std::thread::sleep(Duration::from_millis(100));
     let healthy = probes.snapshot(conn).unwrap().unwrap();
     assert_eq!(healthy.retransmits, 0, "{healthy:?}");
+    // Set by tcp_probe from the ACK of "hello".
+    assert!(!healthy.srtt.is_zero(), "{healthy:?}");
 
     ns.cut();
     let cut_at = Instant::now();

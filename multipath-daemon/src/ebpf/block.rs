@@ -15,8 +15,8 @@ use multipath_common::block::{
 };
 
 use super::{
-    DevT, EbpfError, EventRing, ProgramStats, TraceFormat, attach_tracepoint, devt_from_kernel,
-    kernel_devt, take_map,
+    DevT, EbpfError, EventRing, ProgramStats, TraceFormat, attach_btf, attach_tracepoint,
+    devt_from_kernel, kernel_devt, take_map,
 };
 
 /// The compiled eBPF object, built by build.rs through aya-build.
@@ -532,39 +532,6 @@ impl BlockProbes {
             self.programs.iter().map(|&(t, p, _)| (t, p)).collect();
         super::program_stats(&self.ebpf, &named)
     }
-}
-
-/// Loads a `tp_btf` program against the kernel's BTF and attaches it.
-fn attach_btf(ebpf: &mut Ebpf, name: &'static str, tracepoint: &str) -> Result<(), EbpfError> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
-        program: name,
-        step: "read the kernel's BTF".into(),
-        source: aya::programs::ProgramError::Btf(e),
-    })?;
-    let p: &mut aya::programs::BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            program: name,
-            step: "be a BTF tracepoint".into(),
-            source,
-        })?;
-    p.load(tracepoint, &btf)
-        .map_err(|source| EbpfError::Program {
-            program: name,
-            step: "load (verifier)".into(),
-            source,
-        })?;
-    p.attach().map_err(|source| EbpfError::Program {
-        program: name,
-        step: format!("attach to tp_btf/{tracepoint}"),
-        source,
-    })?;
-    Ok(())
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().

@@ -211,3 +211,36 @@ impl<T> EventRing<T> {
         }
     }
 }
+
+/// Loads a `tp_btf` program against the kernel's BTF and attaches it.
+fn attach_btf(ebpf: &mut aya::Ebpf, name: &'static str, tracepoint: &str) -> Result<(), EbpfError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
+        program: name,
+        step: "read the kernel's BTF".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    let p: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: "be a BTF tracepoint".into(),
+            source,
+        })?;
+    p.load(tracepoint, &btf)
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: "load (verifier)".into(),
+            source,
+        })?;
+    p.attach().map_err(|source| EbpfError::Program {
+        program: name,
+        step: format!("attach to tp_btf/{tracepoint}"),
+        source,
+    })?;
+    Ok(())
+}
