@@ -21,6 +21,16 @@ fn quiet() -> PathThresholds {
     }
 }
 
+/// The programs attached, in (issue, complete, requeue) order.
+fn program_names(probes: &BlockProbes) -> Vec<&'static str> {
+    probes
+        .program_stats()
+        .unwrap()
+        .iter()
+        .map(|p| p.program)
+        .collect()
+}
+
 fn load() -> BlockProbes {
     BlockProbes::load().unwrap_or_else(|e| panic!("{e}"))
 }
@@ -35,12 +45,7 @@ fn loop_generic_programs_count_and_report_errors() {
     let failing = FsBackedLoop::new("generic");
     let mut probes =
         BlockProbes::load_with(ProbeVariant::Generic).unwrap_or_else(|e| panic!("{e}"));
-    let programs: Vec<_> = probes
-        .program_stats()
-        .unwrap()
-        .iter()
-        .map(|p| p.program)
-        .collect();
+    let programs = program_names(&probes);
     assert_eq!(
         programs,
         ["block_rq_issue", "block_rq_complete", "block_rq_requeue"]
@@ -103,12 +108,7 @@ fn loop_counts_io_per_watched_device() {
         return;
     }
     let probes = load();
-    let programs: Vec<_> = probes
-        .program_stats()
-        .unwrap()
-        .iter()
-        .map(|p| p.program)
-        .collect();
+    let programs = program_names(&probes);
     // This kernel has BTF: the completion comes from the tp_btf program.
     assert_eq!(
         programs[..2],
@@ -124,12 +124,7 @@ fn loop_classic_tracepoint_programs_count_io() {
         return;
     }
     let probes = BlockProbes::load_with(ProbeVariant::Tracepoint).unwrap_or_else(|e| panic!("{e}"));
-    let programs: Vec<_> = probes
-        .program_stats()
-        .unwrap()
-        .iter()
-        .map(|p| p.program)
-        .collect();
+    let programs = program_names(&probes);
     assert!(programs[0].starts_with("block_rq_issue") && programs[0] != "block_rq_issue_count");
     assert!(
         programs[1].starts_with("block_rq_complete_rwbs"),

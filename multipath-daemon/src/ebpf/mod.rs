@@ -117,6 +117,28 @@ fn program_stats(
     Ok(out)
 }
 
+/// Program `name` of `ebpf` as the program type `T`.
+fn typed_program<'a, T>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+    step: &str,
+) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            step: step.into(),
+            source,
+        })
+}
+
 /// Loads program `name` from `ebpf` (the verifier runs here) and attaches it to the
 /// tracepoint `category:tracepoint`.
 fn attach_tracepoint(
@@ -125,18 +147,7 @@ fn attach_tracepoint(
     category: &str,
     tracepoint: &str,
 ) -> Result<(), EbpfError> {
-    let program: &mut aya::programs::TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            program: name,
-            step: "be a tracepoint".into(),
-            source,
-        })?;
+    let program: &mut aya::programs::TracePoint = typed_program(ebpf, name, "be a tracepoint")?;
     program.load().map_err(|source| EbpfError::Program {
         program: name,
         step: "load (verifier)".into(),
@@ -219,18 +230,7 @@ fn attach_btf(ebpf: &mut aya::Ebpf, name: &'static str, tracepoint: &str) -> Res
         step: "read the kernel's BTF".into(),
         source: aya::programs::ProgramError::Btf(e),
     })?;
-    let p: &mut aya::programs::BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            program: name,
-            step: "be a BTF tracepoint".into(),
-            source,
-        })?;
+    let p: &mut aya::programs::BtfTracePoint = typed_program(ebpf, name, "be a BTF tracepoint")?;
     p.load(tracepoint, &btf)
         .map_err(|source| EbpfError::Program {
             program: name,
