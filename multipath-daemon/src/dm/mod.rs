@@ -11,8 +11,13 @@
 //! input is checked against the number of words left before anything is allocated, so
 //! hostile input cannot make them loop or allocate beyond its own size.
 
+mod backend;
+mod kernel;
 mod status;
 mod table;
+
+pub use backend::{DmBackend, DmError, MapInfo, Message, SimDm, UUID_PREFIX, tables_match};
+pub use kernel::KernelDm;
 
 pub use status::{MultipathStatus, PathState, PathStatus, PgState, PgStatus};
 pub use table::{Feature, HwHandler, MultipathTable, PathGroup, PathSpec, QueueMode, Selector};

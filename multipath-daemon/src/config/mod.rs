@@ -1,0 +1,1 @@
+//! mpathd's configuration (TOML), multipath.conf import and check-config.
