@@ -69,6 +69,10 @@ pub struct ScsiDisk {
     /// The LUN's identifier as `scsi_id -g -u` prints it (and multipath-tools keys maps
     /// by), from the kernel's `wwid` attribute; `None` when the LUN reports none.
     pub wwid: Option<String>,
+    /// ALUA access state of this path's target port group (`active/optimized`,
+    /// `active/non-optimized`, `standby`, `unavailable`...), when the ALUA device
+    /// handler is attached; the `alua` prio source reads it.
+    pub access_state: Option<String>,
 }
 
 /// SCSI disks grouped by the LUN they reach (WWID), in WWID order; disks without a WWID
@@ -175,17 +179,27 @@ impl Sysfs {
                 Err(_) => continue, // removed meanwhile
             };
             let block = self.path("sys/block").join(&name);
-            out.push(ScsiDisk {
-                dev: self.block_devt(&name)?,
-                hctl: name_of(&real),
-                vendor: read(&sdev.join("vendor"))?,
-                model: read(&sdev.join("model"))?,
-                rev: read(&sdev.join("rev")).unwrap_or_default(),
-                size_bytes: parse(&block.join("size"), |t| t.parse::<u64>())? * 512,
-                state: read(&sdev.join("state"))?,
-                wwid: read(&sdev.join("wwid")).ok().and_then(|w| scsi_id_wwid(&w)),
-                name,
-            });
+            let disk = (|| {
+                Ok(ScsiDisk {
+                    dev: self.block_devt(&name)?,
+                    hctl: name_of(&real),
+                    vendor: read(&sdev.join("vendor"))?,
+                    model: read(&sdev.join("model"))?,
+                    rev: read(&sdev.join("rev")).unwrap_or_default(),
+                    size_bytes: parse(&block.join("size"), |t| t.parse::<u64>())?
+                        .saturating_mul(512),
+                    state: read(&sdev.join("state"))?,
+                    wwid: read(&sdev.join("wwid")).ok().and_then(|w| scsi_id_wwid(&w)),
+                    access_state: read(&sdev.join("access_state")).ok(),
+                    name: name.clone(),
+                })
+            })();
+            match disk {
+                Ok(d) => out.push(d),
+                // Removed while being read (a logout during the scan): not an error.
+                Err(_) if !block.exists() => continue,
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
