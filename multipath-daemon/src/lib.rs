@@ -6,5 +6,6 @@
 pub mod config;
 pub mod dm;
 pub mod ebpf;
+pub mod maps;
 pub mod model;
 pub mod topology;
