@@ -1,0 +1,913 @@
+//! The TOML config file: walks toml_edit's tree (which keeps spans) and collects every
+//! error with its line and column instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+use super::text::{LineIndex, shorten};
+use super::{
+    Config, ConfigErrors, Defaults, DeviceRule, Diagnostic, Failback, Filter, FindMultipaths,
+    GroupingPolicy, MultipathEntry, NoPathRetry, PrioSource, Rule, SelectorKind, Weight, WeightKey,
+    dm_name_problem, wwid_problem,
+};
+
+type Span = Option<Range<usize>>;
+
+/// Keys of `[defaults]`.
+pub(crate) const DEFAULTS_KEYS: &[&str] = &[
+    "path_grouping_policy",
+    "path_selector",
+    "failback",
+    "no_path_retry",
+    "queue_if_no_path",
+    "prio",
+    "prio_weights",
+    "user_friendly_names",
+    "alias_prefix",
+    "find_multipaths",
+    "bindings_file",
+    "wwids_file",
+    "socket",
+];
+
+/// Keys of a `[[multipaths]]` entry.
+pub(crate) const ENTRY_KEYS: &[&str] = &[
+    "wwid",
+    "alias",
+    "path_grouping_policy",
+    "path_selector",
+    "failback",
+    "no_path_retry",
+    "queue_if_no_path",
+    "prio",
+    "prio_weights",
+];
+
+const TOP_KEYS: &[&str] = &[
+    "defaults",
+    "multipaths",
+    "blacklist",
+    "blacklist_exceptions",
+];
+const FILTER_KEYS: &[&str] = &["devnode", "wwid", "device"];
+const DEVICE_KEYS: &[&str] = &["vendor", "product"];
+const WEIGHT_KEYS: &[&str] = &["devname", "hbtl", "portal", "prio"];
+
+/// Longest alias prefix: leaves room for the letters in a 127-byte dm name.
+const ALIAS_PREFIX_MAX: usize = 64;
+
+pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    let idx = LineIndex::new(text);
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, col) = match e.span() {
+                Some(r) => idx.pos(r.start),
+                None => (1, 1),
+            };
+            let msg = e.message().trim().replace('\n', "; ");
+            return Err(ConfigErrors(vec![Diagnostic::new(
+                origin,
+                line,
+                col,
+                format!("TOML syntax: {msg}"),
+            )]));
+        }
+    };
+    let mut cx = Cx {
+        origin,
+        idx,
+        errors: Vec::new(),
+    };
+    let mut cfg = Config::default();
+    let root = doc.as_table();
+    for (k, item) in root.iter() {
+        let key_span = root.key(k).and_then(|k| k.span());
+        match k {
+            "defaults" => {
+                if let Some(t) = cx.table(item, &key_span, "[defaults]") {
+                    cfg.defaults = cx.defaults(t);
+                }
+            }
+            "multipaths" => cfg.multipaths = cx.multipaths(item, &key_span),
+            "blacklist" => cfg.blacklist = cx.filter(item, &key_span, "blacklist"),
+            "blacklist_exceptions" => {
+                cfg.blacklist_exceptions = cx.filter(item, &key_span, "blacklist_exceptions")
+            }
+            _ => cx.unknown(k, &key_span, "at the top level", TOP_KEYS),
+        }
+    }
+    if cx.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        // Keep the order of the file (stable: same position keeps discovery order).
+        cx.errors.sort_by_key(|d| (d.line, d.col));
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+/// The policy keys shared by `[defaults]` and `[[multipaths]]` entries.
+#[derive(Default)]
+struct Policy {
+    path_grouping_policy: Option<GroupingPolicy>,
+    path_selector: Option<SelectorKind>,
+    failback: Option<Failback>,
+    no_path_retry: Option<NoPathRetry>,
+    queue_if_no_path: Option<bool>,
+    prio: Option<PrioSource>,
+}
+
+struct Cx<'a> {
+    origin: &'a str,
+    idx: LineIndex<'a>,
+    errors: Vec<Diagnostic>,
+}
+
+fn type_name(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+        Item::Value(v) => value_type_name(v),
+    }
+}
+
+fn value_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "an inline table",
+    }
+}
+
+/// The span of an item, or `fallback` (its key) when it has none.
+fn span_or(item: &Item, fallback: &Span) -> Span {
+    item.span().or_else(|| fallback.clone())
+}
+
+fn regex_msg(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(s) => s
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or(s.as_str())
+            .to_string(),
+        regex::Error::CompiledTooBig(_) => "the compiled regex is too big".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn one_of(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl<'a> Cx<'a> {
+    fn err(&mut self, span: &Span, message: impl Into<String>) {
+        let (line, col) = match span {
+            Some(r) => self.idx.pos(r.start),
+            None => (1, 1),
+        };
+        self.errors
+            .push(Diagnostic::new(self.origin, line, col, message));
+    }
+
+    fn location(&self, span: &Span) -> String {
+        match span {
+            Some(r) => {
+                let (l, c) = self.idx.pos(r.start);
+                format!("{}:{l}:{c}", self.origin)
+            }
+            None => self.origin.to_string(),
+        }
+    }
+
+    fn unknown(&mut self, key: &str, span: &Span, place: &str, expected: &[&str]) {
+        let hint = if place.contains("multipaths") && DEFAULTS_KEYS.contains(&key) {
+            " (it can only be set in [defaults])".to_string()
+        } else {
+            format!(" (expected one of {})", expected.join(", "))
+        };
+        self.err(
+            span,
+            format!("unknown key \"{}\" {place}{hint}", shorten(key, 64)),
+        );
+    }
+
+    fn table<'d>(&mut self, item: &'d Item, key: &Span, what: &str) -> Option<&'d dyn TableLike> {
+        match item.as_table_like() {
+            Some(t) => Some(t),
+            None => {
+                self.err(
+                    &span_or(item, key),
+                    format!("{what} must be a table, found {}", type_name(item)),
+                );
+                None
+            }
+        }
+    }
+
+    /// Visits each key of `t` with its key span and value span; unknown keys are errors.
+    fn keys<'d>(
+        &mut self,
+        t: &'d dyn TableLike,
+        place: &str,
+        allowed: &[&str],
+        mut f: impl FnMut(&mut Self, &str, &'d Item, Span, Span),
+    ) {
+        for (k, item) in t.iter() {
+            let key_span = t.get_key_value(k).and_then(|(k, _)| k.span());
+            if !allowed.contains(&k) {
+                self.unknown(k, &key_span, place, allowed);
+                continue;
+            }
+            let vspan = span_or(item, &key_span);
+            f(self, k, item, key_span, vspan);
+        }
+    }
+
+    fn string<'d>(&mut self, item: &'d Item, span: &Span, what: &str) -> Option<&'d str> {
+        match item.as_str() {
+            Some(s) => Some(s),
+            None => {
+                self.err(
+                    span,
+                    format!("{what} must be a string, found {}", type_name(item)),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, item: &Item, span: &Span, what: &str) -> Option<bool> {
+        match item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.err(
+                    span,
+                    format!(
+                        "{what} must be true or false, found {}",
+                        describe_value(item)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string among `names`, mapped by `from`.
+    fn choice<T>(
+        &mut self,
+        item: &Item,
+        span: &Span,
+        what: &str,
+        names: &[&str],
+        from: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let s = self.string(item, span, what)?;
+        match from(s) {
+            Some(v) => Some(v),
+            None => {
+                self.err(
+                    span,
+                    format!(
+                        "{what} \"{}\" is not one of {}",
+                        shorten(s, 64),
+                        one_of(names)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, item: &Item, span: &Span, what: &str) -> Option<PathBuf> {
+        let s = self.string(item, span, what)?;
+        if !s.starts_with('/') {
+            self.err(
+                span,
+                format!(
+                    "{what} must be an absolute path, found \"{}\"",
+                    shorten(s, 64)
+                ),
+            );
+            return None;
+        }
+        if s.contains('\0') {
+            self.err(span, format!("{what} contains a NUL character"));
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn failback(&mut self, item: &Item, span: &Span) -> Option<Failback> {
+        if let Some(n) = item.as_integer() {
+            return match u64::try_from(n) {
+                Ok(0) => Some(Failback::Immediate),
+                Ok(n) => Some(Failback::After(Duration::from_secs(n))),
+                Err(_) => {
+                    self.err(
+                        span,
+                        format!("failback must be 0 or more seconds, found {n}"),
+                    );
+                    None
+                }
+            };
+        }
+        let names = ["immediate", "manual", "followover"];
+        if item.as_str().is_none() {
+            self.err(
+                span,
+                format!(
+                    "failback must be {} or a number of seconds, found {}",
+                    one_of(&names),
+                    describe_value(item)
+                ),
+            );
+            return None;
+        }
+        self.choice(item, span, "failback", &names, |s| match s {
+            "immediate" => Some(Failback::Immediate),
+            "manual" => Some(Failback::Manual),
+            "followover" => Some(Failback::Followover),
+            _ => None,
+        })
+    }
+
+    fn no_path_retry(&mut self, item: &Item, span: &Span) -> Option<NoPathRetry> {
+        if let Some(n) = item.as_integer() {
+            return match u32::try_from(n) {
+                Ok(0) => Some(NoPathRetry::Fail),
+                Ok(n) => Some(NoPathRetry::Retries(n)),
+                Err(_) => {
+                    self.err(
+                        span,
+                        format!(
+                            "no_path_retry must be between 0 and {}, found {n}",
+                            u32::MAX
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        let names = ["fail", "queue"];
+        if item.as_str().is_none() {
+            self.err(
+                span,
+                format!(
+                    "no_path_retry must be {} or a number of retries, found {}",
+                    one_of(&names),
+                    describe_value(item)
+                ),
+            );
+            return None;
+        }
+        self.choice(item, span, "no_path_retry", &names, |s| match s {
+            "fail" => Some(NoPathRetry::Fail),
+            "queue" => Some(NoPathRetry::Queue),
+            _ => None,
+        })
+    }
+
+    fn weights(&mut self, item: &Item, span: &Span) -> Option<Vec<Weight>> {
+        let Some(arr) = item.as_array() else {
+            self.err(
+                span,
+                format!(
+                    "prio_weights must be an array of {{ hbtl|devname|portal = \"regex\", prio = N }}, found {}",
+                    type_name(item)
+                ),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, v) in arr.iter().enumerate() {
+            let vspan = v.span().or_else(|| span.clone());
+            let what = format!("prio_weights[{i}]");
+            let Some(t) = v.as_inline_table() else {
+                self.err(
+                    &vspan,
+                    format!(
+                        "{what} must be an inline table, found {}",
+                        value_type_name(v)
+                    ),
+                );
+                ok = false;
+                continue;
+            };
+            let mut key: Option<(WeightKey, String, Span)> = None;
+            let mut prio: Option<u32> = None;
+            let mut bad = false;
+            self.keys(
+                t,
+                &format!("in {what}"),
+                WEIGHT_KEYS,
+                |cx, k, it, kspan, vs| {
+                    if k == "prio" {
+                        match it.as_integer().map(u32::try_from) {
+                            Some(Ok(p)) => prio = Some(p),
+                            _ => {
+                                cx.err(
+                                    &vs,
+                                    format!(
+                                        "{what}.prio must be an integer from 0 to {}, found {}",
+                                        u32::MAX,
+                                        describe_value(it)
+                                    ),
+                                );
+                                bad = true;
+                            }
+                        }
+                        return;
+                    }
+                    let wk = match k {
+                        "devname" => WeightKey::Devname,
+                        "hbtl" => WeightKey::Hbtl,
+                        _ => WeightKey::Portal,
+                    };
+                    if key.is_some() {
+                        cx.err(
+                            &kspan,
+                            format!("{what} has more than one of devname, hbtl, portal"),
+                        );
+                        bad = true;
+                        return;
+                    }
+                    if let Some(s) = cx.string(it, &vs, &format!("{what}.{k}")) {
+                        key = Some((wk, s.to_string(), vs));
+                    } else {
+                        bad = true;
+                    }
+                },
+            );
+            if bad {
+                ok = false;
+                continue;
+            }
+            let (Some((wk, pat, pspan)), Some(p)) = (key, prio) else {
+                self.err(
+                    &vspan,
+                    format!("{what} needs one of devname, hbtl, portal and a prio"),
+                );
+                ok = false;
+                continue;
+            };
+            match Weight::new(wk, &pat, p) {
+                Ok(w) => out.push(w),
+                Err(e) => {
+                    self.err(
+                        &pspan,
+                        format!("{what}.{}: invalid regex: {}", wk.name(), regex_msg(&e)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Reads the policy keys of `t` (the caller's visitor passes the others).
+    fn policy_key(
+        &mut self,
+        p: &mut Policy,
+        k: &str,
+        item: &Item,
+        vs: &Span,
+        weights: &mut WeightsSeen,
+    ) {
+        match k {
+            "path_grouping_policy" => {
+                let names = GroupingPolicy::ALL.map(|g| g.name());
+                p.path_grouping_policy =
+                    self.choice(item, vs, k, &names, GroupingPolicy::from_name);
+            }
+            "path_selector" => {
+                let names = SelectorKind::ALL.map(|g| g.dm_name());
+                p.path_selector = self.choice(item, vs, k, &names, |s| {
+                    SelectorKind::from_name(s).or_else(|| {
+                        // multipath.conf's "service-time 0" spelling.
+                        s.strip_suffix(" 0").and_then(SelectorKind::from_name)
+                    })
+                });
+            }
+            "failback" => p.failback = self.failback(item, vs),
+            "no_path_retry" => p.no_path_retry = self.no_path_retry(item, vs),
+            "queue_if_no_path" => p.queue_if_no_path = self.boolean(item, vs, k),
+            "prio" => {
+                weights.prio_span = vs.clone();
+                weights.prio_name = self
+                    .choice(item, vs, k, &["const", "alua", "weighted"], |s| {
+                        ["const", "alua", "weighted"].into_iter().find(|n| *n == s)
+                    })
+                    .map(str::to_string);
+                if weights.prio_name.is_none() {
+                    weights.failed = true;
+                }
+            }
+            "prio_weights" => {
+                weights.weights_span = vs.clone();
+                weights.weights = self.weights(item, vs);
+                if weights.weights.is_none() {
+                    weights.failed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Combines `prio` and `prio_weights` once the whole table is read.
+    fn finish_prio(&mut self, p: &mut Policy, w: WeightsSeen, place: &str) {
+        if w.failed {
+            return;
+        }
+        p.prio = match (w.prio_name.as_deref(), w.weights) {
+            (None, None) => None,
+            (Some("const"), None) => Some(PrioSource::Const),
+            (Some("alua"), None) => Some(PrioSource::Alua),
+            (Some("weighted") | None, Some(ws)) => Some(PrioSource::Weighted(ws)),
+            (Some("weighted"), None) => {
+                self.err(
+                    &w.prio_span,
+                    format!("prio = \"weighted\" {place} needs prio_weights"),
+                );
+                None
+            }
+            (Some(other), Some(_)) => {
+                self.err(
+                    &w.weights_span,
+                    format!("prio_weights {place} needs prio = \"weighted\", not \"{other}\""),
+                );
+                None
+            }
+            (Some(_), None) => None,
+        };
+    }
+
+    fn defaults(&mut self, t: &dyn TableLike) -> Defaults {
+        let mut d = Defaults::default();
+        let mut p = Policy::default();
+        let mut w = WeightsSeen::default();
+        self.keys(
+            t,
+            "in [defaults]",
+            DEFAULTS_KEYS,
+            |cx, k, item, _ks, vs| match k {
+                "user_friendly_names" => {
+                    if let Some(b) = cx.boolean(item, &vs, k) {
+                        d.user_friendly_names = b;
+                    }
+                }
+                "alias_prefix" => {
+                    if let Some(s) = cx.string(item, &vs, k) {
+                        match dm_name_problem(s) {
+                            _ if s.len() > ALIAS_PREFIX_MAX => cx.err(
+                                &vs,
+                                format!("alias_prefix is longer than {ALIAS_PREFIX_MAX} bytes"),
+                            ),
+                            Some(why) => cx.err(&vs, format!("alias_prefix {why}")),
+                            None => d.alias_prefix = s.to_string(),
+                        }
+                    }
+                }
+                "find_multipaths" => {
+                    let v = if let Some(b) = item.as_bool() {
+                        Some(if b {
+                            FindMultipaths::On
+                        } else {
+                            FindMultipaths::Greedy
+                        })
+                    } else {
+                        cx.choice(
+                            item,
+                            &vs,
+                            k,
+                            &["strict", "on", "smart", "greedy", "yes", "no", "off"],
+                            FindMultipaths::from_name,
+                        )
+                    };
+                    if let Some(v) = v {
+                        d.find_multipaths = v;
+                    }
+                }
+                "bindings_file" => {
+                    if let Some(pb) = cx.path(item, &vs, k) {
+                        d.bindings_file = pb;
+                    }
+                }
+                "wwids_file" => {
+                    if let Some(pb) = cx.path(item, &vs, k) {
+                        d.wwids_file = pb;
+                    }
+                }
+                "socket" => {
+                    if let Some(pb) = cx.path(item, &vs, k) {
+                        d.socket = pb;
+                    }
+                }
+                _ => cx.policy_key(&mut p, k, item, &vs, &mut w),
+            },
+        );
+        self.finish_prio(&mut p, w, "in [defaults]");
+        if let Some(v) = p.path_grouping_policy {
+            d.path_grouping_policy = v;
+        }
+        if let Some(v) = p.path_selector {
+            d.path_selector = v;
+        }
+        if let Some(v) = p.failback {
+            d.failback = v;
+        }
+        if let Some(q) = p.queue_if_no_path {
+            d.queue_if_no_path = q;
+        }
+        d.no_path_retry = match (p.no_path_retry, p.queue_if_no_path) {
+            (Some(n), _) => n,
+            (None, Some(true)) => NoPathRetry::Queue,
+            (None, _) => NoPathRetry::Fail,
+        };
+        if let Some(v) = p.prio {
+            d.prio = v;
+        }
+        d
+    }
+
+    fn multipaths(&mut self, item: &Item, key: &Span) -> Vec<MultipathEntry> {
+        // [[multipaths]] tables, or multipaths = [{...}, ...].
+        let mut tables: Vec<(&dyn TableLike, Span)> = Vec::new();
+        match item {
+            Item::ArrayOfTables(aot) => {
+                for t in aot.iter() {
+                    tables.push((t as &dyn TableLike, t.span().or_else(|| key.clone())));
+                }
+            }
+            Item::Value(Value::Array(arr)) => {
+                for v in arr.iter() {
+                    match v.as_inline_table() {
+                        Some(t) => tables.push((t as &dyn TableLike, v.span())),
+                        None => self.err(
+                            &v.span(),
+                            format!(
+                                "multipaths entries must be tables, found {}",
+                                value_type_name(v)
+                            ),
+                        ),
+                    }
+                }
+            }
+            other => {
+                self.err(
+                    &span_or(other, key),
+                    format!(
+                        "multipaths must be an array of tables ([[multipaths]]), found {}",
+                        type_name(other)
+                    ),
+                );
+            }
+        }
+        let mut out = Vec::new();
+        let mut wwids: HashMap<String, String> = HashMap::new();
+        let mut aliases: HashMap<String, String> = HashMap::new();
+        for (t, tspan) in tables {
+            let mut e = MultipathEntry {
+                location: self.location(&tspan),
+                ..Default::default()
+            };
+            let mut p = Policy::default();
+            let mut w = WeightsSeen::default();
+            let mut wwid_span = None;
+            let mut alias_span = None;
+            self.keys(
+                t,
+                "in [[multipaths]]",
+                ENTRY_KEYS,
+                |cx, k, item, _ks, vs| match k {
+                    "wwid" => {
+                        if let Some(s) = cx.string(item, &vs, k) {
+                            match wwid_problem(s) {
+                                Some(why) => cx.err(&vs, format!("wwid {why}")),
+                                None => {
+                                    e.wwid = s.to_string();
+                                    wwid_span = Some(vs);
+                                }
+                            }
+                        } else {
+                            wwid_span = Some(vs);
+                        }
+                    }
+                    "alias" => {
+                        if let Some(s) = cx.string(item, &vs, k) {
+                            match dm_name_problem(s) {
+                                Some(why) => {
+                                    cx.err(&vs, format!("alias \"{}\" {why}", shorten(s, 64)))
+                                }
+                                None => {
+                                    e.alias = Some(s.to_string());
+                                    alias_span = Some(vs);
+                                }
+                            }
+                        }
+                    }
+                    _ => cx.policy_key(&mut p, k, item, &vs, &mut w),
+                },
+            );
+            self.finish_prio(&mut p, w, "in [[multipaths]]");
+            e.path_grouping_policy = p.path_grouping_policy;
+            e.path_selector = p.path_selector;
+            e.failback = p.failback;
+            e.no_path_retry = p.no_path_retry;
+            e.queue_if_no_path = p.queue_if_no_path;
+            e.prio = p.prio;
+            match wwid_span {
+                None => self.err(&tspan, "this [[multipaths]] entry has no wwid"),
+                Some(ws) if !e.wwid.is_empty() => {
+                    let here = self.location(&ws);
+                    if let Some(first) = wwids.get(&e.wwid) {
+                        self.err(
+                            &ws,
+                            format!(
+                                "wwid \"{}\" already has an entry at {first}",
+                                shorten(&e.wwid, 80)
+                            ),
+                        );
+                    } else {
+                        wwids.insert(e.wwid.clone(), here);
+                    }
+                }
+                Some(_) => {}
+            }
+            if let (Some(a), Some(asp)) = (&e.alias, &alias_span) {
+                let here = self.location(asp);
+                if let Some(first) = aliases.get(a) {
+                    self.err(asp, format!("alias \"{a}\" is already used at {first}"));
+                } else {
+                    aliases.insert(a.clone(), here);
+                }
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    fn regex_list(&mut self, item: &Item, vs: &Span, what: &str) -> Vec<Rule> {
+        let mut values: Vec<(&str, Span)> = Vec::new();
+        if let Some(s) = item.as_str() {
+            values.push((s, vs.clone()));
+        } else if let Some(arr) = item.as_array() {
+            for v in arr.iter() {
+                match v.as_str() {
+                    Some(s) => values.push((s, v.span())),
+                    None => self.err(
+                        &v.span(),
+                        format!(
+                            "{what} entries must be strings, found {}",
+                            value_type_name(v)
+                        ),
+                    ),
+                }
+            }
+        } else {
+            self.err(
+                vs,
+                format!(
+                    "{what} must be an array of regex strings, found {}",
+                    type_name(item)
+                ),
+            );
+        }
+        let mut out = Vec::new();
+        for (s, sp) in values {
+            match Rule::new(s) {
+                Ok(r) => out.push(r.at(self.location(&sp))),
+                Err(e) => self.err(&sp, format!("{what}: invalid regex: {}", regex_msg(&e))),
+            }
+        }
+        out
+    }
+
+    fn filter(&mut self, item: &Item, key: &Span, name: &str) -> Filter {
+        let mut f = Filter::default();
+        let Some(t) = self.table(item, key, &format!("[{name}]")) else {
+            return f;
+        };
+        self.keys(
+            t,
+            &format!("in [{name}]"),
+            FILTER_KEYS,
+            |cx, k, item, _ks, vs| match k {
+                "devnode" => f.devnode = cx.regex_list(item, &vs, &format!("{name}.devnode")),
+                "wwid" => f.wwid = cx.regex_list(item, &vs, &format!("{name}.wwid")),
+                _ => f.device = cx.devices(item, &vs, name),
+            },
+        );
+        f
+    }
+
+    fn devices(&mut self, item: &Item, vs: &Span, name: &str) -> Vec<DeviceRule> {
+        let what = format!("{name}.device");
+        let mut tables: Vec<(&dyn TableLike, Span)> = Vec::new();
+        match item {
+            Item::ArrayOfTables(aot) => {
+                for t in aot.iter() {
+                    tables.push((t as &dyn TableLike, t.span().or_else(|| vs.clone())));
+                }
+            }
+            Item::Value(Value::Array(arr)) => {
+                for v in arr.iter() {
+                    match v.as_inline_table() {
+                        Some(t) => tables.push((t as &dyn TableLike, v.span())),
+                        None => self.err(
+                            &v.span(),
+                            format!(
+                                "{what} entries must be {{ vendor = \"regex\", product = \"regex\" }}, found {}",
+                                value_type_name(v)
+                            ),
+                        ),
+                    }
+                }
+            }
+            other => self.err(
+                vs,
+                format!(
+                    "{what} must be an array of {{ vendor = \"regex\", product = \"regex\" }}, found {}",
+                    type_name(other)
+                ),
+            ),
+        }
+        let mut out = Vec::new();
+        for (t, tspan) in tables {
+            let mut rule = DeviceRule {
+                vendor: None,
+                product: None,
+                location: self.location(&tspan),
+            };
+            let mut bad = false;
+            self.keys(
+                t,
+                &format!("in {what}"),
+                DEVICE_KEYS,
+                |cx, k, item, _ks, vs| {
+                    let Some(s) = cx.string(item, &vs, &format!("{what}.{k}")) else {
+                        bad = true;
+                        return;
+                    };
+                    match Rule::new(s) {
+                        Ok(r) => {
+                            let r = r.at(cx.location(&vs));
+                            if k == "vendor" {
+                                rule.vendor = Some(r);
+                            } else {
+                                rule.product = Some(r);
+                            }
+                        }
+                        Err(e) => {
+                            cx.err(&vs, format!("{what}.{k}: invalid regex: {}", regex_msg(&e)));
+                            bad = true;
+                        }
+                    }
+                },
+            );
+            if bad {
+                continue;
+            }
+            if rule.vendor.is_none() && rule.product.is_none() {
+                self.err(&tspan, format!("{what} entry needs a vendor or a product"));
+                continue;
+            }
+            out.push(rule);
+        }
+        out
+    }
+}
+
+/// What `prio` and `prio_weights` said in one table.
+#[derive(Default)]
+struct WeightsSeen {
+    prio_name: Option<String>,
+    prio_span: Span,
+    weights: Option<Vec<Weight>>,
+    weights_span: Span,
+    failed: bool,
+}
+
+/// A value for a message: strings quoted, others by type.
+fn describe_value(item: &Item) -> String {
+    match item {
+        Item::Value(Value::String(s)) => format!("\"{}\"", shorten(s.value(), 64)),
+        Item::Value(Value::Integer(i)) => i.value().to_string(),
+        Item::Value(Value::Boolean(b)) => b.value().to_string(),
+        other => type_name(other).to_string(),
+    }
+}
