@@ -561,3 +561,104 @@ lab_probe_none() {
 		sys.exit(1 if bad else 0)
 	PY
 }
+
+# --- many LUNs (benchmarks) ------------------------------------------------------------------
+# A target with many small LUNs, each with its own WWID, mapped on every portal. Not used by
+# lab_setup: the scenarios keep their one fileio LUN; the start-up benchmark uses these.
+: "${LAB_LUNS_SERIAL_PREFIX:=6001405be0c4}" # + 13 hex digits of the LUN number: 25 hex digits, one WWID per LUN
+
+# lab_target_start_luns N [MB]: like lab_target_start, but N rd_mcp (RAM) LUNs of MB MiB
+# (default 1) as lun_0..lun_<N-1> of one TPG, so every session sees all N. One python3 run
+# does the configfs work (a fork per mkdir/ln costs seconds under TCG for 128 LUNs).
+lab_target_start_luns() {
+	local n=$1 mb=${2:-1} i T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1"
+	ip link set lo up
+	lab_do ip netns add tgt
+	ip -n tgt link set lo up
+	for i in $(seq "$LAB_PORTALS"); do
+		lab_do ip link add "p$i" type veth peer name "p$i-t"
+		lab_do ip link set "p$i-t" netns tgt
+		ip addr add "10.99.$i.1/24" dev "p$i"
+		ip link set "p$i" up
+		ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
+		ip -n tgt link set "p$i-t" up
+		LAB_PORTAL[i]=10.99.$i.2
+	done
+	python3 - "$LAB_CFG" "$T" "$n" "$mb" "$LAB_LUNS_SERIAL_PREFIX" <<-'PY' || lab_fail "configuring $n LIO LUNs"
+		import os, sys
+		cfg, tpg, n, mb, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+		def put(path, value):
+		    with open(path, "w") as f:
+		        f.write(value)
+		for i in range(n):
+		    bs = "%s/core/rd_mcp_0/lun%d" % (cfg, i)
+		    os.makedirs(bs)
+		    put(bs + "/control", "rd_pages=%d" % (mb * 256))
+		    put(bs + "/enable", "1")
+		    # Without a unit serial LIO reports no WWID; its NAA takes the first 25 hex digits.
+		    put(bs + "/wwn/vpd_unit_serial", "%s%013x" % (prefix, i))
+		    os.makedirs("%s/lun/lun_%d" % (tpg, i))
+		    os.symlink(bs, "%s/lun/lun_%d/lun%d" % (tpg, i, i))
+	PY
+	for i in $(seq "$LAB_PORTALS"); do
+		lab_do nsenter --net=/run/netns/tgt mkdir "$T/np/10.99.$i.2:3260"
+	done
+	echo 1 >"$T/attrib/generate_node_acls"
+	echo 0 >"$T/attrib/demo_mode_write_protect"
+	echo 0 >"$T/attrib/authentication"
+	echo 1 >"$T/attrib/cache_dynamic_acls"
+	echo 1 >"$T/enable"
+	lab_event info "LIO target $LAB_IQN: $LAB_PORTALS portals, $n rd_mcp LUNs of $mb MiB, serials $LAB_LUNS_SERIAL_PREFIX<13 hex digits>"
+}
+
+lab_sd_count() { # lab_sd_count: how many sd disks the guest has (a glob, no fork)
+	local d=(/sys/block/sd*)
+	[ -e "${d[0]}" ] && echo "${#d[@]}" || echo 0
+}
+
+# lab_wait_disks N SECONDS: until the guest has N sd disks with their /dev nodes.
+lab_wait_disks() {
+	lab_wait "$2" "$1 SCSI disks" lab__disks_at_least "$1"
+}
+lab__disks_at_least() {
+	local b
+	[ "$(lab_sd_count)" -ge "$1" ] || return 1
+	for b in /sys/block/sd*; do [ -b "/dev/${b##*/}" ] || return 1; done
+}
+
+# lab_login_all: like lab_login with fewer commands (each costs a second or two under TCG):
+# the timeouts go into iscsid.conf, one discovery through portal 1 finds every portal, one
+# iscsiadm logs in to all of them at once. Fills LAB_DEV/DEVT/HCTL/SESSION from a disk of
+# each session (with many LUNs, any one of them).
+lab_login_all() {
+	local i
+	echo "InitiatorName=$LAB_INITIATOR" >/etc/iscsi/initiatorname.iscsi
+	sed -i -e "s/^node.session.timeo.replacement_timeout = .*/node.session.timeo.replacement_timeout = $LAB_RECOVERY_TMO/" \
+		-e "s/^node.conn\[0\].timeo.noop_out_interval = .*/node.conn[0].timeo.noop_out_interval = $LAB_NOOP_INTERVAL/" \
+		-e "s/^node.conn\[0\].timeo.noop_out_timeout = .*/node.conn[0].timeo.noop_out_timeout = $LAB_NOOP_TIMEOUT/" \
+		/etc/iscsi/iscsid.conf
+	mkdir -p /run/lock/iscsi /var/lib/iscsi
+	iscsid </dev/null >/dev/null 2>&1 || lab_fail "iscsid did not start"
+	sleep 0.3
+	lab_do iscsiadm -m discovery -t sendtargets -p 10.99.1.2
+	lab_do iscsiadm -m node -T "$LAB_IQN" --login
+	for i in $(seq "$LAB_PORTALS"); do
+		lab_wait 60 "a SCSI disk behind portal $i" lab__find_disk "$i"
+		lab__find_disk "$i"
+	done
+	lab_event iscsi "logged in through $LAB_PORTALS portals at once (recovery_tmo=$LAB_RECOVERY_TMO noop=$LAB_NOOP_INTERVAL/$LAB_NOOP_TIMEOUT)"
+}
+
+# lab_setup_luns N [MB]: modules, a target with N LUNs (lab_target_start_luns), login
+# through every portal (one session per portal, each seeing all N LUNs), then waits for the
+# N x LAB_PORTALS disks and, if udevd runs (lab_udev_start), for udev to settle.
+lab_setup_luns() {
+	local n=$1 mb=${2:-1}
+	lab_step "setup: modules, LIO target with $n LUNs, iSCSI login"
+	lab_modules
+	lab_target_start_luns "$n" "$mb"
+	lab_login_all
+	lab_wait_disks $((n * LAB_PORTALS)) 600
+	pidof systemd-udevd >/dev/null && lab_do udevadm settle --timeout=600
+	lab_event iscsi "$((n * LAB_PORTALS)) SCSI disks ($n LUNs x $LAB_PORTALS portals)"
+}

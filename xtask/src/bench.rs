@@ -23,12 +23,18 @@ const BENCHES: &[(&str, &str)] = &[
         "TCP probe cost per event on skipped and watched traffic (host veth), then in the lab: \
          silent loss and target reset on real iSCSI paths to the first event in mpathd",
     ),
+    (
+        "startup",
+        "start-up with many paths in the lab: 128 LUNs x 2 iSCSI portals, time from start to \
+         all maps live, `multipath -r` (multipath-tools) against `mpathd daemon`, same VM",
+    ),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {
     match name {
         "probes" => cargo_bench(root, "probes", "probes.json").map(|_| ()),
         "tcp" => tcp(root),
+        "startup" => startup(root),
         _ => {
             let list: Vec<String> = BENCHES
                 .iter()
@@ -159,4 +165,256 @@ fn lab_fault_to_event(dir: &Path) -> Result<Value> {
             "max": lags.last(),
         },
     }))
+}
+
+/// The lab script of the start-up benchmark (not under scenarios/: `cargo xtask test`
+/// must not run it).
+const STARTUP_SCRIPT: &str = "tests/lab/bench/startup.sh";
+/// The issue's target: mpathd's median time to all maps, and faster than multipath -r.
+const STARTUP_TARGET_S: f64 = 2.0;
+
+/// Start-up with many paths: builds a release mpathd, runs tests/lab/bench/startup.sh in
+/// the lab with it, and summarizes the rounds into target/bench/startup.json.
+fn startup(root: &Path) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = target.canonicalize().unwrap_or(target);
+    // The debug mpathd the lab builds is not what a host runs: time a release build.
+    eprintln!("bench startup: building a release mpathd");
+    let st = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "multipath-daemon",
+            "--bin",
+            "mpathd",
+        ])
+        .current_dir(root)
+        .status()
+        .context("running cargo build --release")?;
+    if !st.success() {
+        bail!("building the release mpathd failed ({st}); its output is above");
+    }
+    let mpathd = target.join("release/mpathd");
+    // The lab passes no environment of ours into the guest: a copy of the script with the
+    // binary to time set at its top (after the header lines the harness reads).
+    let script = std::fs::read_to_string(root.join(STARTUP_SCRIPT))
+        .with_context(|| format!("reading {STARTUP_SCRIPT}"))?;
+    let dir = target.join("bench/startup-lab");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("startup.sh");
+    let (header, body) = split_header(&script);
+    std::fs::write(
+        &copy,
+        format!(
+            "{header}BENCH_MPATHD='{}' # set by cargo xtask bench startup\n{body}",
+            mpathd.display()
+        ),
+    )?;
+    eprintln!("bench startup: lab part ({STARTUP_SCRIPT}; 128 LUNs x 2 portals under TCG)");
+    let out = crate::lab::run_builtin(root, &copy.to_string_lossy())?;
+    let raw = std::fs::read_to_string(out.join("startup-raw.jsonl"))
+        .context("reading startup-raw.jsonl of the lab run")?;
+    let mut v = startup_summary(&raw)?;
+    v["lab_dir"] = json!(out);
+    v["wall_s"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    let file = target.join("bench/startup.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&v)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    eprintln!("wrote {}", file.display());
+    Ok(())
+}
+
+/// The script's leading comment lines (the harness reads `# lab:` headers there) and the rest.
+fn split_header(script: &str) -> (&str, &str) {
+    let end = script
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.len() + 1)
+        .sum::<usize>()
+        .min(script.len());
+    script.split_at(end)
+}
+
+/// Seconds to the millisecond, as the guest wrote them.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// min and median of some seconds; None when there are none.
+fn min_median(xs: &[f64]) -> (Option<f64>, Option<f64>) {
+    if xs.is_empty() {
+        return (None, None);
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (Some(round3(v[0])), Some(round3(med)))
+}
+
+/// Turns the guest's records (one JSON object a line: setup, tools, rounds) into the
+/// benchmark's JSON: per tool its rounds, seconds to all maps live, min, median, maps
+/// reached; and the target check.
+fn startup_summary(raw: &str) -> Result<Value> {
+    let recs: Vec<Value> = raw
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()
+        .context("a line of startup-raw.jsonl is not JSON")?;
+    let kind = |k: &'static str| recs.iter().filter(move |r| r["kind"] == k);
+    let setup = kind("setup")
+        .next()
+        .context("no setup record: the lab run stopped before the paths were up")?;
+    let tools = kind("tools").next().cloned().unwrap_or(json!({}));
+    let luns = setup["luns"].as_u64().unwrap_or(0);
+    let side = |tool: &str, extra_key: &str| {
+        let rounds: Vec<&Value> = kind("round").filter(|r| r["tool"] == tool).collect();
+        let secs: Vec<f64> = rounds.iter().filter_map(|r| r["maps_s"].as_f64()).collect();
+        let extra: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r[extra_key].as_f64())
+            .collect();
+        let (min, median) = min_median(&secs);
+        let (emin, emedian) = min_median(&extra);
+        let maps_min = rounds.iter().filter_map(|r| r["maps"].as_u64()).min();
+        let complete = !rounds.is_empty() && secs.len() == rounds.len() && maps_min == Some(luns);
+        json!({
+            "rounds": rounds.len(),
+            "seconds": secs,
+            "min": min,
+            "median": median,
+            "maps": maps_min,
+            "all_maps_every_round": complete,
+            extra_key: { "seconds": extra, "min": emin, "median": emedian },
+            "round_records": rounds,
+        })
+    };
+    let mut multipath = side("multipath", "exit_s");
+    multipath["command"] = json!("multipath -r");
+    multipath["version"] = tools["multipath_version"].clone();
+    let mpathd_available = tools["mpathd_available"].as_bool().unwrap_or(false);
+    let mut mpathd = side("mpathd", "ready_s");
+    mpathd["command"] = json!("mpathd daemon --config FILE --socket PATH");
+    mpathd["binary"] = tools["mpathd"].clone();
+    mpathd["available"] = json!(mpathd_available);
+    if !mpathd_available {
+        let why = tools["mpathd_unavailable_reason"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("mpathd daemon not available");
+        mpathd["error"] = json!(why);
+    }
+    let mp_med = multipath["median"].as_f64();
+    let md_med = mpathd["median"].as_f64();
+    let md_complete = mpathd["all_maps_every_round"].as_bool() == Some(true);
+    let (met, why) = match (md_med, mp_med) {
+        _ if !mpathd_available => (Value::Null, "mpathd daemon not available".to_owned()),
+        _ if !md_complete => (
+            json!(false),
+            "mpathd did not bring up every map in every round".to_owned(),
+        ),
+        (Some(m), Some(p)) => (
+            json!(m <= STARTUP_TARGET_S && m < p),
+            format!("mpathd median {m} s <= {STARTUP_TARGET_S} s and < multipath -r median {p} s"),
+        ),
+        (Some(m), None) => (
+            json!(false),
+            format!("mpathd median {m} s; no multipath -r figure to compare with"),
+        ),
+        (None, _) => (json!(false), "no mpathd figure".to_owned()),
+    };
+    Ok(json!({
+        "bench": "startup",
+        "what": "seconds from a tool's start until all maps are live in the kernel (dm device \
+                 with a loaded, resumed table), all paths present and settled in udev, no map \
+                 before; rounds alternate between the tools in one lab VM (QEMU TCG: expect \
+                 10-50x native times)",
+        "luns": luns,
+        "paths": setup["paths"],
+        "portals": setup["portals"],
+        "kernel": setup["kernel"],
+        "setup": setup,
+        "rounds_at_most": tools["max_rounds"],
+        "rounds_budget_s": tools["budget_s"],
+        "multipath": multipath,
+        "mpathd": mpathd,
+        "target": {
+            "rule": format!("mpathd median <= {STARTUP_TARGET_S} s and < multipath -r median"),
+            "mpathd_median_s": md_med,
+            "multipath_median_s": mp_med,
+            "met": met,
+            "check": why,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(min_median(&[]), (None, None));
+        assert_eq!(min_median(&[3.0, 1.0, 2.0]), (Some(1.0), Some(2.0)));
+        assert_eq!(min_median(&[4.0, 1.0, 2.0, 3.0]), (Some(1.0), Some(2.5)));
+    }
+
+    #[test]
+    fn header_stays_first() {
+        let (h, b) = split_header("# lab: x\n# lab-timeout: 9\n: \"${A:=1}\"\n");
+        assert_eq!(h, "# lab: x\n# lab-timeout: 9\n");
+        assert_eq!(b, ": \"${A:=1}\"\n");
+    }
+
+    const SETUP: &str = r#"{"kind":"setup","luns":2,"portals":2,"paths":4,"wwids":2,"lun_mb":1,"kernel":"6.1.0","total_s":9.5}"#;
+
+    #[test]
+    fn summary_without_the_daemon() {
+        let raw = format!(
+            "{SETUP}\n{}\n{}\n{}\n",
+            r#"{"kind":"tools","multipath_version":"0.9.4","mpathd":"/m","mpathd_available":false,"mpathd_unavailable_reason":"mpathd daemon not available: no subcommand"}"#,
+            r#"{"kind":"round","tool":"multipath","round":1,"exit_code":0,"exit_s":5.1,"maps_s":5.0,"maps":2}"#,
+            r#"{"kind":"round","tool":"multipath","round":2,"exit_code":0,"exit_s":4.1,"maps_s":4.0,"maps":2}"#,
+        );
+        let v = startup_summary(&raw).unwrap();
+        assert_eq!(v["multipath"]["rounds"], 2);
+        assert_eq!(v["multipath"]["min"], 4.0);
+        assert_eq!(v["multipath"]["median"], 4.5);
+        assert_eq!(v["multipath"]["all_maps_every_round"], true);
+        assert_eq!(v["mpathd"]["available"], false);
+        assert!(
+            v["mpathd"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("not available")
+        );
+        assert_eq!(v["target"]["met"], Value::Null);
+    }
+
+    #[test]
+    fn summary_with_the_daemon() {
+        let raw = format!(
+            "{SETUP}\n{}\n{}\n{}\n{}\n",
+            r#"{"kind":"tools","multipath_version":"0.9.4","mpathd":"/m","mpathd_available":true,"mpathd_unavailable_reason":""}"#,
+            r#"{"kind":"round","tool":"multipath","round":1,"exit_code":0,"exit_s":5.1,"maps_s":5.0,"maps":2}"#,
+            r#"{"kind":"round","tool":"mpathd","round":1,"ready_s":1.2,"maps_s":1.1,"maps":2,"ready_line":"ready maps=2 paths=4","error":null}"#,
+            r#"{"kind":"round","tool":"mpathd","round":2,"ready_s":null,"maps_s":null,"maps":1,"ready_line":"","error":"no ready line"}"#,
+        );
+        let v = startup_summary(&raw).unwrap();
+        assert_eq!(v["mpathd"]["median"], 1.1);
+        assert_eq!(v["mpathd"]["maps"], 1);
+        assert_eq!(v["target"]["met"], false);
+        let ok = raw.lines().take(4).collect::<Vec<_>>().join("\n");
+        assert_eq!(startup_summary(&ok).unwrap()["target"]["met"], true);
+    }
 }

@@ -41,6 +41,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("dmsetup", "device-mapper tables in the lab"),
     ("sg3-utils", "SCSI inquiries in the lab"),
     (
+        "multipath-tools",
+        "`multipath -r`, the baseline of `cargo xtask bench startup` (run only in the lab \
+         guest; its multipathd is kept off on the host, see keep_multipathd_off)",
+    ),
+    (
         "prometheus",
         "promtool and a real Prometheus for the alerting tests",
     ),
@@ -54,6 +59,7 @@ pub fn ensure(_root: &Path, need: Need) -> Result<()> {
     match need {
         Need::All => {
             debian_packages()?;
+            keep_multipathd_off()?;
             nightly_rust_src()?;
             bpf_linker()?;
         }
@@ -109,6 +115,72 @@ fn debian_packages() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// multipath-tools is here for the lab only, where the bench runs `multipath` itself. On a
+/// host with systemd its postinst enables multipathd.service (sysinit.target) and
+/// multipathd.socket and starts them: a multipathd would then claim the host's SCSI disks
+/// (and would fight mpathd when both run). Stop and mask both, once. The lab guest is
+/// unaffected: it runs no service manager, and the package's udev rules
+/// (60-multipath.rules: `multipath -u` per disk, which only reads) matter only in
+/// scenarios that start udevd.
+fn keep_multipathd_off() -> Result<()> {
+    let units = ["multipathd.socket", "multipathd.service"];
+    if !dpkg_installed("multipath-tools") {
+        return Ok(());
+    }
+    if !Path::new("/run/systemd/system").exists() {
+        // No systemd (a container, a sysvinit host): the postinst's invoke-rc.d may have
+        // started the init script's multipathd, unless a policy-rc.d denied it.
+        let running = Command::new("pidof")
+            .arg("multipathd")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if running && is_root() && Path::new("/etc/init.d/multipath-tools").exists() {
+            eprintln!(
+                "bootstrap: stopping multipathd (multipath-tools is for the lab's bench only)"
+            );
+            run_quiet(
+                Command::new("/etc/init.d/multipath-tools").arg("stop"),
+                "/etc/init.d/multipath-tools stop",
+            )?;
+            run_quiet(
+                Command::new("update-rc.d").args(["multipath-tools", "disable"]),
+                "update-rc.d multipath-tools disable",
+            )?;
+        }
+        return Ok(());
+    }
+    let masked = units.iter().all(|u| {
+        Command::new("systemctl")
+            .args(["is-enabled", u])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "masked")
+            .unwrap_or(false)
+    });
+    if masked {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "multipath-tools' multipathd is not masked; as root: systemctl disable --now {u} && systemctl mask {u}",
+            u = units.join(" ")
+        );
+    }
+    eprintln!(
+        "bootstrap: stopping and masking multipathd (multipath-tools is for the lab's bench only)"
+    );
+    run_quiet(
+        Command::new("systemctl")
+            .args(["disable", "--now"])
+            .args(units),
+        "systemctl disable --now multipathd.socket multipathd.service",
+    )?;
+    run_quiet(
+        Command::new("systemctl").arg("mask").args(units),
+        "systemctl mask multipathd.socket multipathd.service",
+    )
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

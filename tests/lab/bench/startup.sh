@@ -1,0 +1,239 @@
+# lab: start-up with many paths: 128 LUNs x 2 portals, `multipath -r` vs `mpathd daemon`, time to all maps (cargo xtask bench startup)
+# lab-timeout: 1500
+# A benchmark, not a test: it lives outside tests/lab/scenarios/ so `cargo xtask test` does
+# not run it. `cargo xtask bench startup` runs it with a release mpathd (BENCH_MPATHD) and
+# turns $LAB_OUT/startup-raw.jsonl into target/bench/startup.json (docs/bench.md).
+#
+# Both tools start from the same state in the same VM: all 256 path devices present and
+# settled in udev (systemd-udevd runs, as on a host), no multipath map. A round times one
+# tool from its start until the kernel has all maps live (a dm device whose table is loaded
+# and resumed, i.e. its size is non-zero); `multipath -r` also until it exits, mpathd also
+# until it logs `ready maps=N`. Between rounds every map is flushed and udev settled.
+# Rounds alternate between the tools, so drift in the VM's speed hits both alike. One round
+# of each always runs; another only while the projected end stays within BENCH_BUDGET_S of
+# the scenario's start (under TCG a round of 128 maps with udev takes minutes).
+: "${BENCH_LUNS:=128}"
+: "${BENCH_LUN_MB:=1}"
+: "${BENCH_ROUNDS:=3}"         # at most
+: "${BENCH_BUDGET_S:=540}"
+: "${BENCH_ROUND_TIMEOUT:=240}" # seconds a round may take before it is recorded as failed
+: "${BENCH_MPATHD:=}"           # the mpathd to time; default: the harness's $MPATHD (debug)
+. "$LAB_LIB"
+
+RAW=$LAB_OUT/startup-raw.jsonl # one JSON object per line; the host summarizes
+: >"$RAW"
+MPATHD_BIN=${BENCH_MPATHD:-$MPATHD}
+B=/tmp/bench
+mkdir -p "$B" /etc/multipath
+# read -t on a pipe nobody writes: a sleep without a fork, for the watchers' polls.
+exec {BENCH_SLEEP_FD}<> <(:)
+
+rec() { printf '%s\n' "$1" >>"$RAW"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+# jsecs T0 T: seconds from T0 to T as JSON, null when T is not a time ("timeout", "").
+jsecs() { case $2 in [0-9]*) secs "$1" "$2" ;; *) echo null ;; esac; }
+jstr() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+
+# Maps live: dm devices with a loaded, resumed table (non-zero size). Only the tool under
+# test makes dm devices in this VM. Builtins only: the poll must not steal the CPU it times.
+bench__live_at_least() {
+	local n=$1 d s c=0 all=(/sys/block/dm-*)
+	[ -e "${all[0]}" ] && [ "${#all[@]}" -ge "$n" ] || return 1
+	for d in "${all[@]}"; do
+		read -r s <"$d/size" 2>/dev/null || continue
+		[ "$s" != 0 ] && c=$((c + 1))
+	done
+	[ "$c" -ge "$n" ]
+}
+# bench__watch_maps N DEADLINE OUT: writes to OUT the epoch at which N maps were live
+# (taken after the check that saw them: an upper bound, 50 ms resolution), or "timeout".
+bench__watch_maps() {
+	local n=$1 end=$2 out=$3
+	while :; do
+		if bench__live_at_least "$n"; then
+			echo "$EPOCHREALTIME" >"$out"
+			return
+		fi
+		[ "${EPOCHREALTIME%.*}" -ge "$end" ] && { echo timeout >"$out"; return; }
+		read -r -t 0.05 -u "$BENCH_SLEEP_FD" _
+	done
+}
+bench_mp_maps() { dmsetup ls --target multipath 2>/dev/null | grep -vc '^No devices found'; }
+bench_dm_count() { local a=(/sys/block/dm-*); [ -e "${a[0]}" ] && echo "${#a[@]}" || echo 0; }
+
+# Every map gone and udev quiet, so the next round starts from the same state.
+bench_flush() {
+	local m
+	env -u DM_DISABLE_UDEV multipath -F >/dev/null 2>&1
+	for m in $(dmsetup ls --target multipath 2>/dev/null | awk '$1 != "No" {print $1}'); do
+		env -u DM_DISABLE_UDEV dmsetup remove "$m" >/dev/null 2>&1
+	done
+	lab_do udevadm settle --timeout=300
+	[ "$(bench_dm_count)" = 0 ] || lab_fail "$(bench_dm_count) dm devices left after the flush: $(dmsetup ls)"
+}
+
+# --- the two configurations ------------------------------------------------------------------
+# multipath-tools: the settings mpathd uses. Debian's built-in hardware table has an
+# LIO-ORG entry (group_by_prio, prio alua, no_path_retry 12) that beats [defaults], so the
+# shared policy goes in `overrides`, which beats the hardware table.
+cat >/etc/multipath.conf <<'EOF'
+defaults {
+	user_friendly_names yes
+	find_multipaths greedy
+}
+overrides {
+	path_grouping_policy multibus
+	path_selector "service-time 0"
+	detect_prio no
+	prio const
+	no_path_retry fail
+}
+blacklist {
+}
+EOF
+rm -f /etc/multipath/bindings /etc/multipath/wwids
+
+cat >"$B/mpathd.toml" <<EOF
+[defaults]
+path_grouping_policy = "multibus"
+path_selector = "service-time"
+user_friendly_names = true
+find_multipaths = "greedy"
+no_path_retry = "fail"
+bindings_file = "$B/bindings"
+wwids_file = "$B/wwids"
+EOF
+cp /etc/multipath.conf "$LAB_OUT/multipath.conf"
+cp "$B/mpathd.toml" "$LAB_OUT/mpathd.toml"
+
+# --- the paths ---------------------------------------------------------------------------------
+lab_step "setup: udevd, $BENCH_LUNS LUNs x $LAB_PORTALS portals"
+t_a=$EPOCHREALTIME
+lab_udev_start
+t_b=$EPOCHREALTIME
+lab_modules
+lab_target_start_luns "$BENCH_LUNS" "$BENCH_LUN_MB"
+t_c=$EPOCHREALTIME
+lab_login_all
+t_d=$EPOCHREALTIME
+lab_wait_disks $((BENCH_LUNS * LAB_PORTALS)) 900
+t_e=$EPOCHREALTIME
+lab_do udevadm settle --timeout=900
+t_f=$EPOCHREALTIME
+npaths=$(lab_sd_count)
+nwwids=$(cat /sys/block/sd*/device/wwid | sort -u | wc -l)
+[ "$npaths" = $((BENCH_LUNS * LAB_PORTALS)) ] || lab_fail "$npaths SCSI disks, expected $((BENCH_LUNS * LAB_PORTALS))"
+[ "$nwwids" = "$BENCH_LUNS" ] || lab_fail "$nwwids WWIDs among the disks, expected $BENCH_LUNS"
+lab_event iscsi "$npaths paths, $nwwids WWIDs, settled in udev"
+rec "$(printf '{"kind":"setup","luns":%d,"portals":%d,"paths":%d,"wwids":%d,"lun_mb":%d,"kernel":%s,"udevd_s":%s,"target_s":%s,"login_s":%s,"scan_s":%s,"udev_settle_s":%s,"total_s":%s}' \
+	"$BENCH_LUNS" "$LAB_PORTALS" "$npaths" "$nwwids" "$BENCH_LUN_MB" "$(jstr "$(uname -r)")" \
+	"$(secs "$t_a" "$t_b")" "$(secs "$t_b" "$t_c")" "$(secs "$t_c" "$t_d")" "$(secs "$t_d" "$t_e")" \
+	"$(secs "$t_e" "$t_f")" "$(secs "$t_a" "$t_f")")"
+[ "$(bench_dm_count)" = 0 ] || lab_fail "dm devices exist before the first round: $(dmsetup ls)"
+
+# Warm the page cache with both binaries (they come over 9p): a round times the tool, not
+# the first read of its executable.
+multipath -h >/dev/null 2>&1
+mpathd_available=1
+mpathd_why=
+if ! out=$("$MPATHD_BIN" daemon --help 2>&1); then
+	mpathd_available=0
+	mpathd_why="mpathd daemon not available: \`$MPATHD_BIN daemon --help\` failed: $(head -c 300 <<<"$out")"
+	lab_event info "$mpathd_why"
+fi
+rec "$(printf '{"kind":"tools","max_rounds":%d,"budget_s":%d,"multipath_version":%s,"mpathd":%s,"mpathd_available":%s,"mpathd_unavailable_reason":%s}' \
+	"$BENCH_ROUNDS" "$BENCH_BUDGET_S" "$(jstr "$(dpkg-query -W -f='${Version}' multipath-tools 2>/dev/null)")" "$(jstr "$MPATHD_BIN")" \
+	"$([ $mpathd_available = 1 ] && echo true || echo false)" "$(jstr "$mpathd_why")")"
+
+# --- one round of each ---------------------------------------------------------------------------
+# multipath -r: reloads every map, creating those missing (plain `multipath` does the same
+# from nothing). No multipathd runs; udev sync is on (DM_DISABLE_UDEV unset), as on a host.
+round_multipath() {
+	local r=$1 t0 t1 tm rc maps end
+	end=$((${EPOCHREALTIME%.*} + BENCH_ROUND_TIMEOUT))
+	rm -f "$B/maps.$r"
+	bench__watch_maps "$BENCH_LUNS" "$end" "$B/maps.$r" &
+	local w=$!
+	t0=$EPOCHREALTIME
+	timeout "$BENCH_ROUND_TIMEOUT" env -u DM_DISABLE_UDEV multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1
+	rc=$?
+	t1=$EPOCHREALTIME
+	wait "$w"
+	tm=$(cat "$B/maps.$r")
+	maps=$(bench_mp_maps)
+	lab_event info "multipath -r round $r: exit $rc after $(secs "$t0" "$t1") s, $BENCH_LUNS maps live after $(jsecs "$t0" "$tm") s, $maps maps"
+	rec "$(printf '{"kind":"round","tool":"multipath","round":%d,"exit_code":%d,"exit_s":%s,"maps_s":%s,"maps":%d}' \
+		"$r" "$rc" "$(secs "$t0" "$t1")" "$(jsecs "$t0" "$tm")" "$maps")"
+}
+
+bench_stop() { # bench_stop PID: SIGTERM, then SIGKILL after 30 s
+	local i
+	kill -TERM "$1" 2>/dev/null || return 0
+	for i in $(seq 300); do
+		kill -0 "$1" 2>/dev/null || break
+		read -r -t 0.1 -u "$BENCH_SLEEP_FD" _
+	done
+	kill -0 "$1" 2>/dev/null && { lab_event info "mpathd ignored SIGTERM for 30 s: SIGKILL"; kill -KILL "$1"; }
+	wait "$1" 2>/dev/null
+}
+
+# mpathd daemon: from the fork until it logs `ready maps=N` and until the maps are live.
+round_mpathd() {
+	local r=$1 t0 tr tm maps end pid log=$LAB_OUT/mpathd-r$r.log ready=$B/ready.$r why=null
+	end=$((${EPOCHREALTIME%.*} + BENCH_ROUND_TIMEOUT))
+	rm -f "$B/maps.$r" "$ready" "$B/mpathd.sock"
+	: >"$log"
+	bench__watch_maps "$BENCH_LUNS" "$end" "$B/maps.$r" &
+	local w=$!
+	t0=$EPOCHREALTIME
+	env -u DM_DISABLE_UDEV "$MPATHD_BIN" daemon --config "$B/mpathd.toml" --socket "$B/mpathd.sock" \
+		2> >(while IFS= read -r line; do
+			[ -e "$ready" ] || case $line in *"ready maps="*) printf '%s %s\n' "$EPOCHREALTIME" "$line" >"$ready" ;; esac
+			printf '%s\n' "$line" >>"$log"
+		done) >/dev/null &
+	pid=$!
+	until [ -e "$ready" ] || ! kill -0 "$pid" 2>/dev/null || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
+		read -r -t 0.05 -u "$BENCH_SLEEP_FD" _
+	done
+	if ! kill -0 "$pid" 2>/dev/null; then
+		wait "$pid"
+		why=$(jstr "mpathd daemon exited with $? before it was ready: $(tail -3 "$log")")
+		kill "$w" 2>/dev/null
+		echo exited >"$B/maps.$r"
+	fi
+	wait "$w"
+	tm=$(cat "$B/maps.$r")
+	tr=
+	[ -e "$ready" ] && read -r tr _ <"$ready"
+	[ -z "$tr" ] && [ "$why" = null ] && why=$(jstr "no ready line within ${BENCH_ROUND_TIMEOUT} s")
+	maps=$(bench_mp_maps)
+	local rline=""
+	[ -e "$ready" ] && rline=$(cut -d' ' -f2- "$ready")
+	bench_stop "$pid"
+	lab_event info "mpathd round $r: ready after $(jsecs "$t0" "$tr") s, $BENCH_LUNS maps live after $(jsecs "$t0" "$tm") s, $maps maps"
+	rec "$(printf '{"kind":"round","tool":"mpathd","round":%d,"ready_s":%s,"maps_s":%s,"maps":%d,"ready_line":%s,"error":%s}' \
+		"$r" "$(jsecs "$t0" "$tr")" "$(jsecs "$t0" "$tm")" "$maps" "$(jstr "$rline")" "$why")"
+}
+
+for r in $(seq "$BENCH_ROUNDS"); do
+	t_round=$EPOCHREALTIME
+	if [ "$r" -gt 1 ]; then
+		left=$(awk -v s="$LAB_T0" -v b="$BENCH_BUDGET_S" -v n="$t_round" -v p="$pair_s" 'BEGIN{printf "%d", (s + b - n - p)}')
+		if [ "$left" -lt 0 ]; then
+			lab_event info "no round $r: one more pair (~${pair_s%.*} s) would end past the ${BENCH_BUDGET_S} s budget"
+			break
+		fi
+	fi
+	lab_step "round $r: multipath -r"
+	bench_flush
+	round_multipath "$r"
+	[ "$r" = 1 ] && dmsetup table >"$LAB_OUT/multipath-tables.txt"
+	if [ $mpathd_available = 1 ]; then
+		lab_step "round $r: mpathd daemon"
+		bench_flush
+		round_mpathd "$r"
+		[ "$r" = 1 ] && dmsetup table >"$LAB_OUT/mpathd-tables.txt"
+	fi
+	pair_s=$(secs "$t_round" "$EPOCHREALTIME")
+done
+lab_done
