@@ -4,6 +4,8 @@
 //! stage is a module with a narrow, typed interface; only [`ebpf`] talks to aya.
 
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dm;
 pub mod ebpf;
 pub mod maps;

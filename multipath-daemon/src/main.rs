@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use mpathd::{
+    control::{self, DEFAULT_SOCKET, Request, Response},
     ebpf::{
         BlockProbes, ConnEvent, ConnEventKind, ConnThresholds, DevT, ISCSI_PORT, PathEvent,
         PathEventKind, PathThresholds, TcpProbes, monotonic_ns,
@@ -23,6 +24,10 @@ use mpathd::{
     about = "Multipath daemon that watches every storage path from inside the kernel with eBPF"
 )]
 struct Cli {
+    /// The daemon's control socket (default: the config's `socket`,
+    /// /run/mpathd/mpathd.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,6 +45,62 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the daemon in the foreground: build and keep the multipath maps, follow paths
+    /// as udev reports them, reinstate paths that come back, answer the control socket.
+    /// Logs "ready maps=N paths=M" once the first pass is done.
+    Daemon(DaemonArgs),
+    /// Ask the running daemon: `topology` (like `multipath -ll`), `paths` or `maps`.
+    Show {
+        what: ShowWhat,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fail a path (sdX, /dev/sdX or MAJ:MIN) in its map; it stays failed until reinstated.
+    Fail { path: String },
+    /// Reinstate a path failed by `mpathd fail` (or by the kernel).
+    Reinstate { path: String },
+    /// Send a map's I/O to path group N (1-based, as `show topology` lists them).
+    Switchgroup { map: String, group: u32 },
+    /// Remove a map that is not open; the daemon does not make it again until
+    /// `reconfigure` or a restart.
+    Remove { map: String },
+    /// Make the daemon re-read its config and rescan (also on SIGHUP).
+    Reconfigure,
+    /// Check a config file and print every error with its line and column.
+    CheckConfig { file: PathBuf },
+    /// Turn a multipath.conf into an mpathd config (printed, or written with -o), with a
+    /// note for every setting that is not carried over.
+    Import {
+        #[arg(default_value = "/etc/multipath.conf")]
+        file: PathBuf,
+        /// Write the config here instead of printing it; refuses to overwrite.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShowWhat {
+    Topology,
+    Paths,
+    Maps,
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Config file (TOML). Missing at the default path: built-in defaults.
+    #[arg(long, default_value = mpathd::daemon::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Rescan every this many seconds even without udev events.
+    #[arg(long, default_value_t = 30.0)]
+    rescan_secs: f64,
+    /// Path checker interval in seconds (reinstates paths that are back up).
+    #[arg(long, default_value_t = 5.0)]
+    check_secs: f64,
+    /// Gather udev events this long (ms) before rescanning.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -102,10 +163,132 @@ fn main() {
 
 fn try_main() -> Result<()> {
     let cli = Cli::parse();
+    let socket = cli.socket.clone();
     match cli.cmd {
         Cmd::Probe(args) => probe(args),
         Cmd::Scan { json } => scan(json),
+        Cmd::Daemon(a) => daemon(a, socket),
+        Cmd::Show { what, json } => {
+            let req = match what {
+                ShowWhat::Topology => Request::ShowTopology,
+                ShowWhat::Paths => Request::ShowPaths,
+                ShowWhat::Maps => Request::ShowMaps,
+            };
+            client(socket, req, json)
+        }
+        Cmd::Fail { path } => client(socket, Request::Fail { path }, false),
+        Cmd::Reinstate { path } => client(socket, Request::Reinstate { path }, false),
+        Cmd::Switchgroup { map, group } => {
+            client(socket, Request::SwitchGroup { map, group }, false)
+        }
+        Cmd::Remove { map } => client(socket, Request::Remove { map }, false),
+        Cmd::Reconfigure => client(socket, Request::Reconfigure, false),
+        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Import { file, output } => import(&file, output.as_deref()),
     }
+}
+
+fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
+    let secs = |v: f64, what: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            bail!("--{what} must be a positive number of seconds, not {v}")
+        }
+    };
+    let opts = mpathd::daemon::Options {
+        config: a.config,
+        socket,
+        rescan_interval: secs(a.rescan_secs, "rescan-secs")?,
+        check_interval: secs(a.check_secs, "check-secs")?,
+        debounce: Duration::from_millis(a.debounce_ms),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(mpathd::daemon::run(opts))
+}
+
+fn client(socket: Option<PathBuf>, req: Request, json: bool) -> Result<()> {
+    let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let resp = control::call(&socket, &req, Duration::from_secs(30))?;
+    if json {
+        // The payload alone, so scripts read `.maps[0]` rather than an envelope.
+        let v = match &resp {
+            Response::Topology(t) => serde_json::to_value(t)?,
+            Response::Paths(p) => serde_json::to_value(p)?,
+            Response::Maps(m) => serde_json::to_value(m)?,
+            Response::Ok { message } => serde_json::json!({ "message": message }),
+            Response::Error { message } => bail!("{message}"),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match resp {
+        Response::Ok { message } => println!("{message}"),
+        Response::Topology(t) => print!("{}", control::format_topology(&t)),
+        Response::Paths(p) => print!("{}", control::format_paths(&p)),
+        Response::Maps(m) => print!("{}", control::format_maps(&m)),
+        Response::Error { message } => bail!("{message}"),
+    }
+    Ok(())
+}
+
+fn check_config(file: &Path) -> Result<()> {
+    match mpathd::config::check_file(file) {
+        Ok(cfg) => {
+            println!(
+                "{}: OK ({} multipaths entries, find_multipaths {})",
+                file.display(),
+                cfg.multipaths.len(),
+                cfg.defaults.find_multipaths.name()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            print!("{errors}");
+            bail!("{}: {} error(s)", file.display(), errors.0.len())
+        }
+    }
+}
+
+fn import(file: &Path, output: Option<&Path>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let origin = file.display().to_string();
+    let imported = match mpathd::config::multipath_conf::import(&text, &origin) {
+        Ok(i) => i,
+        Err(errors) => {
+            eprint!("{errors}");
+            bail!(
+                "{}: {} error(s); nothing imported",
+                file.display(),
+                errors.0.len()
+            )
+        }
+    };
+    for n in &imported.notes {
+        eprintln!("{n}");
+    }
+    match output {
+        None => print!("{}", imported.config_toml),
+        Some(out) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+            f.write_all(imported.config_toml.as_bytes())?;
+            eprintln!(
+                "wrote {} ({} setting(s) not carried over, listed above); check it with `mpathd check-config {}`",
+                out.display(),
+                imported.notes.len(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn scan(json: bool) -> Result<()> {

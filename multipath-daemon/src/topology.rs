@@ -150,6 +150,23 @@ impl Sysfs {
         parse(&p, |t| t.parse::<DevT>())
     }
 
+    /// A SCSI disk's device state now (`running`, `offline`, `transport-offline`...).
+    pub fn device_state(&self, name: &str) -> Result<String, TopologyError> {
+        read(&self.path("sys/block").join(name).join("device/state"))
+    }
+
+    /// Whether a block device is read-only; `None` when that cannot be read.
+    pub fn read_only(&self, name: &str) -> Option<bool> {
+        match read(&self.path("sys/block").join(name).join("ro"))
+            .ok()?
+            .as_str()
+        {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        }
+    }
+
     /// Block devices, by kernel name, sorted.
     pub fn block_devices(&self) -> Result<Vec<String>, TopologyError> {
         let dir = self.path("sys/block");

@@ -82,7 +82,7 @@ pub enum DmError {
         name: String,
         what: &'static str,
         #[source]
-        source: ParseError,
+        source: Box<ParseError>,
     },
     #[error("{name}: {op} failed: {message}")]
     Kernel {

@@ -1,0 +1,129 @@
+# Guest-side helpers for scenarios where mpathd itself builds and keeps the maps.
+# Source after lib.sh:
+#   . "$LAB_LIB"; . "${LAB_LIB%/*}/daemon.sh"
+# The daemon runs in the foreground in the background of the scenario, logging to
+# $LAB_OUT/mpathd.log; its control socket is $LAB_SOCK.
+
+LAB_SOCK=/run/mpathd-lab.sock
+LAB_MPATHD_PID=
+LAB_MPATHD_CONF=/tmp/mpathd.toml
+LAB_MPATHD_STATE=/tmp/mpathd-state
+
+# lab_mpathd_config EXTRA_TOML: a config with the lab's state files, the seed's alias for
+# the lab LUN (sanvol1) unless LAB_NO_ALIAS=1, and EXTRA_TOML appended to [defaults]
+# (give later tables after it).
+lab_mpathd_config() {
+	mkdir -p "$LAB_MPATHD_STATE"
+	{
+		echo "[defaults]"
+		echo "bindings_file = \"$LAB_MPATHD_STATE/bindings\""
+		echo "wwids_file = \"$LAB_MPATHD_STATE/wwids\""
+		printf '%s\n' "${1:-}"
+		if [ "${LAB_NO_ALIAS:-0}" != 1 ]; then
+			echo "[[multipaths]]"
+			echo "wwid = \"$(lab_wwid)\""
+			echo "alias = \"sanvol1\""
+		fi
+	} >"$LAB_MPATHD_CONF"
+	cp "$LAB_MPATHD_CONF" "$LAB_OUT/mpathd.toml"
+	"$MPATHD" check-config "$LAB_MPATHD_CONF" || lab_fail "the lab's mpathd config does not check"
+}
+
+# The LUN's WWID as scsi_id prints it (3 + naa id).
+lab_wwid() { /lib/udev/scsi_id -g -u "/dev/${LAB_DEV[1]}"; }
+
+# lab_mpathd_start: start the daemon and wait for its "ready" line.
+lab_mpathd_start() {
+	local log=$LAB_OUT/mpathd.log n
+	n=$(grep -c 'ready maps=' "$log" 2>/dev/null)
+	MPATHD_LOG=${MPATHD_LOG:-info} "$MPATHD" --socket "$LAB_SOCK" daemon --config "$LAB_MPATHD_CONF" \
+		--check-secs "${LAB_CHECK_SECS:-1}" >>"$log" 2>&1 &
+	LAB_MPATHD_PID=$!
+	lab_event mpathd "daemon started (pid $LAB_MPATHD_PID)"
+	lab_wait 60 "mpathd's ready line" lab__mpathd_ready "${n:-0}"
+	lab_event mpathd "$(grep 'ready maps=' "$log" | tail -1 | sed 's/.*ready/ready/')"
+}
+lab__mpathd_ready() {
+	kill -0 "$LAB_MPATHD_PID" 2>/dev/null || lab_fail "mpathd exited (see mpathd.log): $(tail -3 "$LAB_OUT/mpathd.log")"
+	[ "$(grep -c 'ready maps=' "$LAB_OUT/mpathd.log")" -gt "$1" ]
+}
+
+# lab_mpathd_stop: SIGTERM, and wait for it to exit.
+lab_mpathd_stop() {
+	[ -n "$LAB_MPATHD_PID" ] || return 0
+	kill -TERM "$LAB_MPATHD_PID"
+	lab_wait 20 "mpathd to exit" lab__mpathd_gone
+	wait "$LAB_MPATHD_PID" 2>/dev/null
+	LAB_MPATHD_PID=
+	lab_event mpathd "daemon stopped"
+}
+lab__mpathd_gone() { ! kill -0 "$LAB_MPATHD_PID" 2>/dev/null; }
+
+# lab_mpathd CMD...: the CLI against the lab daemon.
+lab_mpathd() { "$MPATHD" --socket "$LAB_SOCK" "$@"; }
+
+# lab_expect_log PATTERN: the daemon's log has a line matching PATTERN (grep -E).
+lab_expect_log() {
+	grep -Eq "$1" "$LAB_OUT/mpathd.log" || lab_fail "mpathd.log has no line matching /$1/"
+}
+
+# lab_map_paths MAP: the table's path devices (MAJ:MIN), space separated.
+lab_map_paths() {
+	dmsetup table "$1" | python3 -c '
+import sys
+w = sys.stdin.read().split()[3:]
+i = 0
+nf = int(w[i]); i += 1 + nf
+nh = int(w[i]); i += 1 + nh
+ng = int(w[i]); i += 2
+out = []
+for _ in range(ng):
+    i += 1
+    ns = int(w[i]); i += 1 + ns
+    np_, na = int(w[i]), int(w[i + 1]); i += 2
+    for _ in range(np_):
+        out.append(w[i]); i += 1 + na
+print(" ".join(out))'
+}
+
+# lab_map_groups MAP: the number of path groups in MAP's table.
+lab_map_groups() {
+	dmsetup table "$1" | python3 -c '
+import sys
+w = sys.stdin.read().split()[3:]
+nf = int(w[0]); nh = int(w[1 + nf])
+print(w[2 + nf + nh])'
+}
+
+# lab_wait_map_paths MAP N SECONDS: until MAP's table has N paths.
+lab_wait_map_paths() {
+	lab_wait "$3" "map $1 to have $2 paths" lab__map_has "$1" "$2"
+	lab_event dm "map $1 has $2 paths: $(lab_map_paths "$1")"
+}
+lab__map_has() { [ "$(lab_map_paths "$1" 2>/dev/null | wc -w)" = "$2" ]; }
+
+# lab_portal_add I: one more portal on the running target (veth p<I>, target address
+# 10.99.<I>.2) and a login through it; fills LAB_DEV[I] and friends.
+lab_portal_add() {
+	local i=$1 T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1"
+	lab_do ip link add "p$i" type veth peer name "p$i-t"
+	lab_do ip link set "p$i-t" netns tgt
+	ip addr add "10.99.$i.1/24" dev "p$i"
+	ip link set "p$i" up
+	ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
+	ip -n tgt link set "p$i-t" up
+	LAB_PORTAL[i]=10.99.$i.2
+	lab_do nsenter --net=/run/netns/tgt mkdir "$T/np/10.99.$i.2:3260"
+	lab_do iscsiadm -m discovery -t sendtargets -p "10.99.$i.2"
+	lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" -o update -n node.session.timeo.replacement_timeout -v "$LAB_RECOVERY_TMO"
+	lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" --login
+	lab_wait 20 "the SCSI disk behind portal $i" lab__find_disk "$i"
+	lab__find_disk "$i"
+	lab_event iscsi "portal $i added: ${LAB_DEV[i]} (${LAB_DEVT[i]})"
+}
+
+# lab_logout I: log out of portal I's session (the path goes away for good).
+lab_logout() {
+	lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$1.2" --logout
+	lab_event iscsi "logged out of portal $1 (${LAB_DEV[$1]} removed)"
+}
