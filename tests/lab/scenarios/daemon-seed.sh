@@ -2,6 +2,7 @@
 # lab-timeout: 300
 . "$LAB_LIB"
 . "${LAB_LIB%/*}/daemon.sh"
+LAB_MAP=sanvol1
 
 lab_udev_start
 lab_setup
@@ -55,10 +56,10 @@ lab_mpathd show maps
 lab_step "a filesystem on /dev/mapper/sanvol1"
 lab_wait 10 "/dev/mapper/sanvol1" test -b /dev/mapper/sanvol1
 lab_do mkfs.ext4 -q -F /dev/mapper/sanvol1
-mkdir -p /mnt/sanvol1
-lab_do mount /dev/mapper/sanvol1 /mnt/sanvol1
-head -c 8M /dev/urandom >/mnt/sanvol1/data
-SUM=$(sha256sum </mnt/sanvol1/data)
+mkdir -p /tmp/mnt/sanvol1
+lab_do mount /dev/mapper/sanvol1 /tmp/mnt/sanvol1
+head -c 8M /dev/urandom >/tmp/mnt/sanvol1/data
+SUM=$(sha256sum </tmp/mnt/sanvol1/data)
 sync
 lab_event info "ext4 mounted, 8 MiB written"
 
@@ -68,7 +69,7 @@ lab_expect_dm 1 F
 sleep 2.5 # the checker runs every second: it must not undo an admin's fail
 lab_expect_dm 1 F
 lab_mpathd show topology | grep -E "${LAB_DEV[1]} ${LAB_DEVT[1]} failed admin-failed running" || lab_fail "show topology does not show the admin fail"
-head -c 4M /dev/urandom >/mnt/sanvol1/more && sync || lab_fail "writing with one path failed"
+head -c 4M /dev/urandom >/tmp/mnt/sanvol1/more && sync || lab_fail "writing with one path failed"
 lab_mpathd reinstate "${LAB_DEV[1]}"
 lab_expect_dm 1 A
 lab_mpathd show topology | grep -E "${LAB_DEV[1]} ${LAB_DEVT[1]} active ready running" || lab_fail "show topology does not show the reinstate"
@@ -77,14 +78,14 @@ lab_step "switchgroup"
 lab_mpathd switchgroup sanvol1 2
 dmsetup status sanvol1
 lab_mpathd switchgroup sanvol1 9 && lab_fail "switchgroup to a group that does not exist was accepted"
-dd if=/mnt/sanvol1/data of=/dev/null bs=1M iflag=direct status=none || lab_fail "reading after switchgroup"
+dd if=/tmp/mnt/sanvol1/data of=/dev/null bs=1M iflag=direct status=none || lab_fail "reading after switchgroup"
 
 lab_step "remove is refused while mounted"
 lab_mpathd remove sanvol1 && lab_fail "a mounted map was removed"
-lab_do umount /mnt/sanvol1
-lab_do mount /dev/mapper/sanvol1 /mnt/sanvol1
-[ "$(sha256sum </mnt/sanvol1/data)" = "$SUM" ] || lab_fail "data changed across fail/reinstate/switchgroup"
-lab_do umount /mnt/sanvol1
+lab_do umount /tmp/mnt/sanvol1
+lab_do mount /dev/mapper/sanvol1 /tmp/mnt/sanvol1
+[ "$(sha256sum </tmp/mnt/sanvol1/data)" = "$SUM" ] || lab_fail "data changed across fail/reinstate/switchgroup"
+lab_do umount /tmp/mnt/sanvol1
 lab_mpathd_stop
 [ -b /dev/mapper/sanvol1 ] || lab_fail "stopping the daemon took the map down"
 lab_done
