@@ -329,8 +329,10 @@ impl Bindings {
 pub struct WwidsFile {
     path: PathBuf,
     lines: Vec<Line>,
+    /// In order of addition; a removed WWID leaves an empty slot.
     wwids: Vec<String>,
-    set: HashSet<String>,
+    /// WWID -> its slot in `wwids`.
+    index: HashMap<String, usize>,
     problems: Vec<Diagnostic>,
     existed: bool,
 }
@@ -352,7 +354,7 @@ impl WwidsFile {
             path: path.to_path_buf(),
             lines: Vec::new(),
             wwids: Vec::new(),
-            set: HashSet::new(),
+            index: HashMap::new(),
             problems: Vec::new(),
             existed: true,
         };
@@ -373,13 +375,17 @@ impl WwidsFile {
                 .map(|(wwid, _)| wwid);
             match parsed {
                 Some(wwid) if wwid_problem(wwid).is_none() => {
-                    if w.set.insert(wwid.to_string()) {
-                        let j = w.wwids.len();
-                        w.wwids.push(wwid.to_string());
-                        w.lines.push(Line::Entry(j));
-                    } else {
-                        w.lines.push(Line::Verbatim(raw.to_string()));
-                    }
+                    // A repeated WWID stays in the file, tied to the same slot.
+                    let j = match w.index.get(wwid) {
+                        Some(&j) => j,
+                        None => {
+                            let j = w.wwids.len();
+                            w.wwids.push(wwid.to_string());
+                            w.index.insert(wwid.to_string(), j);
+                            j
+                        }
+                    };
+                    w.lines.push(Line::Entry(j));
                 }
                 _ => {
                     let col = raw.chars().take_while(|c| c.is_whitespace()).count() + 1;
@@ -408,31 +414,28 @@ impl WwidsFile {
     }
 
     pub fn contains(&self, wwid: &str) -> bool {
-        self.set.contains(wwid)
+        self.index.contains_key(wwid)
     }
 
     /// Adds `wwid`; false if it was already there (or is not a valid WWID).
     pub fn add(&mut self, wwid: &str) -> bool {
-        if wwid_problem(wwid).is_some() || self.set.contains(wwid) {
+        if wwid_problem(wwid).is_some() || self.index.contains_key(wwid) {
             return false;
         }
-        self.set.insert(wwid.to_string());
         let j = self.wwids.len();
         self.wwids.push(wwid.to_string());
+        self.index.insert(wwid.to_string(), j);
         self.lines.push(Line::Entry(j));
         true
     }
 
-    /// Removes `wwid`; false if it was not there.
+    /// Removes `wwid` (every line of it); false if it was not there.
     pub fn remove(&mut self, wwid: &str) -> bool {
-        if !self.set.remove(wwid) {
-            return false;
-        }
-        let Some(j) = self.wwids.iter().position(|w| w == wwid) else {
+        let Some(j) = self.index.remove(wwid) else {
             return false;
         };
         self.lines.retain(|l| *l != Line::Entry(j));
-        // Keep indices valid: blank the slot rather than shifting.
+        // Keep the other slots' indices: blank this one rather than shift.
         self.wwids[j].clear();
         true
     }
@@ -445,11 +448,11 @@ impl WwidsFile {
     }
 
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.index.is_empty()
     }
 
     pub fn to_text(&self) -> String {
@@ -473,5 +476,170 @@ impl WwidsFile {
 
     pub fn save(&self) -> io::Result<()> {
         write_atomic(&self.path, &self.to_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mpathd-bindings-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn suffixes() {
+        let names: Vec<String> = (1..=30).map(alias_suffix).collect();
+        assert_eq!(names[0], "a");
+        assert_eq!(names[25], "z");
+        assert_eq!(names[26], "aa");
+        assert_eq!(names[27], "ab");
+        assert_eq!(alias_suffix(52), "az");
+        assert_eq!(alias_suffix(53), "ba");
+        assert_eq!(alias_suffix(702), "zz");
+        assert_eq!(alias_suffix(703), "aaa");
+        for n in 1..2000 {
+            assert_eq!(alias_index(&alias_suffix(n)), Some(n));
+        }
+        assert_eq!(alias_index(""), None);
+        assert_eq!(alias_index("aB"), None);
+    }
+
+    #[test]
+    fn allocation_order_and_reuse() {
+        let mut b = Bindings::parse("", Path::new("/nonexistent/bindings"));
+        let mut got = Vec::new();
+        for i in 0..28 {
+            let (a, new) = b.alias_for(&format!("wwid{i}"), "mpath");
+            assert!(new);
+            got.push(a);
+        }
+        assert_eq!(got[0], "mpatha");
+        assert_eq!(got[1], "mpathb");
+        assert_eq!(got[25], "mpathz");
+        assert_eq!(got[26], "mpathaa");
+        assert_eq!(got[27], "mpathab");
+        // Asking again gives the same name, not new.
+        assert_eq!(b.alias_for("wwid3", "mpath"), ("mpathd".to_string(), false));
+        assert_eq!(b.lookup("wwid26"), Some("mpathaa"));
+        assert_eq!(b.wwid_of("mpathab"), Some("wwid27"));
+    }
+
+    #[test]
+    fn allocation_fills_gaps_and_avoids_taken() {
+        let mut b = Bindings::parse(
+            "mpatha w1\nmpathc w3\nmpathe w5\n",
+            Path::new("/x/bindings"),
+        );
+        assert_eq!(b.alias_for("w2", "mpath"), ("mpathb".into(), true));
+        let taken: HashSet<String> = ["mpathd".to_string()].into();
+        assert_eq!(
+            b.alias_for_avoiding("w4", "mpath", &taken),
+            ("mpathf".into(), true)
+        );
+        // Another prefix starts at a.
+        assert_eq!(b.alias_for("w6", "san"), ("sana".into(), true));
+        // Never a name another WWID has, even a hand-written one.
+        let mut b = Bindings::parse("mpatha w1\nfoo w2\n", Path::new("/x/b"));
+        let taken: HashSet<String> = (1..=5)
+            .map(|n| format!("mpath{}", alias_suffix(n)))
+            .collect();
+        assert_eq!(
+            b.alias_for_avoiding("w3", "mpath", &taken),
+            ("mpathf".into(), true)
+        );
+    }
+
+    #[test]
+    fn round_trip_keeps_comments_and_bad_lines() {
+        let dir = tmpdir("rt");
+        let path = dir.join("sub/bindings");
+        let mut b = Bindings::load(&path).unwrap();
+        assert!(b.is_empty());
+        b.alias_for("3600a", "mpath");
+        b.alias_for("3600b", "mpath");
+        b.save().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# Multipath bindings"), "{text}");
+        assert!(text.ends_with("mpatha 3600a\nmpathb 3600b\n"), "{text}");
+        // Add a comment, a corrupt line and a duplicate by hand; load, add, save.
+        std::fs::write(
+            &path,
+            format!("{text}# mine\nonlyoneword\nmpatha 3600z\nx/y 3600q\nmpathc 3600a\n"),
+        )
+        .unwrap();
+        let mut b = Bindings::load(&path).unwrap();
+        let probs: Vec<(usize, String)> = b
+            .problems()
+            .iter()
+            .map(|d| (d.line, d.message.clone()))
+            .collect();
+        assert_eq!(probs.len(), 4, "{probs:?}");
+        assert_eq!(probs[0].0, 11);
+        assert!(probs[0].1.contains("expected \"alias wwid\""));
+        assert!(probs[1].1.contains("already bound"));
+        assert!(probs[2].1.contains("contains '/'"));
+        assert_eq!(probs[3].0, 14);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.alias_for("3600c", "mpath"), ("mpathc".into(), true));
+        b.save().unwrap();
+        let again = std::fs::read_to_string(&path).unwrap();
+        assert!(again.contains("# mine\nonlyoneword\n"), "{again}");
+        assert!(again.ends_with("mpathc 3600a\nmpathc 3600c\n"), "{again}");
+        assert_eq!(again.matches("# Multipath bindings").count(), 1);
+        let b2 = Bindings::load(&path).unwrap();
+        assert_eq!(b2.lookup("3600c"), Some("mpathc"));
+        // No temporary file left behind.
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn never_panics_on_junk() {
+        let junk = [
+            "\0\0", "a b c d", "é é", "#", "   ", "a\tb", "..\tw", "/ /", "//", "/a b/", "/a/ x",
+        ];
+        for j in junk {
+            let b = Bindings::parse(j, Path::new("b"));
+            let _ = b.to_text();
+            let w = WwidsFile::parse(j, Path::new("w"));
+            let _ = w.to_text();
+        }
+    }
+
+    #[test]
+    fn wwids_file() {
+        let dir = tmpdir("wwids");
+        let path = dir.join("wwids");
+        let mut w = WwidsFile::load(&path).unwrap();
+        assert!(w.is_empty() && !w.contains("a"));
+        assert!(w.add("3600a"));
+        assert!(!w.add("3600a"));
+        assert!(!w.add("bad wwid"));
+        assert!(w.add("3600b"));
+        w.save().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# Multipath wwids"), "{text}");
+        assert!(text.ends_with("/3600a/\n/3600b/\n"), "{text}");
+        std::fs::write(
+            &path,
+            format!("{text}/3600c/ # note\nnot-a-wwid\n/3600a/\n"),
+        )
+        .unwrap();
+        let mut w = WwidsFile::load(&path).unwrap();
+        assert_eq!(w.len(), 3);
+        assert!(w.contains("3600c"));
+        assert_eq!(w.problems().len(), 1);
+        assert_eq!(w.problems()[0].line, 9);
+        assert!(w.remove("3600a"));
+        assert!(!w.remove("3600a"));
+        assert_eq!(w.iter().collect::<Vec<_>>(), vec!["3600b", "3600c"]);
+        w.save().unwrap();
+        let w = WwidsFile::load(&path).unwrap();
+        assert!(!w.contains("3600a") && w.contains("3600b"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -407,11 +407,14 @@ struct KeyOut {
     from: (usize, usize),
 }
 
+/// A device rule: vendor and product regexes, and where it came from.
+type DeviceOut = (Option<String>, Option<String>, (usize, usize));
+
 #[derive(Debug, Clone, Default)]
 struct FilterOut {
     devnode: Vec<(String, (usize, usize))>,
     wwid: Vec<(String, (usize, usize))>,
-    device: Vec<(Option<String>, Option<String>, (usize, usize))>,
+    device: Vec<DeviceOut>,
 }
 
 impl FilterOut {
@@ -1163,7 +1166,12 @@ impl Importer<'_> {
     }
 
     fn render(&self) -> String {
-        let o = self.origin;
+        // The origin goes into comments: no line breaks.
+        let o: String = self
+            .origin
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         let mut t = String::new();
         t.push_str(&format!(
             "# mpathd config converted from {o} by `mpathd import`.\n\
@@ -1244,4 +1252,369 @@ pub fn carried_over_defaults() -> HashSet<&'static str> {
     ]
     .into_iter()
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        DeviceId, Failback, GroupingPolicy, NoPathRetry, PrioSource, SelectorKind, WeightKey,
+    };
+
+    const SEED: &str = "defaults {
+    user_friendly_names yes
+    find_multipaths yes
+}
+multipaths {
+    multipath {
+        wwid 360014056001405f00dcafe0123456789
+        alias sanvol1
+    }
+}
+";
+
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/config")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn errs(text: &str) -> Vec<(usize, usize, String)> {
+        match parse(text, "m.conf") {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|d| (d.line, d.col, d.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn tokenizer_words_quotes_comments_braces() {
+        let c = parse(
+            "# comment\n! also a comment\ndefaults{\n  path_selector \"service-time 0\" # trailing\n  \
+             features \"1 \"\"q\"\"\"\n  x cciss!c0d0 !not\n}\nblacklist { }\n",
+            "m.conf",
+        )
+        .unwrap();
+        assert_eq!(c.sections.len(), 2);
+        let d = &c.sections[0];
+        assert_eq!((d.name.as_str(), d.line, d.col), ("defaults", 3, 1));
+        let ps = d.get("path_selector").unwrap();
+        assert_eq!(ps.value(), "service-time 0");
+        assert_eq!((ps.line, ps.col), (4, 3));
+        assert_eq!(ps.value_pos(), (4, 17));
+        assert!(ps.values[0].quoted);
+        assert_eq!(d.get("features").unwrap().value(), "1 \"q\"");
+        // '!' inside a word is part of it; at the start of a word it starts a comment.
+        assert_eq!(d.get("x").unwrap().value(), "cciss!c0d0");
+        assert_eq!(c.sections[1].name, "blacklist");
+        assert!(c.sections[1].items.is_empty());
+    }
+
+    #[test]
+    fn one_line_sections_and_brace_on_next_line() {
+        let c = parse(
+            "blacklist {\n device { vendor \"X\" }\n device {\n product \"Y\" }\n}\nmultipaths\n{\n multipath\n {\n  wwid 1\n }\n}\n",
+            "m.conf",
+        )
+        .unwrap();
+        let mut devs = c.sections[0].subsections();
+        assert_eq!(devs.next().unwrap().get("vendor").unwrap().value(), "X");
+        assert_eq!(devs.next().unwrap().get("product").unwrap().value(), "Y");
+        let m = c.sections[1].subsections().next().unwrap();
+        assert_eq!(m.get("wwid").unwrap().value(), "1");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        assert_eq!(
+            errs("defaults {\n  alias \"abc\n}\n"),
+            vec![(
+                2,
+                9,
+                "unterminated quoted string (a closing \" must be on the same line)".into()
+            )]
+        );
+        let e = errs("defaults {\n  x 1\n");
+        assert_eq!((e[0].0, e[0].1), (1, 1));
+        assert!(e[0].2.contains("never closed"), "{e:?}");
+        let e = errs("defaults {\n}\n}\n");
+        assert_eq!((e[0].0, e[0].1), (3, 1));
+        assert!(e[0].2.contains("without a matching"));
+        let e = errs("user_friendly_names yes\n");
+        assert_eq!((e[0].0, e[0].1), (1, 1));
+        assert!(e[0].2.contains("outside any section"));
+        let e = errs("{\n}\n");
+        assert!(e[0].2.contains("without a section name"));
+        let e = errs("defaults {\n  device x {\n  }\n}\n");
+        assert_eq!((e[0].0, e[0].1), (2, 12));
+        // Several errors at once.
+        let e = errs("defaults {\n a \"b\n}\n}\nx\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(e.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 4, 5]);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion_blowup() {
+        let text = "a {\n".repeat(100_000);
+        let e = errs(&text);
+        assert!(e.iter().any(|e| e.2.contains("nested deeper")), "{e:?}");
+        let text = "{".repeat(100_000);
+        let _ = parse(&text, "m.conf");
+        let text = "}".repeat(100_000);
+        assert!(errs(&text).len() <= MAX_ERRORS);
+    }
+
+    #[test]
+    fn import_seed() {
+        let im = import(SEED, "/etc/multipath.conf").unwrap();
+        assert!(im.notes.is_empty(), "{:?}", im.notes);
+        let c = Config::from_toml_str(&im.config_toml, "imported.toml").unwrap();
+        assert!(c.defaults.user_friendly_names);
+        assert_eq!(c.defaults.find_multipaths, FindMultipaths::On);
+        let s = c.settings_for("360014056001405f00dcafe0123456789");
+        assert_eq!(s.alias.as_deref(), Some("sanvol1"));
+        // The seed file in fixtures is the same.
+        assert_eq!(fixture("seed-multipath.conf"), SEED);
+    }
+
+    #[test]
+    fn import_debian_sample() {
+        let text = fixture("debian-multipath.conf");
+        let im = import(&text, "multipath.conf").unwrap();
+        let c = Config::from_toml_str(&im.config_toml, "imported.toml")
+            .unwrap_or_else(|e| panic!("{e}\n{}", im.config_toml));
+        let d = &c.defaults;
+        assert!(d.user_friendly_names);
+        assert_eq!(d.find_multipaths, FindMultipaths::Smart);
+        assert_eq!(d.path_selector, SelectorKind::RoundRobin);
+        assert_eq!(d.path_grouping_policy, GroupingPolicy::Multibus);
+        assert_eq!(d.failback, Failback::Immediate);
+        // overrides' no_path_retry queue beats defaults' fail.
+        assert_eq!(d.no_path_retry, NoPathRetry::Queue);
+
+        // Blacklist: the usual devnode rules, the untranslatable wwid noted.
+        let dev = |devnode, wwid, vendor, product| DeviceId {
+            devnode,
+            wwid,
+            vendor,
+            product,
+        };
+        assert!(!c.filter(&dev("loop0", None, "", "")).is_allowed());
+        assert!(!c.filter(&dev("dm-3", None, "", "")).is_allowed());
+        assert!(!c.filter(&dev("sr0", None, "", "")).is_allowed());
+        assert!(!c.filter(&dev("hda", None, "", "")).is_allowed());
+        assert!(!c.filter(&dev("cciss!c0d1", None, "", "")).is_allowed());
+        assert!(
+            c.filter(&dev("sda", Some("36001405aa"), "LIO-ORG", "disk"))
+                .is_allowed()
+        );
+        assert!(!c.filter(&dev("sda", None, "DEC", "MSA500")).is_allowed());
+        assert_eq!(c.blacklist.wwid.len(), 0);
+        assert_eq!(c.blacklist_exceptions.wwid.len(), 1);
+
+        let y = c.settings_for("3600508b4000156d700012000000b0000");
+        assert_eq!(y.alias.as_deref(), Some("yellow"));
+        assert_eq!(y.path_grouping_policy, GroupingPolicy::Multibus);
+        assert_eq!(y.path_selector, SelectorKind::ServiceTime);
+        assert_eq!(y.failback, Failback::Manual);
+        assert_eq!(y.no_path_retry, NoPathRetry::Retries(5));
+        let PrioSource::Weighted(ws) = &y.prio else {
+            panic!("{:?}", y.prio)
+        };
+        assert_eq!(ws.len(), 2);
+        assert_eq!((ws[0].key, ws[0].prio), (WeightKey::Hbtl, 2));
+        assert!(ws[0].matches("sda", "1:0:0:3", None));
+        assert!(!ws[0].matches("sda", "2:0:0:3", None));
+        assert!(ws[1].matches("sda", "4:0:0:0", None));
+        assert_eq!(
+            c.settings_for("1DEC_____321816758474").alias.as_deref(),
+            Some("red")
+        );
+        assert_eq!(c.multipaths.len(), 2);
+
+        let notes: Vec<String> = im.notes.iter().map(|d| d.to_string()).collect();
+        let has = |needle: &str| notes.iter().any(|n| n.contains(needle));
+        for needle in [
+            "multipath.conf:5:2: polling_interval not carried over: mpathd has no periodic path checker",
+            "multipath.conf:6:2: path_checker not carried over",
+            "multipath.conf:11:2: rr_min_io not carried over",
+            "multipath.conf:12:2: getuid_callout not carried over: mpathd reads each disk's WWID from sysfs",
+            "multipath.conf:19:7: blacklist wwid \"(a)\\1\" not carried over: the POSIX regex back-reference",
+            "multipath.conf:20:2: property (blacklist) not carried over",
+            "multipath.conf:35:3: path_grouping_policy (device \"NETAPP\" \"LUN.*\") not carried over: mpathd has no per-hardware device table",
+            "prio (device \"NETAPP\" \"LUN.*\") not carried over",
+            "rr_weight (multipath 3600508b4000156d700012000000b0000) not carried over",
+            "mode (multipath 1DEC_____321816758474) not carried over",
+            "multipath.conf:61:2: multipath section not carried over: it has no wwid",
+            "multipath.conf:68:2: dev_loss_tmo (overrides) not carried over: mpathd does not change transport timeouts",
+        ] {
+            assert!(has(needle), "no note {needle:?} in:\n{}", notes.join("\n"));
+        }
+        // Every note has a position and says "not carried over".
+        for n in &im.notes {
+            assert!(n.line > 0 && n.col > 0, "{n}");
+            assert!(n.message.contains("not carried over"), "{n}");
+        }
+        // The converted text points back to the source lines.
+        assert!(
+            im.config_toml.contains("# multipath.conf:16:10"),
+            "{}",
+            im.config_toml
+        );
+    }
+
+    #[test]
+    fn import_notes_features_and_prio() {
+        let im = import(
+            "defaults {\n features \"2 queue_if_no_path retain_attached_hw_handler\"\n prio emc\n \
+             path_grouping_policy group_by_serial\n failback 0\n no_path_retry 0\n}\n\
+             multipaths {\n multipath {\n  wwid a\n  prio weightedpath\n  prio_args \"wwn .* 3\"\n }\n \
+             multipath {\n  wwid b\n  prio sysfs\n }\n multipath {\n  wwid a\n }\n}\nfoo {\n}\n",
+            "m.conf",
+        )
+        .unwrap();
+        let c = Config::from_toml_str(&im.config_toml, "x").unwrap();
+        assert!(c.defaults.queue_if_no_path);
+        assert_eq!(c.defaults.no_path_retry, NoPathRetry::Queue);
+        assert_eq!(c.defaults.prio, PrioSource::Const);
+        assert_eq!(c.settings_for("a").prio, PrioSource::Const);
+        assert_eq!(c.settings_for("b").prio, PrioSource::Alua);
+        let text: Vec<String> = im.notes.iter().map(|d| d.to_string()).collect();
+        let all = text.join("\n");
+        for needle in [
+            "m.conf:2:11: features: feature \"retain_attached_hw_handler\" not carried over",
+            "m.conf:3:7: prio \"emc\" not carried over",
+            "m.conf:4:2: path_grouping_policy not carried over: \"group_by_serial\"",
+            "m.conf:5:2: failback not carried over",
+            "m.conf:6:2: no_path_retry not carried over",
+            "m.conf:12:13: prio (multipath a) weightedpath not carried over: prio_args \"wwn .* 3\" weights by wwn",
+            "m.conf:16:8: prio (multipath b) \"sysfs\" carried over as \"alua\"",
+            "m.conf:18:2: multipath section for wwid a not carried over: an earlier multipath section has the same wwid",
+            "m.conf:22:1: section \"foo\" not carried over",
+        ] {
+            assert!(all.contains(needle), "no {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn import_regex_translation() {
+        let im = import(
+            "blacklist {\n devnode \"^sd[[:digit:]\\]\"\n wwid \"[[.a.]]\"\n device {\n  vendor \"A&&B\"\n }\n}\n",
+            "m.conf",
+        )
+        .unwrap();
+        let c = Config::from_toml_str(&im.config_toml, "x").unwrap();
+        assert_eq!(c.blacklist.devnode.len(), 1);
+        let dev = |devnode| DeviceId {
+            devnode,
+            wwid: None,
+            vendor: "A&&B",
+            product: "",
+        };
+        assert!(!c.filter(&dev("sd\\")).is_allowed());
+        assert_eq!(c.blacklist.device.len(), 1);
+        assert!(
+            im.notes
+                .iter()
+                .any(|n| n.message.contains("collating element")),
+            "{:?}",
+            im.notes
+        );
+    }
+
+    #[test]
+    fn import_fails_only_on_syntax() {
+        let e = import("defaults {\n", "m.conf").unwrap_err();
+        assert_eq!(e.0[0].line, 1);
+        let im = import("", "m.conf").unwrap();
+        assert_eq!(
+            Config::from_toml_str(&im.config_toml, "x").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn hostile_origin_and_values_still_give_valid_toml() {
+        let conf = r#"defaults {
+ alias_prefix "a'b"""
+ bindings_file "/x""\"
+}
+multipaths {
+ multipath {
+  wwid "w'"""
+  alias "x\y"
+ }
+}
+"#;
+        let im = import(conf, "weird\nname'\"").unwrap();
+        let c = Config::from_toml_str(&im.config_toml, "x")
+            .unwrap_or_else(|e| panic!("{e}\n{}", im.config_toml));
+        assert_eq!(c.defaults.alias_prefix, "a'b\"");
+        assert_eq!(c.defaults.bindings_file, std::path::Path::new("/x\"\\"));
+        assert_eq!(c.settings_for("w'\"").alias.as_deref(), Some("x\\y"));
+    }
+
+    /// A tiny deterministic generator for the never-panic loops.
+    fn lcg(state: &mut u64) -> usize {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*state >> 33) as usize
+    }
+
+    #[test]
+    fn parse_and_import_never_panic_on_mangled_input() {
+        let base: Vec<char> = fixture("debian-multipath.conf").chars().collect();
+        let pieces = [
+            "{",
+            "}",
+            "\"",
+            "\"\"",
+            "#",
+            "!",
+            "\n",
+            "é",
+            "\\",
+            "[",
+            "(",
+            "multipath",
+            "wwid",
+            "prio_args",
+        ];
+        let mut st = 11u64;
+        for _ in 0..400 {
+            let mut v = base.clone();
+            for _ in 0..(lcg(&mut st) % 8 + 1) {
+                let at = lcg(&mut st) % (v.len() + 1);
+                if lcg(&mut st).is_multiple_of(2) {
+                    let p = pieces[lcg(&mut st) % pieces.len()];
+                    for (k, ch) in p.chars().enumerate() {
+                        v.insert(at + k, ch);
+                    }
+                } else {
+                    let end = (at + lcg(&mut st) % 5).min(v.len());
+                    v.drain(at..end);
+                }
+            }
+            let s: String = v.iter().collect();
+            match import(&s, "m.conf") {
+                Ok(im) => {
+                    Config::from_toml_str(&im.config_toml, "x")
+                        .unwrap_or_else(|e| panic!("{e}\n{}\n--- from\n{s}", im.config_toml));
+                }
+                Err(e) => {
+                    for d in e.iter() {
+                        assert!(
+                            d.line >= 1 && d.col >= 1 && !d.message.starts_with("internal"),
+                            "{d}\n{s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -698,14 +698,10 @@ impl<'a> Cx<'a> {
                         if let Some(s) = cx.string(item, &vs, k) {
                             match wwid_problem(s) {
                                 Some(why) => cx.err(&vs, format!("wwid {why}")),
-                                None => {
-                                    e.wwid = s.to_string();
-                                    wwid_span = Some(vs);
-                                }
+                                None => e.wwid = s.to_string(),
                             }
-                        } else {
-                            wwid_span = Some(vs);
                         }
+                        wwid_span = Some(vs);
                     }
                     "alias" => {
                         if let Some(s) = cx.string(item, &vs, k) {

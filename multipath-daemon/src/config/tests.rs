@@ -1,3 +1,745 @@
-//! Tests of the TOML config, the filter and check_file.
+//! Tests of the TOML config, merging, the filter and check_file.
 
 use super::*;
+
+const ORIGIN: &str = "mpathd.toml";
+
+fn parse(text: &str) -> Config {
+    Config::from_toml_str(text, ORIGIN).unwrap_or_else(|e| panic!("{e}\n--- input:\n{text}"))
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match Config::from_toml_str(text, ORIGIN) {
+        Ok(c) => panic!("accepted: {c:?}\n--- input:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// (line, col, message contains).
+fn assert_errors(text: &str, expected: &[(usize, usize, &str)]) {
+    let got = errors(text);
+    let shown = ConfigErrors(got.clone()).to_string();
+    assert_eq!(got.len(), expected.len(), "errors:\n{shown}");
+    for (d, (line, col, needle)) in got.iter().zip(expected) {
+        assert_eq!(
+            (d.line, d.col),
+            (*line, *col),
+            "position of {d}\nall:\n{shown}"
+        );
+        assert!(d.message.contains(needle), "{d} lacks {needle:?}");
+        assert_eq!(d.origin, ORIGIN);
+    }
+}
+
+fn dev<'a>(
+    devnode: &'a str,
+    wwid: Option<&'a str>,
+    vendor: &'a str,
+    product: &'a str,
+) -> DeviceId<'a> {
+    DeviceId {
+        devnode,
+        wwid,
+        vendor,
+        product,
+    }
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let c = parse("");
+    assert_eq!(c, Config::default());
+    let d = &c.defaults;
+    assert_eq!(d.path_grouping_policy, GroupingPolicy::Failover);
+    assert_eq!(d.path_selector, SelectorKind::ServiceTime);
+    assert_eq!(d.failback, Failback::Manual);
+    assert_eq!(d.no_path_retry, NoPathRetry::Fail);
+    assert!(!d.queue_if_no_path);
+    assert_eq!(d.prio, PrioSource::Const);
+    assert!(!d.user_friendly_names);
+    assert_eq!(d.alias_prefix, "mpath");
+    assert_eq!(d.find_multipaths, FindMultipaths::Strict);
+    assert_eq!(d.bindings_file, Path::new("/etc/mpathd/bindings"));
+    assert_eq!(d.wwids_file, Path::new("/etc/mpathd/wwids"));
+    assert_eq!(d.socket, Path::new("/run/mpathd/mpathd.sock"));
+    assert!(c.multipaths.is_empty());
+    assert!(c.blacklist.is_empty() && c.blacklist_exceptions.is_empty());
+    // Comments and blank lines only.
+    assert_eq!(parse("# nothing\n\n"), Config::default());
+}
+
+#[test]
+fn full_config() {
+    let c = parse(
+        r#"
+[defaults]
+path_grouping_policy = "group_by_prio"
+path_selector = "queue-length"
+failback = 30
+no_path_retry = 12
+queue_if_no_path = true
+prio = "weighted"
+prio_weights = [{ hbtl = "2:.*", prio = 10 }, { devname = "sd[a-c]", prio = 5 }, { portal = '10\.99\.1\.2:3260', prio = 50 }]
+user_friendly_names = true
+alias_prefix = "san"
+find_multipaths = "smart"
+bindings_file = "/var/lib/mpathd/bindings"
+wwids_file = "/var/lib/mpathd/wwids"
+socket = "/run/m.sock"
+
+[[multipaths]]
+wwid = "360014056001405f00dcafe0123456789"
+alias = "sanvol1"
+path_grouping_policy = "multibus"
+path_selector = "round-robin"
+failback = "immediate"
+no_path_retry = "queue"
+prio = "alua"
+
+[[multipaths]]
+wwid = "3600a0b800026b2820000a9a44ba0a1b1"
+
+[blacklist]
+devnode = ["^(ram|raw|loop|fd|md|dm-|sr|scd|st)[0-9]*", "^hd[a-z]"]
+wwid = [".*"]
+device = [{ vendor = "DELL", product = "Universal Xport" }]
+
+[blacklist_exceptions]
+wwid = ["^3600140"]
+[[blacklist_exceptions.device]]
+vendor = "LIO-ORG"
+"#,
+    );
+    let d = &c.defaults;
+    assert_eq!(d.path_grouping_policy, GroupingPolicy::GroupByPrio);
+    assert_eq!(d.path_selector, SelectorKind::QueueLength);
+    assert_eq!(d.failback, Failback::After(Duration::from_secs(30)));
+    assert_eq!(d.no_path_retry, NoPathRetry::Retries(12));
+    assert!(d.queue_if_no_path);
+    let PrioSource::Weighted(ws) = &d.prio else {
+        panic!("{:?}", d.prio)
+    };
+    assert_eq!(ws.len(), 3);
+    assert_eq!(
+        (ws[0].key, ws[0].source(), ws[0].prio),
+        (WeightKey::Hbtl, "2:.*", 10)
+    );
+    assert!(ws[0].matches("sdz", "2:0:0:1", None));
+    assert!(
+        !ws[0].matches("sdz", "12:0:0:1", None),
+        "weights match the whole value"
+    );
+    assert!(ws[1].matches("sdb", "0:0:0:0", None) && !ws[1].matches("sdbb", "0:0:0:0", None));
+    assert_eq!(ws[2].key, WeightKey::Portal);
+    assert!(ws[2].matches("sda", "1:0:0:0", Some("10.99.1.2:3260")));
+    assert!(!ws[2].matches("sda", "1:0:0:0", None));
+    assert!(d.user_friendly_names);
+    assert_eq!(d.alias_prefix, "san");
+    assert_eq!(d.find_multipaths, FindMultipaths::Smart);
+    assert_eq!(d.bindings_file, Path::new("/var/lib/mpathd/bindings"));
+    assert_eq!(d.wwids_file, Path::new("/var/lib/mpathd/wwids"));
+    assert_eq!(d.socket, Path::new("/run/m.sock"));
+
+    assert_eq!(c.multipaths.len(), 2);
+    let e = &c.multipaths[0];
+    assert_eq!(e.alias.as_deref(), Some("sanvol1"));
+    assert_eq!(e.location, "mpathd.toml:17:1");
+    assert_eq!(e.path_grouping_policy, Some(GroupingPolicy::Multibus));
+    assert_eq!(e.path_selector, Some(SelectorKind::RoundRobin));
+    assert_eq!(e.failback, Some(Failback::Immediate));
+    assert_eq!(e.no_path_retry, Some(NoPathRetry::Queue));
+    assert_eq!(e.prio, Some(PrioSource::Alua));
+    assert_eq!(
+        c.multipaths[1],
+        MultipathEntry {
+            wwid: "3600a0b800026b2820000a9a44ba0a1b1".into(),
+            location: "mpathd.toml:26:1".into(),
+            ..Default::default()
+        }
+    );
+
+    assert_eq!(c.blacklist.devnode.len(), 2);
+    assert_eq!(c.blacklist.devnode[1].location, "mpathd.toml:30:57");
+    assert_eq!(c.blacklist.wwid.len(), 1);
+    assert_eq!(c.blacklist.device.len(), 1);
+    assert_eq!(c.blacklist_exceptions.wwid.len(), 1);
+    assert_eq!(c.blacklist_exceptions.device.len(), 1);
+    assert!(c.blacklist_exceptions.device[0].product.is_none());
+}
+
+#[test]
+fn inline_multipaths_and_dotted_keys() {
+    let c = parse(
+        "defaults.failback = \"followover\"\n\
+         multipaths = [{ wwid = \"w1\", alias = \"a1\" }, { wwid = \"w2\", queue_if_no_path = true }]\n",
+    );
+    assert_eq!(c.defaults.failback, Failback::Followover);
+    assert_eq!(c.multipaths.len(), 2);
+    assert_eq!(c.multipaths[0].location, "mpathd.toml:2:15");
+    assert_eq!(c.settings_for("w2").no_path_retry, NoPathRetry::Queue);
+}
+
+#[test]
+fn value_spellings() {
+    let d = |body: &str| parse(&format!("[defaults]\n{body}\n")).defaults;
+    assert_eq!(d("failback = 0").failback, Failback::Immediate);
+    assert_eq!(d("failback = \"manual\"").failback, Failback::Manual);
+    assert_eq!(d("no_path_retry = 0").no_path_retry, NoPathRetry::Fail);
+    assert_eq!(
+        d("no_path_retry = \"fail\"").no_path_retry,
+        NoPathRetry::Fail
+    );
+    assert_eq!(
+        d("path_selector = \"service-time 0\"").path_selector,
+        SelectorKind::ServiceTime
+    );
+    for (s, f) in [
+        ("strict", FindMultipaths::Strict),
+        ("on", FindMultipaths::On),
+        ("yes", FindMultipaths::On),
+        ("smart", FindMultipaths::Smart),
+        ("greedy", FindMultipaths::Greedy),
+        ("off", FindMultipaths::Greedy),
+        ("no", FindMultipaths::Greedy),
+    ] {
+        assert_eq!(
+            d(&format!("find_multipaths = \"{s}\"")).find_multipaths,
+            f,
+            "{s}"
+        );
+    }
+    assert_eq!(
+        d("find_multipaths = true").find_multipaths,
+        FindMultipaths::On
+    );
+    assert_eq!(
+        d("find_multipaths = false").find_multipaths,
+        FindMultipaths::Greedy
+    );
+    // prio_weights alone implies weighted.
+    assert!(matches!(
+        d("prio_weights = [{ devname = \"sda\", prio = 1 }]").prio,
+        PrioSource::Weighted(_)
+    ));
+    for s in SelectorKind::ALL {
+        assert_eq!(
+            d(&format!("path_selector = \"{}\"", s.dm_name())).path_selector,
+            s
+        );
+    }
+    for g in GroupingPolicy::ALL {
+        assert_eq!(
+            d(&format!("path_grouping_policy = \"{g}\"")).path_grouping_policy,
+            g
+        );
+    }
+}
+
+#[test]
+fn queue_if_no_path_and_no_path_retry() {
+    let d = |body: &str| parse(&format!("[defaults]\n{body}\n")).defaults;
+    // queue_if_no_path alone queues; no_path_retry wins when both are set.
+    assert_eq!(
+        d("queue_if_no_path = true").no_path_retry,
+        NoPathRetry::Queue
+    );
+    assert_eq!(
+        d("queue_if_no_path = true\nno_path_retry = \"fail\"").no_path_retry,
+        NoPathRetry::Fail
+    );
+    assert_eq!(
+        d("queue_if_no_path = false\nno_path_retry = 5").no_path_retry,
+        NoPathRetry::Retries(5)
+    );
+    // Settings: the entry's level wins over the defaults, and the flag follows.
+    let c = parse(
+        "[defaults]\nno_path_retry = \"queue\"\n\
+         [[multipaths]]\nwwid = \"a\"\nqueue_if_no_path = false\n\
+         [[multipaths]]\nwwid = \"b\"\nno_path_retry = 3\nqueue_if_no_path = false\n\
+         [[multipaths]]\nwwid = \"c\"\n",
+    );
+    let s = c.settings_for("a");
+    assert_eq!(
+        (s.no_path_retry, s.queue_if_no_path),
+        (NoPathRetry::Fail, false)
+    );
+    let s = c.settings_for("b");
+    assert_eq!(
+        (s.no_path_retry, s.queue_if_no_path),
+        (NoPathRetry::Retries(3), true)
+    );
+    let s = c.settings_for("c");
+    assert_eq!(
+        (s.no_path_retry, s.queue_if_no_path),
+        (NoPathRetry::Queue, true)
+    );
+    let s = c.settings_for("unlisted");
+    assert_eq!(
+        (s.no_path_retry, s.queue_if_no_path),
+        (NoPathRetry::Queue, true)
+    );
+}
+
+#[test]
+fn settings_for_merges_entry_over_defaults() {
+    let c = parse(
+        r#"
+[defaults]
+path_grouping_policy = "multibus"
+failback = "immediate"
+prio = "alua"
+
+[[multipaths]]
+wwid = "w1"
+alias = "db"
+path_grouping_policy = "group_by_prio"
+path_selector = "round-robin"
+prio = "const"
+"#,
+    );
+    let s = c.settings_for("w1");
+    assert_eq!(s.alias.as_deref(), Some("db"));
+    assert_eq!(s.path_grouping_policy, GroupingPolicy::GroupByPrio);
+    assert_eq!(s.path_selector, SelectorKind::RoundRobin);
+    assert_eq!(
+        s.failback,
+        Failback::Immediate,
+        "not overridden: the default"
+    );
+    assert_eq!(s.prio, PrioSource::Const);
+    let s = c.settings_for("w2");
+    assert_eq!(s.alias, None);
+    assert_eq!(s.path_grouping_policy, GroupingPolicy::Multibus);
+    assert_eq!(s.path_selector, SelectorKind::ServiceTime);
+    assert_eq!(s.prio, PrioSource::Alua);
+    assert!(c.entry_for("w1").is_some() && c.entry_for("w2").is_none());
+    assert_eq!(c.entry_for_alias("db").map(|e| e.wwid.as_str()), Some("w1"));
+}
+
+#[test]
+fn syntax_error_has_position() {
+    assert_errors("[defaults]\nfailback = \n", &[(2, 12, "TOML syntax")]);
+    assert_errors(
+        "[defaults]\nuser_friendly_names = yes\n",
+        &[(2, 23, "TOML syntax")],
+    );
+    assert_errors("a = \"unterminated\n", &[(1, 18, "TOML syntax")]);
+    // Duplicate keys are TOML errors too.
+    let e = errors("[defaults]\nfailback = 1\nfailback = 2\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 3, "{}", e[0]);
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_its_position() {
+    let text = r#"[defaults]
+path_grouping_policy = "round-robin"
+path_selector = 3
+failback = -1
+no_path_retry = "sometimes"
+queue_if_no_path = "yes"
+user_friendly_names = 1
+find_multipaths = "maybe"
+bindings_file = "relative/path"
+colour = "blue"
+prio = "weighted"
+
+[[multipaths]]
+alias = "no/slash"
+
+[[multipaths]]
+wwid = "w1"
+alias = "vol"
+user_friendly_names = true
+
+[[multipaths]]
+wwid = "w1"
+alias = "vol"
+
+[blacklist]
+devnode = ["^sd[", 7]
+device = [{ vendor = "X", model = "Y" }, {}]
+
+[extra]
+"#;
+    assert_errors(
+        text,
+        &[
+            (2, 24, "path_grouping_policy \"round-robin\" is not one of"),
+            (3, 17, "path_selector must be a string, found an integer"),
+            (4, 12, "failback must be 0 or more seconds"),
+            (
+                5,
+                17,
+                "no_path_retry \"sometimes\" is not one of \"fail\", \"queue\"",
+            ),
+            (
+                6,
+                20,
+                "queue_if_no_path must be true or false, found \"yes\"",
+            ),
+            (7, 23, "user_friendly_names must be true or false, found 1"),
+            (8, 19, "find_multipaths \"maybe\" is not one of"),
+            (9, 17, "bindings_file must be an absolute path"),
+            (10, 1, "unknown key \"colour\" in [defaults]"),
+            (
+                11,
+                8,
+                "prio = \"weighted\" in [defaults] needs prio_weights",
+            ),
+            (13, 1, "has no wwid"),
+            (14, 9, "alias \"no/slash\" contains '/'"),
+            (
+                19,
+                1,
+                "unknown key \"user_friendly_names\" in [[multipaths]] (it can only be set in [defaults])",
+            ),
+            (
+                22,
+                8,
+                "wwid \"w1\" already has an entry at mpathd.toml:17:8",
+            ),
+            (23, 9, "alias \"vol\" is already used at mpathd.toml:18:9"),
+            (
+                26,
+                12,
+                "blacklist.devnode: invalid regex: unclosed character class",
+            ),
+            (
+                26,
+                20,
+                "blacklist.devnode entries must be strings, found an integer",
+            ),
+            (27, 27, "unknown key \"model\" in blacklist.device"),
+            (27, 42, "blacklist.device entry needs a vendor or a product"),
+            (29, 2, "unknown key \"extra\" at the top level"),
+        ],
+    );
+}
+
+#[test]
+fn more_type_errors() {
+    assert_errors(
+        "defaults = 3\nmultipaths = \"x\"\nblacklist = []\n",
+        &[
+            (1, 12, "[defaults] must be a table, found an integer"),
+            (2, 14, "multipaths must be an array of tables"),
+            (3, 13, "[blacklist] must be a table, found an array"),
+        ],
+    );
+    assert_errors(
+        "[defaults]\nprio = \"alua\"\nprio_weights = [{ hbtl = \"(\", prio = 1 }, 3, { prio = 2 }, { devname = \"a\", hbtl = \"b\", prio = 1 }, { devname = \"a\", prio = -1 }]\n",
+        &[
+            (3, 26, "prio_weights[0].hbtl: invalid regex"),
+            (3, 43, "prio_weights[1] must be an inline table"),
+            (
+                3,
+                46,
+                "prio_weights[2] needs one of devname, hbtl, portal and a prio",
+            ),
+            (
+                3,
+                77,
+                "prio_weights[3] has more than one of devname, hbtl, portal",
+            ),
+            (3, 125, "prio_weights[4].prio must be an integer from 0"),
+        ],
+    );
+    assert_errors(
+        "[defaults]\nprio = \"const\"\nprio_weights = [{ hbtl = \".*\", prio = 1 }]\n",
+        &[(
+            3,
+            16,
+            "prio_weights in [defaults] needs prio = \"weighted\", not \"const\"",
+        )],
+    );
+    assert_errors(
+        "[[multipaths]]\nwwid = \"has space\"\n[[multipaths]]\nwwid = \"\"\nalias = \"..\"\n",
+        &[
+            (2, 8, "wwid contains ' '"),
+            (4, 8, "wwid is empty"),
+            (5, 9, "alias \"..\" cannot be"),
+        ],
+    );
+    let long = "x".repeat(128);
+    assert_errors(
+        &format!(
+            "[[multipaths]]\nwwid = \"w\"\nalias = \"{long}\"\n[defaults]\nalias_prefix = \"a b\"\n"
+        ),
+        &[
+            (3, 9, "128 bytes long"),
+            (5, 16, "alias_prefix contains ' '"),
+        ],
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    // "é" is two bytes; the error is at character 9 of line 2.
+    assert_errors(
+        "[defaults]\n# é\n\"éé\" = 1\n",
+        &[(3, 1, "unknown key \"éé\"")],
+    );
+    assert_errors(
+        "[defaults]\nprio = \"é\"\n",
+        &[(2, 8, "prio \"é\" is not one of")],
+    );
+    assert_errors(
+        "[blacklist]\ndevnode = [\"ééé\", \"(\"]\n",
+        &[(2, 19, "invalid regex")],
+    );
+}
+
+#[test]
+fn errors_display_one_per_line() {
+    let e =
+        Config::from_toml_str("[defaults]\nfailback = \"x\"\nprio = 3\n", "f.toml").unwrap_err();
+    let s = e.to_string();
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines.len(), 2, "{s}");
+    assert!(lines[0].starts_with("f.toml:2:12: failback"), "{s}");
+    assert!(lines[1].starts_with("f.toml:3:8: prio"), "{s}");
+    let _: &dyn std::error::Error = &e;
+}
+
+#[test]
+fn filter_devnode_wwid_device_and_exceptions() {
+    let c = parse(
+        r#"[blacklist]
+devnode = ["^sd[c-z]"]
+wwid = ["^36000"]
+device = [{ vendor = "^DELL", product = "Universal" }, { vendor = "IBM" }]
+
+[blacklist_exceptions]
+devnode = ["^sdd$"]
+wwid = ["^360000001$"]
+device = [{ vendor = "DELL", product = "Xport 2" }]
+"#,
+    );
+    let v = c.filter(&dev("sda", Some("3600140"), "LIO-ORG", "disk"));
+    assert_eq!(v, Verdict::Allowed);
+    assert!(v.is_allowed());
+    assert_eq!(
+        c.filter(&dev("sdc", None, "LIO-ORG", "disk")),
+        Verdict::Blacklisted {
+            reason: "blacklist devnode \"^sd[c-z]\" (mpathd.toml:2:12)".into()
+        }
+    );
+    // Exception of the same kind lifts it.
+    assert!(c.filter(&dev("sdd", None, "LIO-ORG", "disk")).is_allowed());
+    // An exception of another kind does not (multipath-tools' order of checks).
+    assert!(
+        !c.filter(&dev("sde", Some("360000001"), "LIO-ORG", "disk"))
+            .is_allowed()
+    );
+    // WWID rules.
+    let Verdict::Blacklisted { reason } = c.filter(&dev("sda", Some("3600002"), "X", "Y")) else {
+        panic!()
+    };
+    assert_eq!(reason, "blacklist wwid \"^36000\" (mpathd.toml:3:9)");
+    assert!(
+        c.filter(&dev("sda", Some("360000001"), "X", "Y"))
+            .is_allowed()
+    );
+    assert!(
+        c.filter(&dev("sda", None, "X", "Y")).is_allowed(),
+        "no WWID: WWID rules skipped"
+    );
+    // Device rules: both regexes must match; a missing one matches anything.
+    let Verdict::Blacklisted { reason } = c.filter(&dev("sda", None, "DELL", "Universal Xport"))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        reason,
+        "blacklist device vendor \"^DELL\" product \"Universal\" (mpathd.toml:4:11)"
+    );
+    assert!(c.filter(&dev("sda", None, "DELL", "PERC")).is_allowed());
+    assert!(!c.filter(&dev("sda", None, "IBM", "anything")).is_allowed());
+    assert!(
+        c.filter(&dev("sda", None, "DELL", "Universal Xport 2"))
+            .is_allowed()
+    );
+    // Default config allows everything.
+    assert!(
+        Config::default()
+            .filter(&dev("loop0", None, "", ""))
+            .is_allowed()
+    );
+}
+
+#[test]
+fn filter_built_in_code() {
+    let mut c = Config::default();
+    c.blacklist.wwid.push(Rule::new(".*").unwrap());
+    c.blacklist_exceptions
+        .wwid
+        .push(Rule::new("^3600140").unwrap().at("here"));
+    assert!(
+        c.filter(&dev("sda", Some("36001405abc"), "", ""))
+            .is_allowed()
+    );
+    assert_eq!(
+        c.filter(&dev("sda", Some("35000c5"), "", "")),
+        Verdict::Blacklisted {
+            reason: "blacklist wwid \".*\"".into()
+        }
+    );
+}
+
+#[test]
+fn packaged_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/mpathd.toml");
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The example documents the defaults; it must not change them by accident.
+    assert_eq!(c.defaults, Defaults::default());
+    assert!(!c.multipaths.is_empty());
+    assert!(
+        c.blacklist
+            .devnode
+            .iter()
+            .any(|r| r.as_str().contains("loop"))
+    );
+}
+
+#[test]
+fn fixtures_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let good = check_file(&dir.join("good.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        good.settings_for("360014056001405f00dcafe0123456789")
+            .alias
+            .as_deref(),
+        Some("sanvol1")
+    );
+    let bad = check_file(&dir.join("bad.toml")).unwrap_err();
+    assert!(bad.len() >= 3, "{bad}");
+    for d in bad.iter() {
+        assert!(d.line > 0 && d.col > 0, "{d}");
+        assert!(d.origin.ends_with("bad.toml"));
+    }
+}
+
+#[test]
+fn check_file_spots_multipath_conf() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let e = check_file(&dir.join("seed-multipath.conf")).unwrap_err();
+    assert!(e.0[0].message.contains("multipath.conf"), "{e}");
+    assert!(e.0[0].message.contains("mpathd import"), "{e}");
+    assert_eq!(e.0[0].line, 0);
+    // Missing file.
+    let e = check_file(&dir.join("does-not-exist.toml")).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(
+        e.to_string().ends_with("does-not-exist.toml: no such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn check_file_conf_name_that_parses_as_neither() {
+    let dir = std::env::temp_dir().join(format!("mpathd-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("broken.conf");
+    std::fs::write(&p, "defaults {\n  x \"y\n").unwrap();
+    let e = check_file(&p).unwrap_err();
+    assert!(e.to_string().contains("mpathd import"), "{e}");
+    // A TOML file named .conf is fine.
+    let p = dir.join("ok.conf");
+    std::fs::write(&p, "[defaults]\nfailback = 5\n").unwrap();
+    assert_eq!(
+        check_file(&p).unwrap().defaults.failback,
+        Failback::After(Duration::from_secs(5))
+    );
+    // Not UTF-8.
+    let p = dir.join("bin.toml");
+    std::fs::write(&p, b"\xff\xfe").unwrap();
+    assert!(check_file(&p).unwrap_err().to_string().contains("UTF-8"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dm_names_and_wwids() {
+    assert!(dm_name_problem("sanvol1").is_none());
+    assert!(dm_name_problem("a.b-c_d").is_none());
+    for bad in ["", ".", "..", "a/b", "a b", "a\u{7}"] {
+        assert!(dm_name_problem(bad).is_some(), "{bad:?}");
+    }
+    assert!(dm_name_problem(&"a".repeat(127)).is_none());
+    assert!(dm_name_problem(&"a".repeat(128)).is_some());
+    assert!(wwid_problem("3600").is_none());
+    assert!(wwid_problem("").is_some() && wwid_problem("a b").is_some());
+}
+
+/// A tiny deterministic generator for the never-panic loops.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() as usize) % items.len()]
+    }
+}
+
+#[test]
+fn toml_parser_never_panics_on_mangled_input() {
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/mpathd.toml"),
+    )
+    .unwrap();
+    let pieces = [
+        "[",
+        "]",
+        "[[",
+        "]]",
+        "=",
+        "\"",
+        "'",
+        "{",
+        "}",
+        ",",
+        "\n",
+        "é",
+        "\\",
+        "(",
+        "[^",
+        "-1",
+        "99999999999999999999",
+        "true",
+        "wwid",
+        "alias",
+        "prio_weights",
+        "multipaths",
+        ".",
+    ];
+    let mut rng = Lcg(7);
+    let chars: Vec<char> = base.chars().collect();
+    for _ in 0..400 {
+        let mut s: String = chars.iter().collect();
+        for _ in 0..(rng.next() % 6 + 1) {
+            let at = (rng.next() as usize) % (s.chars().count() + 1);
+            let byte = s.char_indices().nth(at).map_or(s.len(), |(i, _)| i);
+            if rng.next().is_multiple_of(2) {
+                s.insert_str(byte, rng.pick(&pieces));
+            } else {
+                let end = s[byte..]
+                    .char_indices()
+                    .nth(3)
+                    .map_or(s.len(), |(i, _)| byte + i);
+                s.replace_range(byte..end, "");
+            }
+        }
+        if let Err(e) = Config::from_toml_str(&s, ORIGIN) {
+            for d in e.iter() {
+                assert!(d.line >= 1 && d.col >= 1, "{d}");
+            }
+        }
+    }
+}
