@@ -743,3 +743,33 @@ fn toml_parser_never_panics_on_mangled_input() {
         }
     }
 }
+
+#[test]
+fn docs_toml_examples_parse() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let mut n = 0;
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").unwrap();
+        Config::from_toml_str(&body[..end], "docs/config.md")
+            .unwrap_or_else(|e| panic!("{e}\n{}", &body[..end]));
+        n += 1;
+        rest = &body[end..];
+    }
+    assert!(n >= 4, "{n} examples");
+    // The seed's import, as the docs show it.
+    let seed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/seed-multipath.conf"),
+    )
+    .unwrap();
+    let im = multipath_conf::import(&seed, "/etc/multipath.conf").unwrap();
+    for line in im
+        .config_toml
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(doc.contains(line), "docs lack {line:?}");
+    }
+}
