@@ -14,6 +14,8 @@ LAB_MPATHD_STATE=/tmp/mpathd-state
 # (give later tables after it).
 lab_mpathd_config() {
 	mkdir -p "$LAB_MPATHD_STATE"
+	# Read once, in this shell: path 1 may be logged out later.
+	[ -n "$LAB_WWID" ] || LAB_WWID=$(lab_wwid)
 	{
 		echo "[defaults]"
 		echo "bindings_file = \"$LAB_MPATHD_STATE/bindings\""
@@ -21,7 +23,7 @@ lab_mpathd_config() {
 		printf '%s\n' "${1:-}"
 		if [ "${LAB_NO_ALIAS:-0}" != 1 ]; then
 			echo "[[multipaths]]"
-			echo "wwid = \"$(lab_wwid)\""
+			echo "wwid = \"$LAB_WWID\""
 			echo "alias = \"sanvol1\""
 		fi
 	} >"$LAB_MPATHD_CONF"
@@ -30,13 +32,19 @@ lab_mpathd_config() {
 }
 
 # The LUN's WWID as scsi_id prints it (3 + naa id).
-lab_wwid() { /lib/udev/scsi_id -g -u "/dev/${LAB_DEV[1]}"; }
+LAB_WWID=
+lab_wwid() {
+	local w
+	w=${LAB_WWID:-$(/lib/udev/scsi_id -g -u "/dev/${LAB_DEV[1]}")}
+	[ -n "$w" ] || lab_fail "no WWID for /dev/${LAB_DEV[1]}"
+	echo "$w"
+}
 
 # lab_mpathd_start: start the daemon and wait for its "ready" line.
 lab_mpathd_start() {
 	local log=$LAB_OUT/mpathd.log n
 	n=$(grep -c 'ready maps=' "$log" 2>/dev/null)
-	MPATHD_LOG=${MPATHD_LOG:-info} "$MPATHD" --socket "$LAB_SOCK" daemon --config "$LAB_MPATHD_CONF" \
+	MPATHD_LOG=${MPATHD_LOG:-info,mpathd=debug} "$MPATHD" --socket "$LAB_SOCK" daemon --config "$LAB_MPATHD_CONF" \
 		--check-secs "${LAB_CHECK_SECS:-1}" >>"$log" 2>&1 &
 	LAB_MPATHD_PID=$!
 	lab_event mpathd "daemon started (pid $LAB_MPATHD_PID)"

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::{
@@ -94,6 +94,7 @@ impl<D: DmBackend> Engine<D> {
     /// Rescans the paths and brings every map in line with them. A failure on one map
     /// is logged and reported; the others go ahead, and no live map is ever removed.
     pub fn reconcile(&mut self) -> Summary {
+        let t0 = std::time::Instant::now();
         let mut sum = Summary::default();
         match self.sysfs.scsi_disks() {
             Ok(d) => self.disks = d,
@@ -108,6 +109,7 @@ impl<D: DmBackend> Engine<D> {
             .iter()
             .filter_map(|d| Some((d.name.clone(), self.sysfs.iscsi_path(&d.name).ok()??)))
             .collect();
+        let scanned = t0.elapsed();
         let mut candidates = Vec::new();
         let mut skipped = BTreeMap::new();
         for d in &self.disks {
@@ -147,6 +149,7 @@ impl<D: DmBackend> Engine<D> {
             live_names: live.iter().map(|m| m.info.name.clone()).collect(),
             new_binding: false,
         };
+        let read_dm = t0.elapsed();
         let plan = maps::plan(&candidates, &live, &mut rules);
         let new_binding = rules.new_binding;
         for s in &plan.skipped {
@@ -200,6 +203,12 @@ impl<D: DmBackend> Engine<D> {
         }
         sum.maps = self.dm.list().map(|l| l.len()).unwrap_or(0);
         sum.paths = self.disks.len();
+        debug!(
+            scan_ms = scanned.as_millis(),
+            read_dm_ms = (read_dm - scanned).as_millis(),
+            apply_ms = (t0.elapsed() - read_dm).as_millis(),
+            "reconcile pass"
+        );
         sum
     }
 

@@ -69,6 +69,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let listener = bind_socket(&socket_path)?;
     let dm = KernelDm::new().context("opening device-mapper")?;
     let mut engine = Engine::new(cfg, Sysfs::default(), dm)?;
+    debug!(
+        ms = t0.elapsed().as_millis(),
+        "config, socket and device-mapper open"
+    );
     let sum = engine.reconcile();
     info!(
         "ready maps={} paths={} created={} reloaded={} errors={} elapsed_ms={}",
