@@ -162,37 +162,33 @@ impl<D: DmBackend> Engine<D> {
         }
         self.skipped = skipped;
         let mut new_wwids = false;
-        for step in plan.steps {
-            match step {
-                Step::Keep(_) => {}
-                Step::Create(w) => {
-                    let uuid = format!("{UUID_PREFIX}{}", w.wwid);
-                    match self.dm.create(&w.name, &uuid, w.size_sectors, &w.table) {
-                        Ok(info) => {
-                            info!(map = %w.name, wwid = %w.wwid, dev = %info.dev, paths = ?w.paths, "created map");
-                            new_wwids |= self.wwids.add(&w.wwid);
-                            sum.created.push(w.name.clone());
-                            self.refail_admin(&w.name, &w.table);
-                        }
-                        Err(e) => {
-                            warn!(map = %w.name, "creating map: {e}");
-                            sum.errors.push(e.to_string());
-                        }
-                    }
+        let work: Vec<Step> = plan
+            .steps
+            .into_iter()
+            .filter(|s| !matches!(s, Step::Keep(_)))
+            .collect();
+        for (step, result) in apply_parallel(&self.dm, work) {
+            match (step, result) {
+                (Step::Create(w), Ok(dev)) => {
+                    info!(map = %w.name, wwid = %w.wwid, dev = %dev, paths = ?w.paths, "created map");
+                    new_wwids |= self.wwids.add(&w.wwid);
+                    sum.created.push(w.name.clone());
+                    self.refail_admin(&w.name, &w.table);
                 }
-                Step::Reload { want, why } => {
-                    match self.dm.reload(&want.name, want.size_sectors, &want.table) {
-                        Ok(()) => {
-                            info!(map = %want.name, paths = ?want.paths, "reloaded map: {why}");
-                            sum.reloaded.push(want.name.clone());
-                            self.refail_admin(&want.name, &want.table);
-                        }
-                        Err(e) => {
-                            warn!(map = %want.name, "reloading map ({why}): {e}; the live table stays");
-                            sum.errors.push(e.to_string());
-                        }
-                    }
+                (Step::Reload { want, why }, Ok(_)) => {
+                    info!(map = %want.name, paths = ?want.paths, "reloaded map: {why}");
+                    sum.reloaded.push(want.name.clone());
+                    self.refail_admin(&want.name, &want.table);
                 }
+                (Step::Create(w), Err(e)) => {
+                    warn!(map = %w.name, "creating map: {e}");
+                    sum.errors.push(e.to_string());
+                }
+                (Step::Reload { want, why }, Err(e)) => {
+                    warn!(map = %want.name, "reloading map ({why}): {e}; the live table stays");
+                    sum.errors.push(e.to_string());
+                }
+                (Step::Keep(_), _) => {}
             }
         }
         if new_wwids && let Err(e) = self.wwids.save() {
@@ -617,6 +613,63 @@ impl<D: DmBackend> Engine<D> {
     }
 }
 
+/// Most device-mapper operations in flight at once.
+const DM_WORKERS: usize = 8;
+
+/// Creates and reloads maps, several at a time: each create or reload waits for udev to
+/// finish the map's rules (nodes, kpartx, blkid), which is slow and per map; the maps
+/// are independent, so their waits overlap. Results come back in `steps` order.
+fn apply_parallel<D: DmBackend>(
+    dm: &D,
+    steps: Vec<Step>,
+) -> Vec<(Step, Result<DevT, crate::dm::DmError>)> {
+    let run = |s: &Step| -> Result<DevT, crate::dm::DmError> {
+        match s {
+            Step::Create(w) => {
+                let uuid = format!("{UUID_PREFIX}{}", w.wwid);
+                dm.create(&w.name, &uuid, w.size_sectors, &w.table)
+                    .map(|i| i.dev)
+            }
+            Step::Reload { want, .. } => dm
+                .reload(&want.name, want.size_sectors, &want.table)
+                .map(|()| DevT::new(0, 0)),
+            Step::Keep(_) => Ok(DevT::new(0, 0)),
+        }
+    };
+    if steps.len() <= 1 {
+        return steps
+            .into_iter()
+            .map(|s| {
+                let r = run(&s);
+                (s, r)
+            })
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<DevT, crate::dm::DmError>>>> =
+        steps.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..DM_WORKERS.min(steps.len()) {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(s) = steps.get(i) else { break };
+                    let r = run(s);
+                    *results[i].lock().unwrap() = Some(r);
+                }
+            });
+        }
+    });
+    steps
+        .into_iter()
+        .zip(results)
+        .map(|(s, r)| {
+            let r = r.into_inner().unwrap().expect("every step ran");
+            (s, r)
+        })
+        .collect()
+}
+
 /// The table's feature list and hardware handler as `multipath -ll` shows them: each
 /// with its count first (`1 queue_if_no_path`, `0`).
 fn feature_and_handler_words(t: &crate::dm::MultipathTable) -> (String, String) {
@@ -840,6 +893,37 @@ mod tests {
             matches!(&r, Response::Error { message } if message.contains("no path named sdz")),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn parallel_apply_keeps_step_order_and_reports_each_failure() {
+        use crate::{dm::MultipathTable, maps::WantMap};
+        let dm = SimDm::new();
+        let steps: Vec<Step> = (0..20)
+            .map(|i| {
+                // Map 7's path is not MAJ:MIN: the backend refuses that one only.
+                let dev = if i == 7 {
+                    "sdx".to_string()
+                } else {
+                    format!("8:{}", i * 16)
+                };
+                Step::Create(WantMap {
+                    wwid: format!("w{i}"),
+                    name: format!("m{i}"),
+                    size_sectors: 8,
+                    table: MultipathTable::failover([dev]),
+                    paths: vec![],
+                })
+            })
+            .collect();
+        let out = apply_parallel(&dm, steps);
+        assert_eq!(out.len(), 20);
+        for (i, (step, r)) in out.iter().enumerate() {
+            let Step::Create(w) = step else { panic!() };
+            assert_eq!(w.name, format!("m{i}"));
+            assert_eq!(r.is_err(), i == 7, "{i}: {r:?}");
+        }
+        assert_eq!(dm.list().unwrap().len(), 19);
     }
 
     #[test]
