@@ -8,7 +8,8 @@
 use std::{collections::BTreeMap, fmt, sync::Mutex};
 
 use super::{
-    MultipathStatus, MultipathTable, ParseError, PathState, PathStatus, PgState, PgStatus,
+    Feature, MultipathStatus, MultipathTable, ParseError, PathState, PathStatus, PgState, PgStatus,
+    QueueMode,
 };
 use crate::model::DevT;
 
@@ -121,17 +122,66 @@ pub trait DmBackend: Send + Sync {
 }
 
 /// Whether two tables drive the kernel the same way, so that adopting a map whose live
-/// table matches needs no reload. The kernel reads paths back as `MAJ:MIN` and may add
-/// `retain_attached_hw_handler`, so both sides are normalised first.
+/// table matches needs no reload.
+///
+/// The kernel (6.1) does not read a table back as it was loaded (strings in
+/// tests/dm_kernel.rs), so both sides are normalised first:
+/// - `retain_attached_hw_handler` is dropped (the kernel adds it, e.g. with
+///   `queue_mode bio`), as are `queue_mode rq` and `mq` (the default, never printed);
+///   features are compared as a set;
+/// - hardware handler arguments are dropped (never printed); with
+///   `retain_attached_hw_handler` on either side the handler itself is ignored, since the
+///   kernel then prints the handler it found attached to the paths;
+/// - the initial group is ignored: it reads back as the group the next I/O goes to, so
+///   it follows `switch_group` and failovers;
+/// - for `round-robin`, `queue-length` and `service-time`: no group-wide selector
+///   arguments (printed as `0`), every path with the selector's full argument count, the
+///   repeat count 1 (the kernel ignores any other) and `service-time`'s relative
+///   throughput defaulting to 1.
+///
+/// Paths, groups, selectors and `queue_if_no_path` are compared as they are; paths are
+/// `MAJ:MIN`, which is how tables are loaded and read back.
 pub fn tables_match(want: &MultipathTable, live: &MultipathTable) -> bool {
-    normalise(want) == normalise(live)
+    let retain = |t: &MultipathTable| t.features.contains(&Feature::RetainAttachedHwHandler);
+    let (mut a, mut b) = (normalise(want), normalise(live));
+    if retain(want) || retain(live) {
+        a.hw_handler = None;
+        b.hw_handler = None;
+    }
+    a == b
 }
 
 fn normalise(t: &MultipathTable) -> MultipathTable {
     let mut t = t.clone();
-    t.features
-        .retain(|f| *f != super::Feature::RetainAttachedHwHandler);
+    t.features.retain(|f| {
+        !matches!(
+            f,
+            Feature::RetainAttachedHwHandler | Feature::QueueMode(QueueMode::Rq | QueueMode::Mq)
+        )
+    });
     t.features.sort_by_key(|f| format!("{f:?}"));
+    if let Some(h) = &mut t.hw_handler {
+        h.args.clear();
+    }
+    t.initial_pg = 0;
+    for g in &mut t.groups {
+        // The kernel's per-path arguments with their defaults (`table_args` of the
+        // selector); only the first, the repeat count, is always read back as 1.
+        let defaults: &[&str] = match g.selector.name.as_str() {
+            "round-robin" | "queue-length" => &["1"],
+            "service-time" => &["1", "1"],
+            _ => continue,
+        };
+        g.selector.args.clear();
+        g.args_per_path = defaults.len() as u32;
+        for p in &mut g.paths {
+            let mut args: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
+            for (i, a) in p.args.iter().enumerate().take(defaults.len()).skip(1) {
+                args[i] = a.clone();
+            }
+            p.args = args;
+        }
+    }
     t
 }
 
@@ -430,6 +480,108 @@ mod tests {
             dm.create("x", "mpath-1", 8, &MultipathTable::failover(["sda"]))
                 .is_err()
         );
+    }
+
+    /// Tables as loaded and as Debian's 6.1 kernel read them back (lab: dm-kernel).
+    #[test]
+    fn tables_match_what_the_kernel_reads_back() {
+        let rr2 = "0 0 1 1 round-robin 0 2 1 7:0 1 7:1 1";
+        let pairs = [
+            ("0 0 1 1 round-robin 0 2 1 7:0 100 7:1 7", rr2),
+            ("0 0 1 1 round-robin 0 2 0 7:0 7:1", rr2),
+            (
+                "1 queue_if_no_path 0 1 1 queue-length 0 2 1 7:0 128 7:1 128",
+                "1 queue_if_no_path 0 1 1 queue-length 0 2 1 7:0 1 7:1 1",
+            ),
+            (
+                "0 0 1 1 queue-length 0 2 0 7:0 7:1",
+                "0 0 1 1 queue-length 0 2 1 7:0 1 7:1 1",
+            ),
+            (
+                "0 0 1 1 service-time 0 2 2 7:0 128 1 7:1 128 4",
+                "0 0 1 1 service-time 0 2 2 7:0 1 1 7:1 1 4",
+            ),
+            (
+                "0 0 1 1 service-time 0 2 0 7:0 7:1",
+                "0 0 1 1 service-time 0 2 2 7:0 1 1 7:1 1 1",
+            ),
+            (
+                "0 0 1 1 service-time 0 2 1 7:0 5 7:1 6",
+                "0 0 1 1 service-time 0 2 2 7:0 1 1 7:1 1 1",
+            ),
+            (
+                "0 0 1 1 round-robin 1 7 1 1 7:0 1",
+                "0 0 1 1 round-robin 0 1 1 7:0 1",
+            ),
+            (
+                "2 queue_mode bio 0 1 1 round-robin 0 1 1 7:0 1",
+                "3 retain_attached_hw_handler queue_mode bio 0 1 1 round-robin 0 1 1 7:0 1",
+            ),
+            (
+                "2 queue_mode mq 0 1 1 round-robin 0 1 1 7:0 1",
+                "0 0 1 1 round-robin 0 1 1 7:0 1",
+            ),
+            (
+                "2 queue_mode rq 0 1 1 round-robin 0 1 1 7:0 1",
+                "0 0 1 1 round-robin 0 1 1 7:0 1",
+            ),
+            // After switch_group 2 the initial group reads back as 2.
+            (
+                "1 queue_if_no_path 0 2 1 round-robin 0 1 1 7:0 1 round-robin 0 1 1 7:1 1",
+                "1 queue_if_no_path 0 2 2 round-robin 0 1 1 7:0 1 round-robin 0 1 1 7:1 1",
+            ),
+            // The kernel prints the attached handler, without its arguments.
+            (
+                "1 retain_attached_hw_handler 2 emc 1 1 1 round-robin 0 1 1 8:0 1",
+                "1 retain_attached_hw_handler 1 alua 1 1 round-robin 0 1 1 8:0 1",
+            ),
+            (
+                "0 2 alua x 1 1 round-robin 0 1 1 8:0 1",
+                "0 1 alua 1 1 round-robin 0 1 1 8:0 1",
+            ),
+        ];
+        for (want, live) in pairs {
+            let (w, l): (MultipathTable, MultipathTable) =
+                (want.parse().unwrap(), live.parse().unwrap());
+            assert!(tables_match(&w, &l), "{want} vs {live}");
+        }
+        let differ = [
+            // relative throughput
+            (
+                "0 0 1 1 service-time 0 2 2 7:0 1 1 7:1 1 4",
+                "0 0 1 1 service-time 0 2 2 7:0 1 1 7:1 1 1",
+            ),
+            ("0 0 1 1 round-robin 0 2 1 7:0 1 7:2 1", rr2),
+            ("0 0 1 1 round-robin 0 2 1 7:1 1 7:0 1", rr2),
+            ("0 0 1 1 round-robin 0 3 1 7:0 1 7:1 1 7:2 1", rr2),
+            ("0 0 1 1 queue-length 0 2 1 7:0 1 7:1 1", rr2),
+            (
+                "1 queue_if_no_path 0 1 1 round-robin 0 2 1 7:0 1 7:1 1",
+                rr2,
+            ),
+            (
+                "0 0 2 1 round-robin 0 1 1 7:0 1 round-robin 0 1 1 7:1 1",
+                rr2,
+            ),
+            (
+                "2 queue_mode bio 0 1 1 round-robin 0 1 1 7:0 1",
+                "0 0 1 1 round-robin 0 1 1 7:0 1",
+            ),
+            (
+                "0 1 alua 1 1 round-robin 0 1 1 8:0 1",
+                "0 0 1 1 round-robin 0 1 1 8:0 1",
+            ),
+            (
+                "2 pg_init_retries 5 0 1 1 round-robin 0 1 1 8:0 1",
+                "0 0 1 1 round-robin 0 1 1 8:0 1",
+            ),
+        ];
+        for (want, live) in differ {
+            let (w, l): (MultipathTable, MultipathTable) =
+                (want.parse().unwrap(), live.parse().unwrap());
+            assert!(!tables_match(&w, &l), "{want} should not match {live}");
+            assert!(!tables_match(&l, &w), "{live} should not match {want}");
+        }
     }
 
     #[test]

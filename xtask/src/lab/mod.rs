@@ -304,7 +304,7 @@ fn run_scenario(
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let target = target.canonicalize().unwrap_or(target);
-    let (labio, mpathd) = build_guest_binaries(root, &target)?;
+    let (labio, mpathd, dm_kernel_test) = build_guest_binaries(root, &target)?;
     let lab_dir = target.join("lab");
     std::fs::create_dir_all(&lab_dir).with_context(|| format!("creating {}", lab_dir.display()))?;
     let kernel = vm::Kernel::find()?;
@@ -319,7 +319,7 @@ fn run_scenario(
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
     let run_sh = format!(
         "# Written by cargo xtask lab: the environment of the scenario, then the scenario.\n\
-         export LAB_NAME={} LAB_OUT={} LAB_LIB={} LABIO={} MPATHD={} MPATHD_ROOT={} LAB_SCENARIO_FILE={}\n\
+         export LAB_NAME={} LAB_OUT={} LAB_LIB={} LABIO={} MPATHD={} MPATHD_ROOT={} LAB_SCENARIO_FILE={} DM_KERNEL_TEST={}\n\
          cd \"$LAB_OUT\" || exit 125\n\
          exec /bin/bash \"$LAB_OUT/scenario.sh\"\n",
         shell_quote(&s.name),
@@ -328,7 +328,8 @@ fn run_scenario(
         q(&labio),
         q(&mpathd),
         q(root),
-        q(&s.path)
+        q(&s.path),
+        q(&dm_kernel_test)
     );
     std::fs::write(out_dir.join("run.sh"), run_sh)?;
     // The guest has its own /tmp (and may not see other host paths the same way): it runs
@@ -428,12 +429,39 @@ fn is_progress(line: &str) -> bool {
     .any(|p| line.starts_with(p))
 }
 
-/// The guest runs the verifier and mpathd from the host's target dir.
-fn build_guest_binaries(root: &Path, target: &Path) -> Result<(PathBuf, PathBuf)> {
+/// The guest runs the verifier, mpathd and the dm_kernel tests from the host's target dir.
+fn build_guest_binaries(root: &Path, target: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     Ok((
         build_bin(root, target, "xtask", "labio")?,
         build_bin(root, target, "multipath-daemon", "mpathd")?,
+        build_test(root, "multipath-daemon", "dm_kernel")?,
     ))
+}
+
+/// Builds an integration test without running it and returns its executable, which
+/// cargo names with a hash: it is the artifact's `executable` in cargo's JSON messages.
+fn build_test(root: &Path, package: &str, test: &str) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let what = format!("cargo test -p {package} --test {test} --no-run");
+    let out = Command::new(cargo)
+        .args(["test", "--quiet", "-p", package, "--test", test, "--no-run"])
+        .arg("--message-format=json")
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "building test {test} failed ({}); run `{what}` to see why",
+            out.status
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == test)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("{what} named no executable"))
 }
 
 fn build_bin(root: &Path, target: &Path, package: &str, bin: &str) -> Result<PathBuf> {
