@@ -141,7 +141,7 @@ pub struct MapSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach mpathd at {path}: {source} (is the daemon running? `systemctl status mpathd`, or start `mpathd daemon`)"
+        "cannot reach mpathd at {path} (is the daemon running? `systemctl status mpathd`, or start `mpathd daemon`)"
     )]
     Connect {
         path: String,

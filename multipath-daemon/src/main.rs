@@ -246,7 +246,7 @@ fn check_config(file: &Path) -> Result<()> {
             Ok(())
         }
         Err(errors) => {
-            print!("{errors}");
+            println!("{errors}");
             bail!("{}: {} error(s)", file.display(), errors.0.len())
         }
     }
@@ -259,7 +259,7 @@ fn import(file: &Path, output: Option<&Path>) -> Result<()> {
     let imported = match mpathd::config::multipath_conf::import(&text, &origin) {
         Ok(i) => i,
         Err(errors) => {
-            eprint!("{errors}");
+            eprintln!("{errors}");
             bail!(
                 "{}: {} error(s); nothing imported",
                 file.display(),

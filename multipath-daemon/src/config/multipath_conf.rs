@@ -469,8 +469,9 @@ fn reason(name: &str) -> &'static str {
         | "log_checker_err"
         | "delay_watch_checks"
         | "delay_wait_checks" => {
-            "mpathd has no periodic path checker: it watches every IO and the TCP connection \
-             of each path with eBPF and fails a path within milliseconds"
+            "mpathd has one built-in path checker, set with `mpathd daemon --check-secs` \
+             (default 5 s): it reinstates a failed path once its SCSI device is running and \
+             its iSCSI session logged in"
         }
         "rr_weight" | "rr_min_io" | "rr_min_io_rq" => {
             "mpathd loads its path selectors without per-path repeat counts or weights (the \
@@ -493,7 +494,9 @@ fn reason(name: &str) -> &'static str {
              prio; set prio = \"alua\" in [defaults] or per WWID where the target supports \
              ALUA"
         }
-        "verbosity" => "mpathd's logging is set with RUST_LOG",
+        "verbosity" => {
+            "mpathd's logging is set with the MPATHD_LOG environment variable (e.g. debug)"
+        }
         "marginal_path_err_sample_time"
         | "marginal_path_err_rate_threshold"
         | "marginal_path_err_recheck_gap_time"
@@ -1439,7 +1442,7 @@ multipaths {
         let notes: Vec<String> = im.notes.iter().map(|d| d.to_string()).collect();
         let has = |needle: &str| notes.iter().any(|n| n.contains(needle));
         for needle in [
-            "multipath.conf:5:2: polling_interval not carried over: mpathd has no periodic path checker",
+            "multipath.conf:5:2: polling_interval not carried over: mpathd has one built-in path checker",
             "multipath.conf:6:2: path_checker not carried over",
             "multipath.conf:11:2: rr_min_io not carried over",
             "multipath.conf:12:2: getuid_callout not carried over: mpathd reads each disk's WWID from sysfs",
