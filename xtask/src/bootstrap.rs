@@ -55,6 +55,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 /// nightly's own libLLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz stage of `cargo xtask test`. Its
+/// Cargo.lock pins an old rustix that today's nightly refuses (`rustc_*` attributes), so
+/// it is built with stable; it runs the fuzz builds with nightly itself.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
 pub fn ensure(_root: &Path, need: Need) -> Result<()> {
     match need {
         Need::All => {
@@ -62,6 +67,7 @@ pub fn ensure(_root: &Path, need: Need) -> Result<()> {
             keep_multipathd_off()?;
             nightly_rust_src()?;
             bpf_linker()?;
+            cargo_fuzz()?;
         }
     }
     Ok(())
@@ -253,6 +259,37 @@ fn bpf_linker() -> Result<()> {
             "--force",
         ]),
         &format!("cargo +nightly install bpf-linker --version {BPF_LINKER_VERSION} --locked"),
+    )
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let have = Command::new("cargo-fuzz")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if have == format!("cargo-fuzz {CARGO_FUZZ_VERSION}") {
+        return Ok(());
+    }
+    let what = if have.is_empty() {
+        "not found".to_owned()
+    } else {
+        have
+    };
+    eprintln!(
+        "bootstrap: installing cargo-fuzz {CARGO_FUZZ_VERSION} (have: {what}); this compiles it, under a minute"
+    );
+    run_quiet(
+        Command::new("cargo").args([
+            "+stable",
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ]),
+        &format!("cargo +stable install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked"),
     )
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bootstrap;
+mod fuzz;
 mod lab;
 mod test;
 
@@ -25,13 +26,17 @@ struct Cli {
 enum Cmd {
     /// Boot the built-in lab, start mpathd, cut a portal during IO and show the failover.
     Demo,
-    /// Run every test: fmt, clippy, unit tests, host-kernel eBPF tests (root), lab scenarios.
+    /// Run every test: fmt, clippy, unit tests, host-kernel eBPF tests (root), short fuzz
+    /// runs, lab scenarios.
     Test(test::TestArgs),
     /// The lab VM: a real LIO iSCSI target, open-iscsi and dm-multipath under QEMU.
     Lab(lab::LabArgs),
     /// Run a benchmark by name and write its JSON under target/bench/.
     Bench(BenchArgs),
-    /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker).
+    /// Fuzz the parsers with cargo-fuzz: `fuzz list`, `fuzz NAME`, `fuzz all`.
+    Fuzz(fuzz::FuzzArgs),
+    /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker,
+    /// cargo-fuzz).
     Bootstrap,
 }
 
@@ -67,6 +72,7 @@ fn try_main() -> Result<()> {
             bootstrap::ensure(&root, bootstrap::Need::All)?;
             bench::run(&root, &args.name)
         }
+        Cmd::Fuzz(args) => fuzz::run(&root, args),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: every check the project has, summed into one closing line.
 //!
-//! fmt and clippy count as one test each, every Rust test counts as one, and every lab
-//! scenario counts as one. The last line is `N passed, N failed`; any failure exits 1.
+//! fmt and clippy count as one test each, every Rust test counts as one, every fuzz
+//! target's short run counts as one, and every lab scenario counts as one. The last line is `N passed, N failed`; any failure exits 1.
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,14 +12,20 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{bootstrap, lab};
+use crate::{bootstrap, fuzz, lab};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip the lab scenarios (QEMU); CI never passes this.
     #[arg(long)]
     no_lab: bool,
+    /// Skip the short runs of the fuzz targets (cargo-fuzz, nightly).
+    #[arg(long)]
+    no_fuzz: bool,
 }
+
+/// How long each fuzz target runs here; `cargo xtask fuzz NAME --seconds N` runs longer.
+const FUZZ_SECONDS: u64 = 10;
 
 #[derive(Default)]
 struct Tally {
@@ -78,6 +84,12 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         }
     }
 
+    if args.no_fuzz {
+        eprintln!("xtask test: fuzz runs skipped (--no-fuzz)");
+    } else {
+        fuzz_runs(root, &mut tally);
+    }
+
     if args.no_lab {
         eprintln!("xtask test: lab scenarios skipped (--no-lab)");
     } else {
@@ -102,6 +114,37 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Builds the fuzz targets once, then runs each for [`FUZZ_SECONDS`]: one item each.
+fn fuzz_runs(root: &Path, tally: &mut Tally) {
+    let t = Instant::now();
+    if let Err(e) = fuzz::build(root, true) {
+        eprintln!("xtask test: {e:#}");
+        for (name, _) in fuzz::TARGETS {
+            tally.record(&format!("fuzz {name} (not built)"), false, 0.0);
+        }
+        return;
+    }
+    eprintln!(
+        "xtask test: fuzz targets built ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    for (name, _) in fuzz::TARGETS {
+        let label = format!("fuzz {name} {FUZZ_SECONDS} s");
+        match fuzz::run_target(root, name, FUZZ_SECONDS, true) {
+            Ok(o) => {
+                if !o.passed {
+                    eprintln!("xtask test: {label}:\n{}", o.detail);
+                }
+                tally.record(&label, o.passed, o.wall.as_secs_f64());
+            }
+            Err(e) => {
+                eprintln!("xtask test: {label}: {e:#}");
+                tally.record(&label, false, 0.0);
+            }
+        }
+    }
 }
 
 /// Host state the kernel tests need that a fresh machine may lack.
