@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::Config,
     control::{Request, Response},
-    dm::KernelDm,
+    dm::{DmBackend, KernelDm},
     topology::Sysfs,
 };
 
@@ -68,7 +68,21 @@ pub async fn run(opts: Options) -> Result<()> {
         .unwrap_or_else(|| cfg.defaults.socket.clone());
     let listener = bind_socket(&socket_path)?;
     let dm = KernelDm::new().context("opening device-mapper")?;
-    let mut engine = Engine::new(cfg, Sysfs::default(), dm)?;
+    let engine = Engine::new(cfg, Sysfs::default(), dm)?;
+    let r = serve_engine(opts, engine, listener, t0, std::future::pending()).await;
+    let _ = std::fs::remove_file(&socket_path);
+    r
+}
+
+/// The daemon's loop around an engine on any device-mapper backend, until SIGTERM,
+/// SIGINT or `stop` (tests) completes.
+pub async fn serve_engine<D: DmBackend>(
+    opts: Options,
+    mut engine: Engine<D>,
+    listener: UnixListener,
+    t0: Instant,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     debug!(
         ms = t0.elapsed().as_millis(),
         "config, socket and device-mapper open"
@@ -102,6 +116,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut check = tokio::time::interval(opts.check_interval);
     check.tick().await;
     let mut pending: Option<tokio::time::Instant> = None;
+    let mut stop = std::pin::pin!(stop);
     loop {
         let debounce = async {
             match pending {
@@ -138,13 +153,13 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = hup.recv() => { let r = reconfigure(&mut engine, &opts.config); info!("SIGHUP: {r:?}"); }
             _ = term.recv() => { info!("SIGTERM: exiting; maps are left as they are"); break; }
             _ = int.recv() => { info!("SIGINT: exiting; maps are left as they are"); break; }
+            _ = &mut stop => { info!("stopped; maps are left as they are"); break; }
         }
     }
-    let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
 
-fn reconfigure(engine: &mut Engine<KernelDm>, path: &Path) -> Response {
+fn reconfigure<D: DmBackend>(engine: &mut Engine<D>, path: &Path) -> Response {
     let cfg = match load_config(path) {
         Ok(c) => c,
         Err(e) => {
@@ -173,7 +188,7 @@ fn reconfigure(engine: &mut Engine<KernelDm>, path: &Path) -> Response {
 
 /// Binds the control socket, root-only. A socket left by a dead daemon is replaced; one
 /// a live daemon answers on is an error (two daemons must not drive the same maps).
-fn bind_socket(path: &Path) -> Result<UnixListener> {
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
