@@ -141,9 +141,23 @@ impl Sysfs {
         self.root.join(rel.trim_start_matches('/'))
     }
 
+    /// `/sys/block/<name>`; a name that is not a plain kernel name (a `/`, `.` or `..`)
+    /// could reach outside the tree and is refused.
+    fn block_dir(&self, name: &str) -> Result<PathBuf, TopologyError> {
+        if name.is_empty()
+            || name.contains('/')
+            || name == "."
+            || name == ".."
+            || name.contains('\0')
+        {
+            return Err(TopologyError::NoDevice(name.into(), self.path("sys/block")));
+        }
+        Ok(self.path("sys/block").join(name))
+    }
+
     /// The device number of a block device by kernel name.
     pub fn block_devt(&self, name: &str) -> Result<DevT, TopologyError> {
-        let p = self.path("sys/block").join(name).join("dev");
+        let p = self.block_dir(name)?.join("dev");
         if !p.exists() {
             return Err(TopologyError::NoDevice(name.into(), self.path("sys/block")));
         }
@@ -152,15 +166,12 @@ impl Sysfs {
 
     /// A SCSI disk's device state now (`running`, `offline`, `transport-offline`...).
     pub fn device_state(&self, name: &str) -> Result<String, TopologyError> {
-        read(&self.path("sys/block").join(name).join("device/state"))
+        read(&self.block_dir(name)?.join("device/state"))
     }
 
     /// Whether a block device is read-only; `None` when that cannot be read.
     pub fn read_only(&self, name: &str) -> Option<bool> {
-        match read(&self.path("sys/block").join(name).join("ro"))
-            .ok()?
-            .as_str()
-        {
+        match read(&self.block_dir(name).ok()?.join("ro")).ok()?.as_str() {
             "0" => Some(false),
             "1" => Some(true),
             _ => None,
@@ -225,7 +236,7 @@ impl Sysfs {
     /// not a SCSI disk on an iSCSI session.
     pub fn iscsi_path(&self, name: &str) -> Result<Option<IscsiPath>, TopologyError> {
         let dev = self.block_devt(name)?;
-        let link = self.path("sys/block").join(name).join("device");
+        let link = self.block_dir(name)?.join("device");
         let Ok(sdev) = std::fs::canonicalize(&link) else {
             return Ok(None); // no device link: not SCSI (loop, dm, nvme-ns...)
         };
@@ -389,6 +400,15 @@ mod tests {
         let s = lab();
         assert_eq!(s.iscsi_path("loop0").unwrap(), None);
         assert_eq!(s.block_devices().unwrap(), ["loop0", "sda", "sdb"]);
+    }
+
+    #[test]
+    fn names_that_leave_the_tree_are_refused() {
+        let s = lab();
+        for bad in ["../block/sda", "/sda", "..", "", "sda/../sdb"] {
+            assert!(s.block_devt(bad).is_err(), "{bad:?}");
+            assert!(s.iscsi_path(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
