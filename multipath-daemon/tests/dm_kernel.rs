@@ -235,6 +235,11 @@ fn table(sel: &str, failover: bool, devs: &[String], loose: bool) -> MultipathTa
 /// the node KernelDm made.
 fn check_node(name: &str, dev: DevT) {
     let p = PathBuf::from("/dev/mapper").join(name);
+    // With udevd the link comes once udev has run the map's rules, after create returns.
+    let t0 = std::time::Instant::now();
+    while udev_running() && !p.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     assert!(m.file_type().is_block_device(), "{}", p.display());
     assert_eq!(dev_of(&p), dev, "{} names another device", p.display());
@@ -511,7 +516,8 @@ fn reload_between_two_and_three_paths_under_io() {
     let _c = Cleanup(&dm, name.into());
     let two = MultipathTable::multibus(devs[..2].to_vec()).with_queue_if_no_path(true);
     let three = MultipathTable::multibus(devs.clone()).with_queue_if_no_path(true);
-    dm.create(name, "mpath-dmk-io", SECTORS, &two).unwrap();
+    let made = dm.create(name, "mpath-dmk-io", SECTORS, &two).unwrap();
+    check_node(name, made.dev);
 
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(stop.clone());
@@ -729,6 +735,7 @@ fn remove_is_refused_while_open() {
             &MultipathTable::failover(loops.all()),
         )
         .unwrap();
+    check_node(name, info.dev);
     let f = File::open(PathBuf::from("/dev/mapper").join(name)).unwrap();
     assert_eq!(dm.info(name).unwrap().unwrap().open_count, 1);
     match dm.remove(name) {

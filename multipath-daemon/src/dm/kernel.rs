@@ -21,18 +21,19 @@
 //! The kernel makes `/dev/dm-<minor>` (devtmpfs) but never `/dev/mapper/<name>`: that is
 //! udev's job (55-dm.rules links it on the change event of a resume) or, when udev does
 //! not run, libdevmapper's "fallback" that makes the node itself. The devicemapper crate
-//! has no fallback. It does take part in udev's cookie protocol when udevd runs
-//! (`/run/udev/control` exists): a resume or remove then waits until udev's rules ran
-//! (95-dm-notify.rules), so udev's link is there when the call returns. So after a
-//! create (and a reload), [`KernelDm`] looks for `/dev/mapper/<name>`; if udevd runs it
-//! gives udev a short grace period; if there is still no node for the map it makes a
-//! block node itself, as libdevmapper does. After a remove it deletes whatever is left
-//! at `/dev/mapper/<name>` that still names the removed map (our node, or a link to
-//! `dm-<minor>` udev did not take away). The lab scenario dm-kernel runs the tests both
-//! ways: without udevd `/dev/mapper/<name>` is our block node, with udevd it is udev's
-//! link, there as soon as create returns, and gone when remove returns. Known hazard (the crate's, and libdevmapper's):
-//! with udevd running but without device-mapper's udev rules, a resume or remove waits
-//! for a udev confirmation that never comes.
+//! has no fallback. When udevd runs (`/run/udev/control` exists) it takes part in udev's
+//! cookie protocol: a resume or remove waits until udev's rules ran (95-dm-notify.rules).
+//! - Without udevd, [`KernelDm`] makes a block node itself after a create, as
+//!   libdevmapper does.
+//! - With udevd, the link is udev's. A resume returns as soon as the kernel has the table
+//!   live, and the crate's wait for udev goes on in a thread of its own (see
+//!   `KernelDm::resume`), so the link appears shortly after a create returns.
+//! - After a remove (which does wait for udev), [`KernelDm`] deletes whatever is left at
+//!   `/dev/mapper/<name>` that still names the removed map.
+//!
+//! The lab scenario dm-kernel runs the tests both ways. Known hazard (the crate's, and
+//! libdevmapper's): with udevd running but without device-mapper's udev rules, a remove
+//! waits for a udev confirmation that never comes, and so does a resume's thread.
 
 use std::{
     ffi::CString,
@@ -51,9 +52,8 @@ use crate::model::DevT;
 const CONTROL: &str = "/dev/mapper/control";
 const MAPPER_DIR: &str = "/dev/mapper";
 const UDEV_CONTROL: &str = "/run/udev/control";
-/// How long to wait for udev's `/dev/mapper/<name>` link after the (already
-/// udev-synchronised) resume before making the node ourselves.
-const UDEV_NODE_GRACE: Duration = Duration::from_millis(500);
+/// Longest wait for the kernel to resume a map (it does not wait for I/O).
+const RESUME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long remove() waits for a map's openers to go away before it says Busy.
 const BUSY_GRACE: Duration = Duration::from_secs(1);
 /// Group `disk`, as libdevmapper and udev give block devices.
@@ -229,10 +229,57 @@ impl KernelDm {
             .map_err(|e| Self::map_err(name, "clear the inactive table", &e))
     }
 
+    /// Resumes a map and returns once the kernel has its table live.
+    ///
+    /// With udevd running, the crate's resume also waits until udev has run every rule
+    /// for the map's change event (the /dev/mapper link, blkid, kpartx). That costs far
+    /// more than the resume itself (0.5 to 2 s per map in the lab) and nothing here
+    /// needs it, so the waiting resume runs on a thread of its own and this call only
+    /// waits for the kernel: the map is usable as soon as it is resumed, and udev makes
+    /// its link shortly after. The thread ends when udev is done.
     fn resume(&self, name: &str) -> Result<DeviceInfo, devicemapper::DmError> {
         let dname = DmName::new(name)?;
-        self.dm
-            .device_suspend(&DevId::Name(dname), DmOptions::default())
+        if !udev_running() {
+            return self
+                .dm
+                .device_suspend(&DevId::Name(dname), DmOptions::default());
+        }
+        let owned = name.to_string();
+        let waiter = std::thread::Builder::new()
+            .name(format!("dm-resume-{name}"))
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let dm = DM::new()?;
+                let r = dm.device_suspend(&DevId::Name(DmName::new(&owned)?), DmOptions::default());
+                if let Err(e) = &r {
+                    tracing::debug!("{owned}: resume (udev-synchronised): {}", describe(e));
+                }
+                r
+            })
+            .map_err(|e| devicemapper::DmError::Core(dm_errors::Error::GeneralIo(e.to_string())))?;
+        let end = Instant::now() + RESUME_TIMEOUT;
+        loop {
+            if waiter.is_finished() {
+                return waiter.join().unwrap_or_else(|_| {
+                    Err(devicemapper::DmError::Core(dm_errors::Error::GeneralIo(
+                        "the resume thread panicked".into(),
+                    )))
+                });
+            }
+            let info = self.dm.device_info(&DevId::Name(dname))?;
+            let f = info.flags();
+            if f.contains(DmFlags::DM_ACTIVE_PRESENT)
+                && !f.intersects(DmFlags::DM_SUSPEND | DmFlags::DM_INACTIVE_PRESENT)
+            {
+                return Ok(info);
+            }
+            if Instant::now() > end {
+                return Err(devicemapper::DmError::Core(dm_errors::Error::GeneralIo(
+                    format!("not resumed after {RESUME_TIMEOUT:?}"),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Removes a map we are creating, after a failed step; `err` is that step's error.
@@ -360,13 +407,9 @@ fn ensure_node(name: &str, dev: DevT) -> Result<(), String> {
         return Ok(());
     }
     if udev_running() {
-        let end = Instant::now() + UDEV_NODE_GRACE;
-        while Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(20));
-            if node_is(&path, dev) {
-                return Ok(());
-            }
-        }
+        // udev makes the link once it has run the map's rules (see `resume`); a node of
+        // ours would only race with it.
+        return Ok(());
     }
     // Made under a temporary name and renamed over whatever is there (a stale node or
     // a dangling link of an earlier map of this name), so the name never points at
