@@ -197,7 +197,9 @@ impl<D: DmBackend> Engine<D> {
         if new_binding && let Err(e) = self.bindings.save() {
             warn!("saving {}: {e}", self.cfg.defaults.bindings_file.display());
         }
-        sum.maps = self.dm.list().map(|l| l.len()).unwrap_or(0);
+        // Counted, not listed again: listing reads every map's table, which with many
+        // maps costs as much as the pass itself.
+        sum.maps = live.len() + sum.created.len();
         sum.paths = self.disks.len();
         debug!(
             scan_ms = scanned.as_millis(),
