@@ -898,6 +898,24 @@ mod tests {
     }
 
     #[test]
+    fn group_by_prio_with_weights_by_portal_puts_the_preferred_portal_first() {
+        // sdb's session goes to portal 10.99.2.2 in the recorded tree.
+        let (mut e, _) = engine(
+            "find_multipaths = \"greedy\"\npath_grouping_policy = \"group_by_prio\"\n\
+             prio_weights = [{ portal = '10\\.99\\.2\\.2:3260', prio = 50 }, { portal = '.*', prio = 10 }]\n",
+        );
+        assert_eq!(e.reconcile().created, [WWID]);
+        let t = e.dm().table(WWID).unwrap();
+        assert_eq!(t.groups.len(), 2, "{t}");
+        assert_eq!(t.groups[0].paths[0].dev, "8:16", "portal 2 first: {t}");
+        let Response::Topology(topo) = e.handle(Request::ShowTopology) else {
+            panic!()
+        };
+        let prios: Vec<u32> = topo.maps[0].groups.iter().map(|g| g.prio).collect();
+        assert_eq!(prios, [50, 10]);
+    }
+
+    #[test]
     fn parallel_apply_keeps_step_order_and_reports_each_failure() {
         use crate::{dm::MultipathTable, maps::WantMap};
         let dm = SimDm::new();
