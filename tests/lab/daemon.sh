@@ -114,13 +114,7 @@ lab__map_has() { [ "$(lab_map_paths "$1" 2>/dev/null | wc -w)" = "$2" ]; }
 # 10.99.<I>.2) and a login through it; fills LAB_DEV[I] and friends.
 lab_portal_add() {
 	local i=$1 T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1"
-	lab_do ip link add "p$i" type veth peer name "p$i-t"
-	lab_do ip link set "p$i-t" netns tgt
-	ip addr add "10.99.$i.1/24" dev "p$i"
-	ip link set "p$i" up
-	ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
-	ip -n tgt link set "p$i-t" up
-	LAB_PORTAL[i]=10.99.$i.2
+	lab_portal_link "$i"
 	lab_do nsenter --net=/run/netns/tgt mkdir "$T/np/10.99.$i.2:3260"
 	lab_do iscsiadm -m discovery -t sendtargets -p "10.99.$i.2"
 	lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$i.2" -o update -n node.session.timeo.replacement_timeout -v "$LAB_RECOVERY_TMO"

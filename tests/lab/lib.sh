@@ -115,6 +115,19 @@ lab_modules() {
 		nf_tables nft_reject_inet nft_reject_ipv4
 }
 
+# lab_portal_link I: veth pair p<I> (root ns, 10.99.<I>.1) <-> p<I>-t (netns tgt,
+# 10.99.<I>.2): the network of portal I.
+lab_portal_link() {
+	local i=$1
+	lab_do ip link add "p$i" type veth peer name "p$i-t"
+	lab_do ip link set "p$i-t" netns tgt
+	ip addr add "10.99.$i.1/24" dev "p$i"
+	ip link set "p$i" up
+	ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
+	ip -n tgt link set "p$i-t" up
+	LAB_PORTAL[i]=10.99.$i.2
+}
+
 # lab_target_start: netns tgt, one veth pair per portal (p<i> in the root ns at 10.99.<i>.1,
 # p<i>-t in tgt at 10.99.<i>.2), an LIO target with one LUN on every portal.
 lab_target_start() {
@@ -123,13 +136,7 @@ lab_target_start() {
 	lab_do ip netns add tgt
 	ip -n tgt link set lo up
 	for i in $(seq "$LAB_PORTALS"); do
-		lab_do ip link add "p$i" type veth peer name "p$i-t"
-		lab_do ip link set "p$i-t" netns tgt
-		ip addr add "10.99.$i.1/24" dev "p$i"
-		ip link set "p$i" up
-		ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
-		ip -n tgt link set "p$i-t" up
-		LAB_PORTAL[i]=10.99.$i.2
+		lab_portal_link "$i"
 	done
 	truncate -s "$sz" /tmp/lun0.img
 	if [ "$LAB_LUN_BACKEND" = dm ]; then
@@ -576,13 +583,7 @@ lab_target_start_luns() {
 	lab_do ip netns add tgt
 	ip -n tgt link set lo up
 	for i in $(seq "$LAB_PORTALS"); do
-		lab_do ip link add "p$i" type veth peer name "p$i-t"
-		lab_do ip link set "p$i-t" netns tgt
-		ip addr add "10.99.$i.1/24" dev "p$i"
-		ip link set "p$i" up
-		ip -n tgt addr add "10.99.$i.2/24" dev "p$i-t"
-		ip -n tgt link set "p$i-t" up
-		LAB_PORTAL[i]=10.99.$i.2
+		lab_portal_link "$i"
 	done
 	python3 - "$LAB_CFG" "$T" "$n" "$mb" "$LAB_LUNS_SERIAL_PREFIX" <<-'PY' || lab_fail "configuring $n LIO LUNs"
 		import os, sys
