@@ -254,14 +254,14 @@ impl SimDm {
     }
 }
 
-fn check_table(name: &str, table: &MultipathTable) -> Result<(), DmError> {
-    for dev in table.path_devs() {
-        if dev.parse::<DevT>().is_err() {
-            return Err(DmError::Invalid {
-                name: name.to_string(),
-                message: format!("path {dev:?} is not MAJ:MIN"),
-            });
-        }
+/// Tables are loaded with device numbers only: a path by name would be resolved by the
+/// kernel at load time and could name another device by then.
+pub(super) fn check_table(name: &str, table: &MultipathTable) -> Result<(), DmError> {
+    if let Some(dev) = table.path_devs().find(|d| d.parse::<DevT>().is_err()) {
+        return Err(DmError::Invalid {
+            name: name.to_string(),
+            message: format!("path {dev:?} is not MAJ:MIN (tables are loaded with device numbers)"),
+        });
     }
     Ok(())
 }

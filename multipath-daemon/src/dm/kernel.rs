@@ -46,7 +46,9 @@ use devicemapper::{
     DM, DevId, DeviceInfo, DmFlags, DmName, DmOptions, DmUuid, errors as dm_errors,
 };
 
-use super::{DmBackend, DmError, MapInfo, Message, MultipathStatus, MultipathTable};
+use super::{
+    DmBackend, DmError, MapInfo, Message, MultipathStatus, MultipathTable, backend::check_table,
+};
 use crate::model::DevT;
 
 const CONTROL: &str = "/dev/mapper/control";
@@ -372,16 +374,6 @@ fn map_info(name: &str, info: &DeviceInfo, targets: &[(u64, u64, String, String)
 
 /// Paths must be `MAJ:MIN`: the kernel reads them back so, and a `/dev` path could name
 /// another device by the time the table loads.
-fn check_table(name: &str, table: &MultipathTable) -> Result<(), DmError> {
-    if let Some(dev) = table.path_devs().find(|d| d.parse::<DevT>().is_err()) {
-        return Err(invalid(
-            name,
-            format!("path {dev:?} is not MAJ:MIN (tables are loaded with device numbers)"),
-        ));
-    }
-    Ok(())
-}
-
 fn node_path(name: &str) -> PathBuf {
     Path::new(MAPPER_DIR).join(name)
 }
