@@ -232,19 +232,11 @@ fn nightly_rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let have = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let have = installed_version("bpf-linker");
     if have.starts_with("bpf-linker 0.10.") {
         return Ok(());
     }
-    let what = if have.is_empty() {
-        "not found".to_owned()
-    } else {
-        have
-    };
+    let what = or_not_found(have);
     eprintln!(
         "bootstrap: installing bpf-linker {BPF_LINKER_VERSION} (have: {what}); this compiles it, a few minutes"
     );
@@ -262,20 +254,29 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-fn cargo_fuzz() -> Result<()> {
-    let have = Command::new("cargo-fuzz")
+/// What `BIN --version` prints, or "" when it cannot run.
+fn installed_version(bin: impl AsRef<std::ffi::OsStr>) -> String {
+    Command::new(bin)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    if have == format!("cargo-fuzz {CARGO_FUZZ_VERSION}") {
-        return Ok(());
-    }
-    let what = if have.is_empty() {
+        .unwrap_or_default()
+}
+
+fn or_not_found(have: String) -> String {
+    if have.is_empty() {
         "not found".to_owned()
     } else {
         have
-    };
+    }
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let have = installed_version("cargo-fuzz");
+    if have == format!("cargo-fuzz {CARGO_FUZZ_VERSION}") {
+        return Ok(());
+    }
+    let what = or_not_found(have);
     eprintln!(
         "bootstrap: installing cargo-fuzz {CARGO_FUZZ_VERSION} (have: {what}); this compiles it, under a minute"
     );
