@@ -279,6 +279,7 @@ impl<D: DmBackend> Engine<D> {
             let Ok(st) = self.dm.status(&info.name) else {
                 continue;
             };
+            let mut reinstated = 0;
             for p in st.paths() {
                 let Some(dev) = p.devt() else { continue };
                 if p.state != PathState::Failed || self.admin_failed.contains(&dev) {
@@ -291,6 +292,7 @@ impl<D: DmBackend> Engine<D> {
                 if state {
                     match self.dm.message(&info.name, &Message::ReinstatePath(dev)) {
                         Ok(()) => {
+                            reinstated += 1;
                             info!(map = %info.name, path = %d.name, "reinstated path: device running and session logged in")
                         }
                         Err(e) => warn!(map = %info.name, path = %d.name, "reinstating: {e}"),
@@ -298,8 +300,7 @@ impl<D: DmBackend> Engine<D> {
                 }
             }
             if let NoPathRetry::Retries(n) = self.cfg.settings_for(wwid).no_path_retry {
-                let st = self.dm.status(&info.name);
-                let usable = st.as_ref().map(|s| s.active_paths()).unwrap_or(1);
+                let usable = st.active_paths() + reinstated;
                 let ticks = self.no_path_ticks.entry(info.name.clone()).or_default();
                 if usable > 0 {
                     if *ticks > n {
@@ -913,6 +914,40 @@ mod tests {
         };
         let prios: Vec<u32> = topo.maps[0].groups.iter().map(|g| g.prio).collect();
         assert_eq!(prios, [50, 10]);
+    }
+
+    #[test]
+    fn no_path_retry_n_stops_queueing_after_n_checks_and_resumes_when_a_path_is_back() {
+        let (mut e, _) = engine("find_multipaths = \"greedy\"\nno_path_retry = 2\n");
+        e.reconcile();
+        assert!(
+            e.dm().table(WWID).unwrap().queue_if_no_path(),
+            "queues at first"
+        );
+        // Admin-failed paths stay failed: the map has no usable path.
+        for p in ["sda", "sdb"] {
+            assert!(matches!(
+                e.handle(Request::Fail { path: p.into() }),
+                Response::Ok { .. }
+            ));
+        }
+        e.check();
+        e.check();
+        assert!(
+            e.dm().table(WWID).unwrap().queue_if_no_path(),
+            "2 checks: still queueing"
+        );
+        e.check();
+        assert!(
+            !e.dm().table(WWID).unwrap().queue_if_no_path(),
+            "3rd check: queued IO fails"
+        );
+        e.handle(Request::Reinstate { path: "sdb".into() });
+        e.check();
+        assert!(
+            e.dm().table(WWID).unwrap().queue_if_no_path(),
+            "a path is back: queueing again"
+        );
     }
 
     #[test]
