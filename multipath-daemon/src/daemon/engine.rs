@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{
         Config, DeviceId, FindMultipaths, GroupingPolicy, NoPathRetry, PrioSource, SelectorKind,
-        Verdict,
+        Verdict, WeightKey,
         bindings::{Bindings, WwidsFile},
     },
     control::{GroupView, IscsiView, MapSummary, MapView, PathView, Request, Response, Topology},
@@ -28,6 +28,10 @@ pub struct Summary {
     pub created: Vec<String>,
     pub reloaded: Vec<String>,
     pub errors: Vec<String>,
+    /// Milliseconds spent scanning sysfs, reading device-mapper, and creating/reloading.
+    pub scan_ms: u64,
+    pub read_dm_ms: u64,
+    pub apply_ms: u64,
 }
 
 pub struct Engine<D: DmBackend> {
@@ -104,11 +108,16 @@ impl<D: DmBackend> Engine<D> {
                 sum.errors.push(format!("scan: {e}"));
             }
         }
-        self.iscsi = self
-            .disks
-            .iter()
-            .filter_map(|d| Some((d.name.clone(), self.sysfs.iscsi_path(&d.name).ok()??)))
-            .collect();
+        // The iSCSI session behind each path is read here only when a prio needs its
+        // portal: with hundreds of paths it is most of the scan. Views read it on demand.
+        self.iscsi = if self.uses_portal_prio() {
+            self.disks
+                .iter()
+                .filter_map(|d| Some((d.name.clone(), self.sysfs.iscsi_path(&d.name).ok()??)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let scanned = t0.elapsed();
         let mut candidates = Vec::new();
         let mut skipped = BTreeMap::new();
@@ -201,10 +210,13 @@ impl<D: DmBackend> Engine<D> {
         // maps costs as much as the pass itself.
         sum.maps = live.len() + sum.created.len();
         sum.paths = self.disks.len();
+        sum.scan_ms = scanned.as_millis() as u64;
+        sum.read_dm_ms = (read_dm - scanned).as_millis() as u64;
+        sum.apply_ms = (t0.elapsed() - read_dm).as_millis() as u64;
         debug!(
-            scan_ms = scanned.as_millis(),
-            read_dm_ms = (read_dm - scanned).as_millis(),
-            apply_ms = (t0.elapsed() - read_dm).as_millis(),
+            scan_ms = sum.scan_ms,
+            read_dm_ms = sum.read_dm_ms,
+            apply_ms = sum.apply_ms,
             "reconcile pass"
         );
         sum
@@ -432,8 +444,26 @@ impl<D: DmBackend> Engine<D> {
         Err(format!("{arg} is in no multipath map"))
     }
 
+    /// Whether any map's prio weighs paths by their iSCSI portal.
+    fn uses_portal_prio(&self) -> bool {
+        let portal = |p: &PrioSource| matches!(p, PrioSource::Weighted(ws) if ws.iter().any(|w| w.key == WeightKey::Portal));
+        portal(&self.cfg.defaults.prio)
+            || self
+                .cfg
+                .multipaths
+                .iter()
+                .any(|e| e.prio.as_ref().is_some_and(portal))
+    }
+
     fn path_view(&self, d: &ScsiDisk, map: Option<&str>, dm: Option<(PathState, u32)>) -> PathView {
-        let iscsi = self.iscsi.get(&d.name);
+        let fresh;
+        let iscsi = match self.iscsi.get(&d.name) {
+            Some(i) => Some(i),
+            None => {
+                fresh = self.sysfs.iscsi_path(&d.name).ok().flatten();
+                fresh.as_ref()
+            }
+        };
         let health = if self.admin_failed.contains(&d.dev) {
             "admin-failed"
         } else if d.state != "running" || iscsi.is_some_and(|i| i.session_state != "LOGGED_IN") {

@@ -89,13 +89,16 @@ pub async fn serve_engine<D: DmBackend>(
     );
     let sum = engine.reconcile();
     info!(
-        "ready maps={} paths={} created={} reloaded={} errors={} elapsed_ms={}",
+        "ready maps={} paths={} created={} reloaded={} errors={} elapsed_ms={} (scan {} ms, read dm {} ms, create/reload {} ms)",
         sum.maps,
         sum.paths,
         sum.created.len(),
         sum.reloaded.len(),
         sum.errors.len(),
-        t0.elapsed().as_millis()
+        t0.elapsed().as_millis(),
+        sum.scan_ms,
+        sum.read_dm_ms,
+        sum.apply_ms
     );
     sd_notify("READY=1");
 
