@@ -521,21 +521,26 @@ impl DmBackend for KernelDm {
         if size_sectors == 0 {
             return Err(invalid(name, "size 0: a map needs at least one sector"));
         }
-        if self.info(name)?.is_some() {
-            return Err(DmError::Exists(name.to_string()));
-        }
-        if let Ok(other) = self.dm.device_info(&DevId::Uuid(duuid)) {
-            let other = other.name().map(|n| n.to_string()).unwrap_or_default();
-            return Err(invalid(
-                name,
-                format!("uuid {uuid} is already used by map {other:?}"),
-            ));
-        }
+        // The kernel refuses a name or uuid in use (EBUSY); which one is looked up only
+        // then, so a create costs no lookups (128 maps at start-up).
         self.dm
             .device_create(dname, Some(duuid), DmOptions::default())
             .map_err(|e| match errno(&e) {
-                // Made by someone else since the check above.
-                Some(libc::EBUSY) | Some(libc::EEXIST) => DmError::Exists(name.to_string()),
+                Some(libc::EBUSY) | Some(libc::EEXIST) => {
+                    if matches!(self.info(name), Ok(Some(_))) {
+                        return DmError::Exists(name.to_string());
+                    }
+                    match self.dm.device_info(&DevId::Uuid(duuid)) {
+                        Ok(other) => invalid(
+                            name,
+                            format!(
+                                "uuid {uuid} is already used by map {:?}",
+                                other.name().map(|n| n.to_string()).unwrap_or_default()
+                            ),
+                        ),
+                        Err(_) => DmError::Exists(name.to_string()),
+                    }
+                }
                 _ => Self::kernel_err(name, "create", describe(&e)),
             })?;
         if let Err(e) = self.load(name, size_sectors, table) {
@@ -562,12 +567,14 @@ impl DmBackend for KernelDm {
             );
             return Err(self.undo_create(name, err));
         }
-        self.info(name)?.ok_or_else(|| {
-            Self::kernel_err(
-                name,
-                "create",
-                "the map vanished right after it was made (removed by another tool?)".into(),
-            )
+        // What the resume reported, rather than one more ioctl per map.
+        Ok(MapInfo {
+            name: name.to_string(),
+            uuid: Some(uuid.to_string()),
+            dev,
+            open_count: u32::try_from(info.open_count()).unwrap_or(0),
+            suspended: false,
+            size_sectors,
         })
     }
 
