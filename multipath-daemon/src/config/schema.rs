@@ -644,8 +644,16 @@ impl<'a> Cx<'a> {
         d
     }
 
-    fn multipaths(&mut self, item: &Item, key: &Span) -> Vec<MultipathEntry> {
-        // [[multipaths]] tables, or multipaths = [{...}, ...].
+    /// The tables of an array of tables (`[[x]]`) or of an array of inline tables
+    /// (`x = [{...}]`), each with its span; anything else is an error (`bad_entry` or
+    /// `bad_item`, followed by ", found <type>").
+    fn tables_of<'i>(
+        &mut self,
+        item: &'i Item,
+        key: &Span,
+        bad_entry: &str,
+        bad_item: &str,
+    ) -> Vec<(&'i dyn TableLike, Span)> {
         let mut tables: Vec<(&dyn TableLike, Span)> = Vec::new();
         match item {
             Item::ArrayOfTables(aot) => {
@@ -659,24 +667,27 @@ impl<'a> Cx<'a> {
                         Some(t) => tables.push((t as &dyn TableLike, v.span())),
                         None => self.err(
                             &v.span(),
-                            format!(
-                                "multipaths entries must be tables, found {}",
-                                value_type_name(v)
-                            ),
+                            format!("{bad_entry}, found {}", value_type_name(v)),
                         ),
                     }
                 }
             }
-            other => {
-                self.err(
-                    &span_or(other, key),
-                    format!(
-                        "multipaths must be an array of tables ([[multipaths]]), found {}",
-                        type_name(other)
-                    ),
-                );
-            }
+            other => self.err(
+                &span_or(other, key),
+                format!("{bad_item}, found {}", type_name(other)),
+            ),
         }
+        tables
+    }
+
+    fn multipaths(&mut self, item: &Item, key: &Span) -> Vec<MultipathEntry> {
+        // [[multipaths]] tables, or multipaths = [{...}, ...].
+        let tables = self.tables_of(
+            item,
+            key,
+            "multipaths entries must be tables",
+            "multipaths must be an array of tables ([[multipaths]])",
+        );
         let mut out = Vec::new();
         let mut wwids: HashMap<String, String> = HashMap::new();
         let mut aliases: HashMap<String, String> = HashMap::new();
@@ -813,35 +824,12 @@ impl<'a> Cx<'a> {
 
     fn devices(&mut self, item: &Item, vs: &Span, name: &str) -> Vec<DeviceRule> {
         let what = format!("{name}.device");
-        let mut tables: Vec<(&dyn TableLike, Span)> = Vec::new();
-        match item {
-            Item::ArrayOfTables(aot) => {
-                for t in aot.iter() {
-                    tables.push((t as &dyn TableLike, t.span().or_else(|| vs.clone())));
-                }
-            }
-            Item::Value(Value::Array(arr)) => {
-                for v in arr.iter() {
-                    match v.as_inline_table() {
-                        Some(t) => tables.push((t as &dyn TableLike, v.span())),
-                        None => self.err(
-                            &v.span(),
-                            format!(
-                                "{what} entries must be {{ vendor = \"regex\", product = \"regex\" }}, found {}",
-                                value_type_name(v)
-                            ),
-                        ),
-                    }
-                }
-            }
-            other => self.err(
-                vs,
-                format!(
-                    "{what} must be an array of {{ vendor = \"regex\", product = \"regex\" }}, found {}",
-                    type_name(other)
-                ),
-            ),
-        }
+        let tables = self.tables_of(
+            item,
+            vs,
+            &format!("{what} entries must be {{ vendor = \"regex\", product = \"regex\" }}"),
+            &format!("{what} must be an array of {{ vendor = \"regex\", product = \"regex\" }}"),
+        );
         let mut out = Vec::new();
         for (t, tspan) in tables {
             let mut rule = DeviceRule {
