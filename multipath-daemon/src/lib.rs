@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod dm;
 pub mod ebpf;
+pub mod health;
 pub mod maps;
 pub mod model;
 pub mod topology;

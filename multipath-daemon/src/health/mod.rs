@@ -1,0 +1,1291 @@
+//! The health engine: what each path's state is and what to do about it.
+//!
+//! Pure logic: [`Input`]s (kernel signals from the eBPF probes, checker results, session
+//! states, admin commands) and a clock come in; [`Decision`]s come out. It does no I/O and
+//! reads no clock of its own, so every rule is tested with a fake clock
+//! (`health/tests.rs`). The daemon turns decisions into device-mapper messages, reloads
+//! and the in-flight rescue (`actions`), and feeds the results back.
+//!
+//! # Path states
+//!
+//! [`PathState`] is the one definition of a path's state, shown by `mpathd show paths`,
+//! its JSON and the metrics. See its variants for who sets each state and what leaves it.
+//!
+//! # Rules, in short
+//! - A hard signal (a path-class I/O error, a TCP reset, the connection leaving
+//!   ESTABLISHED, a checker that says down) fails the path at once. A connection signal
+//!   fails every path carried by that connection, in every map, in one batch.
+//! - A stall (I/O in flight and no completion on the path for `stall_limit`) fails the
+//!   path once corroborated: its connection retransmitted and still nothing completed
+//!   `retrans_grace` later (no ACK progress), or a sibling path completed I/O after the
+//!   stall began and the stall lasted `stall_sibling`. The same stall on every usable
+//!   path of a map is the LUN or the array, and fails nothing. A stall is never
+//!   corroborated for the last usable path of a map.
+//! - Soft signals (slow completions, a request stuck while the path completes others,
+//!   retransmission runs, high RTT) demote the path ([`PathState::Degraded`]: its map
+//!   prefers other paths) and fail it only if they persist for `soft_persist`; never the
+//!   last usable path of a map.
+//! - A failed path comes back through probation: `reinstate_checks` clean checks in a row,
+//!   no new hard signal, and a hold that doubles each time the path fails again soon
+//!   after it came back (flap damping).
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    time::Duration,
+};
+
+use crate::model::{Conn, DevT};
+
+/// CLOCK_MONOTONIC nanoseconds, the clock of the kernel's `bpf_ktime_get_ns()`: kernel
+/// signals and decisions are stamped on the same clock.
+pub type Ns = u64;
+
+fn ns(d: Duration) -> Ns {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// A path's state as mpathd holds it. Device-mapper's own view (active or failed in the
+/// table) follows it: mpathd fails and reinstates paths to match.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathState {
+    /// In use, nothing against it. Set when a path is first seen usable, after probation
+    /// or when soft signals stopped; left on any signal below.
+    Active,
+    /// Marginal: soft signals (slow completions, loss, high RTT) crossed the path's
+    /// limits. Still usable, but its map prefers other paths. Set by the health engine;
+    /// left for `Active` after a quiet period with clean checks, or for `Failed` if the
+    /// signals persist and another path is usable.
+    Degraded,
+    /// Failed in device-mapper: by mpathd on a hard or corroborated signal, by the
+    /// checker, or by the kernel itself (mpathd then follows). Left for `Probation` on
+    /// the first clean check.
+    Failed,
+    /// Still failed in device-mapper, its checks clean so far: reinstated after
+    /// `reinstate_checks` clean checks in a row and its flap hold; any bad signal sends
+    /// it back to `Failed`.
+    Probation,
+    /// Failed by `mpathd fail`; only `mpathd reinstate` brings it back.
+    AdminFailed,
+}
+
+impl PathState {
+    /// Whether I/O may use the path (device-mapper has it active).
+    pub fn usable(self) -> bool {
+        matches!(self, Self::Active | Self::Degraded)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+            Self::Probation => "probation",
+            Self::AdminFailed => "admin-failed",
+        }
+    }
+
+    pub const ALL: [PathState; 5] = [
+        Self::Active,
+        Self::Degraded,
+        Self::Failed,
+        Self::Probation,
+        Self::AdminFailed,
+    ];
+}
+
+impl fmt::Display for PathState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A completion error's class, as the probes report it (the kernel's `blk_path_error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transport or path: dm-multipath would retry it on another path.
+    Path,
+    /// Plain EIO and anything unknown: a path error by the kernel's rule, but a LUN may
+    /// return it on every path; mpathd asks for corroboration.
+    Generic,
+    /// The LUN itself (medium, no space, critical target, protection...): every path
+    /// would say the same; never fails a path.
+    Lun,
+}
+
+/// What the block probes said about one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockSignal {
+    Error {
+        class: ErrorClass,
+        errno: i32,
+    },
+    /// `count` completions slower than the path's limit within its window.
+    Slow {
+        latency: Duration,
+        count: u32,
+    },
+    /// A request older than the stall limit. `since_completion`: how long the path has
+    /// completed nothing (`None`: nothing since it was watched).
+    Stalled {
+        oldest: Duration,
+        since_completion: Option<Duration>,
+        inflight: u64,
+    },
+}
+
+/// What the TCP probes said about one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnSignal {
+    Reset,
+    /// Left ESTABLISHED for `new_state` (the kernel's TCP state number).
+    Left {
+        new_state: u32,
+    },
+    /// Retransmissions in a row without new data acknowledged.
+    Retransmits {
+        consecutive: u32,
+    },
+    SlowRtt {
+        srtt: Duration,
+    },
+}
+
+/// A path checker's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckVerdict {
+    /// Served a read or a TEST UNIT READY, in `took`.
+    Up {
+        took: Duration,
+    },
+    Down {
+        why: String,
+    },
+    Timeout,
+}
+
+/// One path's counters from the probes, read periodically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// Latest completion (kernel clock), 0 if none since watched.
+    pub last_complete_ns: Ns,
+    pub inflight: u64,
+    pub completions: u64,
+    /// Smoothed completion latency (the larger of reads and writes), 0 if unknown.
+    pub ewma: Duration,
+    /// Smoothed RTT of the path's connection, 0 if none or unknown.
+    pub srtt: Duration,
+}
+
+/// Something the engine is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    Block {
+        dev: DevT,
+        at_ns: Ns,
+        signal: BlockSignal,
+    },
+    Conn {
+        conn: Conn,
+        at_ns: Ns,
+        signal: ConnSignal,
+    },
+    Check {
+        dev: DevT,
+        verdict: CheckVerdict,
+    },
+    Reading {
+        dev: DevT,
+        reading: Reading,
+    },
+    /// The iSCSI session behind the path, as the last scan saw it.
+    Session {
+        dev: DevT,
+        logged_in: bool,
+    },
+    /// device-mapper has the path failed (or active) while mpathd held it otherwise:
+    /// the kernel failed it on an I/O error, or a reload reset it.
+    DmState {
+        dev: DevT,
+        failed: bool,
+    },
+    AdminFail {
+        dev: DevT,
+    },
+    AdminReinstate {
+        dev: DevT,
+    },
+}
+
+/// Why a path changed state; kept with every transition and logged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// First seen by the daemon in this state.
+    Discovered,
+    PathError {
+        errno: i32,
+    },
+    /// A generic error (EIO) on this path while a sibling served I/O.
+    GenericError {
+        errno: i32,
+    },
+    ConnReset,
+    ConnLeft {
+        new_state: u32,
+    },
+    /// Stalled, corroborated by `by`.
+    Stall {
+        stalled: Duration,
+        by: &'static str,
+    },
+    SessionDown,
+    CheckerDown {
+        why: String,
+    },
+    CheckerTimeout,
+    /// device-mapper failed it (the kernel saw an I/O error first).
+    KernelFailed,
+    Slow {
+        latency: Duration,
+    },
+    StuckRequest {
+        oldest: Duration,
+    },
+    Loss {
+        events: u32,
+    },
+    SlowRtt {
+        srtt: Duration,
+    },
+    SlowCheck {
+        took: Duration,
+    },
+    /// Soft signals went on for this long.
+    SoftPersisted {
+        for_: Duration,
+    },
+    Quiet {
+        for_: Duration,
+    },
+    CheckerUp,
+    Recovered {
+        checks: u32,
+    },
+    Admin,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        match self {
+            Self::Discovered => f.write_str("discovered"),
+            Self::PathError { errno } => write!(f, "path I/O error (errno {})", -errno),
+            Self::GenericError { errno } => write!(
+                f,
+                "I/O error (errno {}) while a sibling path served I/O",
+                -errno
+            ),
+            Self::ConnReset => f.write_str("TCP reset"),
+            Self::ConnLeft { new_state } => write!(
+                f,
+                "TCP connection left ESTABLISHED (state {})",
+                tcp_state_name(*new_state)
+            ),
+            Self::Stall { stalled, by } => {
+                write!(f, "I/O stalled {:.0} ms, corroborated by {by}", ms(stalled))
+            }
+            Self::SessionDown => f.write_str("iSCSI session not logged in"),
+            Self::CheckerDown { why } => write!(f, "checker: {why}"),
+            Self::CheckerTimeout => f.write_str("checker timed out"),
+            Self::KernelFailed => f.write_str("failed by the kernel on an I/O error"),
+            Self::Slow { latency } => write!(f, "slow completions ({:.0} ms)", ms(latency)),
+            Self::StuckRequest { oldest } => write!(
+                f,
+                "a request stuck {:.0} ms while others complete",
+                ms(oldest)
+            ),
+            Self::Loss { events } => write!(f, "{events} retransmission runs"),
+            Self::SlowRtt { srtt } => write!(f, "TCP RTT {:.0} ms", ms(srtt)),
+            Self::SlowCheck { took } => write!(f, "checker took {:.0} ms", ms(took)),
+            Self::SoftPersisted { for_ } => {
+                write!(f, "degraded for {:.0} s", for_.as_secs_f64())
+            }
+            Self::Quiet { for_ } => write!(f, "no soft signal for {:.0} s", for_.as_secs_f64()),
+            Self::CheckerUp => f.write_str("checker up"),
+            Self::Recovered { checks } => write!(f, "{checks} clean checks"),
+            Self::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+impl Reason {
+    /// A short label for counting decisions by reason (metrics, summaries).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Discovered => "discovered",
+            Self::PathError { .. } => "path_error",
+            Self::GenericError { .. } => "generic_error",
+            Self::ConnReset => "tcp_reset",
+            Self::ConnLeft { .. } => "tcp_closed",
+            Self::Stall { .. } => "stall",
+            Self::SessionDown => "session_down",
+            Self::CheckerDown { .. } => "checker_down",
+            Self::CheckerTimeout => "checker_timeout",
+            Self::KernelFailed => "kernel",
+            Self::Slow { .. } => "slow",
+            Self::StuckRequest { .. } => "stuck_request",
+            Self::Loss { .. } => "loss",
+            Self::SlowRtt { .. } => "slow_rtt",
+            Self::SlowCheck { .. } => "slow_check",
+            Self::SoftPersisted { .. } => "soft_persisted",
+            Self::Quiet { .. } => "quiet",
+            Self::CheckerUp => "checker_up",
+            Self::Recovered { .. } => "recovered",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// The kernel's TCP state names, by number.
+pub fn tcp_state_name(s: u32) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "?",
+    }
+}
+
+/// What the daemon must do for a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Only the state changed (e.g. failed -> probation); nothing to send.
+    None,
+    /// `fail_path`; with `rescue`, also give the I/O stuck on the path's iSCSI connection
+    /// back to device-mapper (see `actions::rescue`).
+    Fail { rescue: Option<Rescue> },
+    /// `reinstate_path`.
+    Reinstate,
+    /// Rebuild the map's table so that it prefers its other paths.
+    Demote,
+    /// Undo a demotion.
+    Restore,
+}
+
+/// The iSCSI connection whose in-flight I/O should be handed back to device-mapper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rescue {
+    pub session: String,
+    pub conn: Conn,
+}
+
+/// One decision about one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub dev: DevT,
+    pub name: String,
+    pub map: String,
+    pub from: PathState,
+    pub to: PathState,
+    pub action: Action,
+    pub reason: Reason,
+    /// Kernel timestamp of the signal behind it (the decision time when there was none).
+    pub signal_ns: Ns,
+    pub decided_ns: Ns,
+}
+
+/// A path as the topology and the maps know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    pub dev: DevT,
+    pub name: String,
+    pub map: String,
+    /// The iSCSI session and its TCP connection, when the path is iSCSI and connected.
+    pub session: Option<String>,
+    pub conn: Option<Conn>,
+    /// Whether device-mapper has it failed now (its state when first seen).
+    pub dm_failed: bool,
+}
+
+/// The engine's knobs. Defaults suit iSCSI paths whose healthy latency is milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthConfig {
+    /// I/O in flight with no completion this long is a stall (also the probes' stall
+    /// limit).
+    pub stall_limit: Duration,
+    /// After a retransmission on the path's connection, this long with still no
+    /// completion means no ACK progress.
+    pub retrans_grace: Duration,
+    /// A stall corroborated only by a sibling's progress must last this long.
+    pub stall_sibling: Duration,
+    /// Least latency limit; the learned limit is `latency_factor` x the path's baseline.
+    pub latency_floor: Duration,
+    pub latency_factor: u32,
+    /// Least RTT limit; the learned limit is `rtt_factor` x the connection's baseline.
+    pub rtt_floor: Duration,
+    pub rtt_factor: u32,
+    /// This many retransmission runs within `loss_window` are a soft signal.
+    pub loss_events: u32,
+    pub loss_window: Duration,
+    /// Degraded with soft signals still coming for this long: failed (unless last).
+    pub soft_persist: Duration,
+    /// Degraded with no soft signal for this long (and clean checks): active again.
+    pub quiet: Duration,
+    /// Clean checks in a row before a failed path is reinstated.
+    pub reinstate_checks: u32,
+    /// A path failing again within this long after it came back is flapping...
+    pub flap_window: Duration,
+    /// ...and waits this long more in probation, doubled per flap, up to `flap_hold_max`.
+    pub flap_hold: Duration,
+    pub flap_hold_max: Duration,
+    /// Hand I/O stuck on a dead iSCSI connection back to device-mapper.
+    pub rescue: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            stall_limit: Duration::from_millis(250),
+            retrans_grace: Duration::from_millis(50),
+            stall_sibling: Duration::from_millis(500),
+            latency_floor: Duration::from_millis(100),
+            latency_factor: 8,
+            rtt_floor: Duration::from_millis(50),
+            rtt_factor: 8,
+            loss_events: 3,
+            loss_window: Duration::from_secs(2),
+            soft_persist: Duration::from_secs(60),
+            quiet: Duration::from_secs(10),
+            reinstate_checks: 2,
+            flap_window: Duration::from_secs(300),
+            flap_hold: Duration::from_secs(2),
+            flap_hold_max: Duration::from_secs(120),
+            rescue: true,
+        }
+    }
+}
+
+/// One state change, kept per path (the last [`HISTORY`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: PathState,
+    pub to: PathState,
+    pub reason: Reason,
+    pub signal_ns: Ns,
+    pub at_ns: Ns,
+}
+
+/// Transitions kept per path.
+pub const HISTORY: usize = 16;
+
+/// A stall the engine is waiting to corroborate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stall {
+    /// When the path last completed anything before the stall (kernel clock); the stall
+    /// began then.
+    began_ns: Ns,
+    /// The probe's report time.
+    seen_ns: Ns,
+}
+
+#[derive(Clone, Debug)]
+struct Path {
+    info: PathInfo,
+    state: PathState,
+    reason: Reason,
+    since_ns: Ns,
+    history: Vec<Transition>,
+    clean_checks: u32,
+    /// Failures soon after coming back, for the flap hold.
+    flaps: u32,
+    reinstated_ns: Option<Ns>,
+    hold_until: Ns,
+    degraded_since: Ns,
+    last_soft_ns: Ns,
+    retrans_runs: Vec<Ns>,
+    last_retrans_ns: Option<Ns>,
+    stall: Option<Stall>,
+    /// A generic error waiting for a sibling to show the LUN is fine.
+    generic_error: Option<(Ns, i32)>,
+    reading: Reading,
+    /// The path's own latency when healthy (smoothed over readings), 0 until learned.
+    baseline: Duration,
+    rtt_baseline: Duration,
+    lun_errors: u64,
+}
+
+/// The engine: every path's state and the rules.
+#[derive(Clone, Debug)]
+pub struct Health {
+    cfg: HealthConfig,
+    paths: BTreeMap<DevT, Path>,
+}
+
+/// What one call produced: decisions, and paths to check at once (siblings of a stalled
+/// path, whose answer may corroborate it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    pub decisions: Vec<Decision>,
+    pub check_now: Vec<DevT>,
+}
+
+/// A path's state for views and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathHealthView {
+    pub state: PathState,
+    pub reason: Reason,
+    pub since_ns: Ns,
+    pub flaps: u32,
+    pub lun_errors: u64,
+    pub history: Vec<Transition>,
+    pub latency_limit: Duration,
+    pub rtt_limit: Duration,
+}
+
+impl Health {
+    pub fn new(cfg: HealthConfig) -> Self {
+        Self {
+            cfg,
+            paths: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.cfg
+    }
+
+    pub fn set_config(&mut self, cfg: HealthConfig) {
+        self.cfg = cfg;
+    }
+
+    /// Makes the known paths exactly `paths`. A new path starts active, or failed when
+    /// device-mapper has it failed; a known one keeps its state (a re-login that brings a
+    /// new connection keeps it too). Gone paths are forgotten.
+    pub fn set_paths(&mut self, paths: Vec<PathInfo>, now: Ns) {
+        let keep: BTreeSet<DevT> = paths.iter().map(|p| p.dev).collect();
+        self.paths.retain(|d, _| keep.contains(d));
+        for info in paths {
+            match self.paths.get_mut(&info.dev) {
+                Some(p) => p.info = info,
+                None => {
+                    let (state, reason) = if info.dm_failed {
+                        (PathState::Failed, Reason::KernelFailed)
+                    } else {
+                        (PathState::Active, Reason::Discovered)
+                    };
+                    self.paths.insert(
+                        info.dev,
+                        Path {
+                            info,
+                            state,
+                            reason,
+                            since_ns: now,
+                            history: Vec::new(),
+                            clean_checks: 0,
+                            flaps: 0,
+                            reinstated_ns: None,
+                            hold_until: 0,
+                            degraded_since: 0,
+                            last_soft_ns: 0,
+                            retrans_runs: Vec::new(),
+                            last_retrans_ns: None,
+                            stall: None,
+                            generic_error: None,
+                            reading: Reading::default(),
+                            baseline: Duration::ZERO,
+                            rtt_baseline: Duration::ZERO,
+                            lun_errors: 0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn state(&self, dev: DevT) -> Option<PathState> {
+        self.paths.get(&dev).map(|p| p.state)
+    }
+
+    pub fn view(&self, dev: DevT) -> Option<PathHealthView> {
+        let p = self.paths.get(&dev)?;
+        Some(PathHealthView {
+            state: p.state,
+            reason: p.reason.clone(),
+            since_ns: p.since_ns,
+            flaps: p.flaps,
+            lun_errors: p.lun_errors,
+            history: p.history.clone(),
+            latency_limit: self.latency_limit(p),
+            rtt_limit: self.rtt_limit(p),
+        })
+    }
+
+    /// Paths of `map` that must stay failed in device-mapper (after a reload, which makes
+    /// every path active again, these are failed again).
+    pub fn held_down(&self, map: &str) -> Vec<DevT> {
+        self.paths
+            .values()
+            .filter(|p| p.info.map == map && !p.state.usable())
+            .map(|p| p.info.dev)
+            .collect()
+    }
+
+    /// Paths the map should prefer less (degraded).
+    pub fn demoted(&self) -> BTreeSet<DevT> {
+        self.paths
+            .values()
+            .filter(|p| p.state == PathState::Degraded)
+            .map(|p| p.info.dev)
+            .collect()
+    }
+
+    /// The latency and RTT limits learned for a path, to write into the probes.
+    pub fn limits(&self, dev: DevT) -> Option<(Duration, Duration)> {
+        let p = self.paths.get(&dev)?;
+        Some((self.latency_limit(p), self.rtt_limit(p)))
+    }
+
+    fn latency_limit(&self, p: &Path) -> Duration {
+        self.cfg
+            .latency_floor
+            .max(p.baseline * self.cfg.latency_factor)
+    }
+
+    fn rtt_limit(&self, p: &Path) -> Duration {
+        self.cfg.rtt_floor.max(p.rtt_baseline * self.cfg.rtt_factor)
+    }
+
+    /// Whether any stall waits for corroboration: the daemon then reads the probes'
+    /// counters often (every scan) rather than every second.
+    pub fn wants_readings(&self) -> bool {
+        self.paths
+            .values()
+            .any(|p| p.stall.is_some() || p.generic_error.is_some())
+    }
+
+    /// Feeds one input; returns what to do.
+    pub fn handle(&mut self, now: Ns, input: Input) -> Output {
+        let mut out = Output::default();
+        match input {
+            Input::Block { dev, at_ns, signal } => self.block(now, dev, at_ns, signal, &mut out),
+            Input::Conn {
+                conn,
+                at_ns,
+                signal,
+            } => self.conn(now, conn, at_ns, signal, &mut out),
+            Input::Check { dev, verdict } => self.check(now, dev, verdict, &mut out),
+            Input::Reading { dev, reading } => self.reading(now, dev, reading, &mut out),
+            Input::Session { dev, logged_in } => {
+                if !logged_in {
+                    self.fail(now, dev, Reason::SessionDown, now, false, &mut out);
+                }
+            }
+            Input::DmState { dev, failed } => self.dm_state(now, dev, failed, &mut out),
+            Input::AdminFail { dev } => {
+                self.transition(
+                    now,
+                    dev,
+                    PathState::AdminFailed,
+                    Reason::Admin,
+                    now,
+                    Action::Fail { rescue: None },
+                    &mut out,
+                );
+            }
+            Input::AdminReinstate { dev } => {
+                if let Some(p) = self.paths.get_mut(&dev) {
+                    p.flaps = 0;
+                    p.clean_checks = 0;
+                }
+                self.transition(
+                    now,
+                    dev,
+                    PathState::Active,
+                    Reason::Admin,
+                    now,
+                    Action::Reinstate,
+                    &mut out,
+                );
+            }
+        }
+        self.corroborate(now, &mut out);
+        out
+    }
+
+    /// Timers: stalls that corroborated or expired, degraded paths that went quiet or
+    /// persisted. Call it every scan interval or so.
+    pub fn tick(&mut self, now: Ns) -> Output {
+        let mut out = Output::default();
+        self.corroborate(now, &mut out);
+        let devs: Vec<DevT> = self.paths.keys().copied().collect();
+        for dev in devs {
+            let p = &self.paths[&dev];
+            if p.state != PathState::Degraded {
+                continue;
+            }
+            let quiet_for = now.saturating_sub(p.last_soft_ns);
+            let degraded_for = now.saturating_sub(p.degraded_since);
+            // A flapping path must stay quiet longer before it is trusted again.
+            let quiet_needed = ns(self.cfg.quiet) << p.flaps.min(6);
+            if quiet_for >= quiet_needed && p.clean_checks >= 1 {
+                self.transition(
+                    now,
+                    dev,
+                    PathState::Active,
+                    Reason::Quiet {
+                        for_: Duration::from_nanos(quiet_for),
+                    },
+                    now,
+                    Action::Restore,
+                    &mut out,
+                );
+            } else if degraded_for >= ns(self.cfg.soft_persist)
+                && quiet_for < ns(self.cfg.quiet)
+                && self.others_usable(dev) > 0
+            {
+                self.fail(
+                    now,
+                    dev,
+                    Reason::SoftPersisted {
+                        for_: Duration::from_nanos(degraded_for),
+                    },
+                    now,
+                    false,
+                    &mut out,
+                );
+            }
+        }
+        out
+    }
+
+    fn block(&mut self, now: Ns, dev: DevT, at_ns: Ns, signal: BlockSignal, out: &mut Output) {
+        let Some(p) = self.paths.get_mut(&dev) else {
+            return;
+        };
+        match signal {
+            BlockSignal::Error {
+                class: ErrorClass::Lun,
+                ..
+            } => p.lun_errors += 1,
+            BlockSignal::Error {
+                class: ErrorClass::Path,
+                errno,
+            } => self.fail(now, dev, Reason::PathError { errno }, at_ns, true, out),
+            BlockSignal::Error {
+                class: ErrorClass::Generic,
+                errno,
+            } => {
+                // The LUN may be returning it on every path: fail only once a sibling
+                // shows it can serve I/O. Ask the siblings now.
+                if p.state.usable() && p.generic_error.is_none() {
+                    p.generic_error = Some((at_ns, errno));
+                    out.check_now.extend(self.siblings(dev));
+                }
+            }
+            BlockSignal::Slow { latency, .. } => {
+                self.soft(now, dev, Reason::Slow { latency }, at_ns, out)
+            }
+            BlockSignal::Stalled {
+                oldest,
+                since_completion,
+                ..
+            } => {
+                let quiet = since_completion.map_or(oldest, |s| s.min(oldest));
+                if quiet < self.cfg.stall_limit {
+                    // One request stuck while the path completes others: the path works,
+                    // that request does not; prefer other paths.
+                    self.soft(now, dev, Reason::StuckRequest { oldest }, at_ns, out);
+                } else if p.state.usable() && p.stall.is_none() {
+                    p.stall = Some(Stall {
+                        began_ns: at_ns.saturating_sub(ns(quiet)),
+                        seen_ns: at_ns,
+                    });
+                    out.check_now.extend(self.siblings(dev));
+                }
+            }
+        }
+    }
+
+    fn conn(&mut self, now: Ns, conn: Conn, at_ns: Ns, signal: ConnSignal, out: &mut Output) {
+        let devs: Vec<DevT> = self
+            .paths
+            .values()
+            .filter(|p| p.info.conn == Some(conn))
+            .map(|p| p.info.dev)
+            .collect();
+        match signal {
+            ConnSignal::Reset => {
+                for dev in devs {
+                    self.fail(now, dev, Reason::ConnReset, at_ns, true, out);
+                }
+            }
+            ConnSignal::Left { new_state } => {
+                for dev in devs {
+                    self.fail(now, dev, Reason::ConnLeft { new_state }, at_ns, true, out);
+                }
+            }
+            ConnSignal::Retransmits { .. } => {
+                for dev in devs {
+                    let window = ns(self.cfg.loss_window);
+                    let limit = self.cfg.loss_events as usize;
+                    let p = self.paths.get_mut(&dev).expect("listed above");
+                    p.last_retrans_ns = Some(at_ns);
+                    p.retrans_runs.retain(|&t| at_ns.saturating_sub(t) < window);
+                    p.retrans_runs.push(at_ns);
+                    let runs = p.retrans_runs.len();
+                    // A stall waiting on this connection is judged on the next tick;
+                    // loss without a stall is a soft signal once it repeats.
+                    if p.stall.is_none() && limit > 0 && runs >= limit {
+                        self.soft(
+                            now,
+                            dev,
+                            Reason::Loss {
+                                events: runs as u32,
+                            },
+                            at_ns,
+                            out,
+                        );
+                    }
+                }
+            }
+            ConnSignal::SlowRtt { srtt } => {
+                for dev in devs {
+                    self.soft(now, dev, Reason::SlowRtt { srtt }, at_ns, out);
+                }
+            }
+        }
+    }
+
+    fn check(&mut self, now: Ns, dev: DevT, verdict: CheckVerdict, out: &mut Output) {
+        let slow_limit = match self.paths.get(&dev) {
+            Some(p) => self.latency_limit(p),
+            None => return,
+        };
+        match verdict {
+            CheckVerdict::Down { why } => {
+                self.fail(now, dev, Reason::CheckerDown { why }, now, false, out)
+            }
+            CheckVerdict::Timeout => self.fail(now, dev, Reason::CheckerTimeout, now, false, out),
+            CheckVerdict::Up { took } => {
+                let p = self.paths.get_mut(&dev).expect("checked above");
+                // A sibling answering shows the LUN serves I/O.
+                p.reading.last_complete_ns = p.reading.last_complete_ns.max(now);
+                match p.state {
+                    PathState::Failed => {
+                        p.clean_checks = 1;
+                        let hold = if p.flaps == 0 {
+                            0
+                        } else {
+                            ns(self.cfg.flap_hold)
+                                .saturating_mul(1 << (p.flaps - 1).min(16))
+                                .min(ns(self.cfg.flap_hold_max))
+                        };
+                        p.hold_until = now + hold;
+                        self.transition(
+                            now,
+                            dev,
+                            PathState::Probation,
+                            Reason::CheckerUp,
+                            now,
+                            Action::None,
+                            out,
+                        );
+                        self.maybe_reinstate(now, dev, out);
+                    }
+                    PathState::Probation => {
+                        p.clean_checks += 1;
+                        self.maybe_reinstate(now, dev, out);
+                    }
+                    PathState::Degraded => {
+                        if took > slow_limit {
+                            p.clean_checks = 0;
+                            self.soft(now, dev, Reason::SlowCheck { took }, now, out);
+                        } else {
+                            p.clean_checks += 1;
+                        }
+                    }
+                    PathState::Active | PathState::AdminFailed => {}
+                }
+            }
+        }
+    }
+
+    fn maybe_reinstate(&mut self, now: Ns, dev: DevT, out: &mut Output) {
+        let p = &self.paths[&dev];
+        if p.state == PathState::Probation
+            && p.clean_checks >= self.cfg.reinstate_checks.max(1)
+            && now >= p.hold_until
+        {
+            let checks = p.clean_checks;
+            self.transition(
+                now,
+                dev,
+                PathState::Active,
+                Reason::Recovered { checks },
+                now,
+                Action::Reinstate,
+                out,
+            );
+        }
+    }
+
+    fn reading(&mut self, now: Ns, dev: DevT, r: Reading, out: &mut Output) {
+        let Some(p) = self.paths.get_mut(&dev) else {
+            return;
+        };
+        let progressed = r.last_complete_ns > p.reading.last_complete_ns;
+        // Learn the baseline only from a healthy path doing I/O: a slow path must not
+        // teach the engine that slow is normal.
+        if p.state == PathState::Active
+            && r.ewma > Duration::ZERO
+            && r.completions > p.reading.completions
+        {
+            p.baseline = if p.baseline.is_zero() {
+                r.ewma
+            } else {
+                (p.baseline * 7 + r.ewma) / 8
+            };
+        }
+        if p.state == PathState::Active && r.srtt > Duration::ZERO {
+            p.rtt_baseline = if p.rtt_baseline.is_zero() {
+                r.srtt
+            } else {
+                (p.rtt_baseline * 7 + r.srtt) / 8
+            };
+        }
+        p.reading = Reading {
+            last_complete_ns: r.last_complete_ns.max(p.reading.last_complete_ns),
+            ..r
+        };
+        // Progress ends a stall.
+        if let Some(s) = p.stall
+            && progressed
+            && r.last_complete_ns > s.seen_ns
+        {
+            p.stall = None;
+        }
+        let _ = (now, out);
+    }
+
+    fn dm_state(&mut self, now: Ns, dev: DevT, failed: bool, out: &mut Output) {
+        let Some(p) = self.paths.get(&dev) else {
+            return;
+        };
+        if failed && p.state.usable() {
+            // The kernel failed it first (an I/O error came back): follow, nothing to send.
+            self.transition(
+                now,
+                dev,
+                PathState::Failed,
+                Reason::KernelFailed,
+                now,
+                Action::None,
+                out,
+            );
+            self.count_flap(now, dev);
+        }
+    }
+
+    /// A soft signal: demote an active path; keep a degraded one degraded.
+    fn soft(&mut self, now: Ns, dev: DevT, reason: Reason, at_ns: Ns, out: &mut Output) {
+        let others = self.others_usable(dev);
+        let Some(p) = self.paths.get_mut(&dev) else {
+            return;
+        };
+        p.last_soft_ns = now;
+        p.clean_checks = 0;
+        match p.state {
+            // Demoting the only usable path would move I/O nowhere.
+            PathState::Active if others > 0 => {
+                p.degraded_since = now;
+                self.transition(
+                    now,
+                    dev,
+                    PathState::Degraded,
+                    reason,
+                    at_ns,
+                    Action::Demote,
+                    out,
+                );
+            }
+            PathState::Probation => {
+                // Back to failed: it is not clean yet.
+                self.transition(
+                    now,
+                    dev,
+                    PathState::Failed,
+                    reason,
+                    at_ns,
+                    Action::None,
+                    out,
+                );
+                self.count_flap(now, dev);
+            }
+            _ => {}
+        }
+    }
+
+    /// Fails `dev` unless it is failed already. `hard`: a signal that the path's
+    /// connection or transport is gone, which may rescue the I/O stuck on it.
+    fn fail(
+        &mut self,
+        now: Ns,
+        dev: DevT,
+        reason: Reason,
+        at_ns: Ns,
+        hard: bool,
+        out: &mut Output,
+    ) {
+        let Some(p) = self.paths.get(&dev) else {
+            return;
+        };
+        match p.state {
+            PathState::Active | PathState::Degraded => {
+                let rescue = if hard { self.rescue_for(dev) } else { None };
+                self.transition(
+                    now,
+                    dev,
+                    PathState::Failed,
+                    reason,
+                    at_ns,
+                    Action::Fail { rescue },
+                    out,
+                );
+                self.count_flap(now, dev);
+            }
+            PathState::Probation => {
+                // Still failed in device-mapper: only the state goes back.
+                self.transition(
+                    now,
+                    dev,
+                    PathState::Failed,
+                    reason,
+                    at_ns,
+                    Action::None,
+                    out,
+                );
+                self.count_flap(now, dev);
+            }
+            PathState::Failed => {
+                let p = self.paths.get_mut(&dev).expect("present");
+                p.clean_checks = 0;
+            }
+            PathState::AdminFailed => {}
+        }
+    }
+
+    fn count_flap(&mut self, now: Ns, dev: DevT) {
+        let window = ns(self.cfg.flap_window);
+        if let Some(p) = self.paths.get_mut(&dev) {
+            p.clean_checks = 0;
+            p.stall = None;
+            p.generic_error = None;
+            match p.reinstated_ns {
+                Some(t) if now.saturating_sub(t) < window => p.flaps += 1,
+                _ => p.flaps = 0,
+            }
+        }
+    }
+
+    /// The rescue for failing `dev`, when it is safe: its iSCSI connection carries paths
+    /// of some maps, and each of those maps keeps a usable path on another connection.
+    fn rescue_for(&self, dev: DevT) -> Option<Rescue> {
+        if !self.cfg.rescue {
+            return None;
+        }
+        let p = self.paths.get(&dev)?;
+        let (conn, session) = (p.info.conn?, p.info.session.clone()?);
+        let carried: BTreeSet<&str> = self
+            .paths
+            .values()
+            .filter(|q| q.info.conn == Some(conn))
+            .map(|q| q.info.map.as_str())
+            .collect();
+        let safe = carried.iter().all(|m| {
+            self.paths
+                .values()
+                .any(|q| q.info.map == *m && q.info.conn != Some(conn) && q.state.usable())
+        });
+        safe.then_some(Rescue { session, conn })
+    }
+
+    /// Usable paths of `dev`'s map other than `dev`.
+    fn others_usable(&self, dev: DevT) -> usize {
+        let Some(p) = self.paths.get(&dev) else {
+            return 0;
+        };
+        self.paths
+            .values()
+            .filter(|q| q.info.map == p.info.map && q.info.dev != dev && q.state.usable())
+            .count()
+    }
+
+    /// Other paths of `dev`'s map that are not admin-failed.
+    fn siblings(&self, dev: DevT) -> Vec<DevT> {
+        let Some(p) = self.paths.get(&dev) else {
+            return Vec::new();
+        };
+        self.paths
+            .values()
+            .filter(|q| {
+                q.info.map == p.info.map && q.info.dev != dev && q.state != PathState::AdminFailed
+            })
+            .map(|q| q.info.dev)
+            .collect()
+    }
+
+    /// Judges every pending stall and generic error.
+    fn corroborate(&mut self, now: Ns, out: &mut Output) {
+        let grace = ns(self.cfg.retrans_grace);
+        let sibling_need = ns(self.cfg.stall_sibling);
+        let devs: Vec<DevT> = self
+            .paths
+            .values()
+            .filter(|p| p.stall.is_some() || p.generic_error.is_some())
+            .map(|p| p.info.dev)
+            .collect();
+        for dev in devs {
+            let p = &self.paths[&dev];
+            if !p.state.usable() {
+                continue;
+            }
+            let map = p.info.map.clone();
+            if let Some((at, errno)) = p.generic_error {
+                let sibling_ok = self.paths.values().any(|q| {
+                    q.info.map == map && q.info.dev != dev && q.reading.last_complete_ns > at
+                });
+                let sibling_err = self
+                    .paths
+                    .values()
+                    .any(|q| q.info.map == map && q.info.dev != dev && q.generic_error.is_some());
+                if sibling_err {
+                    // The same error on another path: the LUN, not this path.
+                    for q in self.paths.values_mut().filter(|q| q.info.map == map) {
+                        q.generic_error = None;
+                        q.lun_errors += 1;
+                    }
+                    continue;
+                } else if sibling_ok {
+                    self.fail(now, dev, Reason::GenericError { errno }, at, true, out);
+                    continue;
+                } else if now.saturating_sub(at) > ns(self.cfg.quiet) {
+                    self.paths.get_mut(&dev).expect("listed").generic_error = None;
+                }
+            }
+            let p = &self.paths[&dev];
+            let Some(stall) = p.stall else { continue };
+            if p.reading.last_complete_ns > stall.seen_ns {
+                self.paths.get_mut(&dev).expect("listed").stall = None;
+                continue;
+            }
+            let stalled = now.saturating_sub(stall.began_ns);
+            // Every usable path of the map stalled: the LUN or the array, not a path.
+            let usable: Vec<&Path> = self
+                .paths
+                .values()
+                .filter(|q| q.info.map == map && q.state.usable())
+                .collect();
+            if usable.len() < 2 || usable.iter().all(|q| q.stall.is_some()) {
+                if stalled > ns(self.cfg.soft_persist) {
+                    // Never corroborated: forget it; a new stall is reported anew.
+                    self.paths.get_mut(&dev).expect("listed").stall = None;
+                }
+                continue;
+            }
+            let by = if let Some(r) = p.last_retrans_ns
+                && r >= stall.began_ns
+                && now.saturating_sub(r) >= grace
+            {
+                Some("retransmissions without ACK progress")
+            } else if stalled >= sibling_need
+                && usable
+                    .iter()
+                    .any(|q| q.info.dev != dev && q.reading.last_complete_ns > stall.began_ns)
+            {
+                Some("a sibling path completing I/O")
+            } else {
+                None
+            };
+            if let Some(by) = by {
+                self.fail(
+                    now,
+                    dev,
+                    Reason::Stall {
+                        stalled: Duration::from_nanos(stalled),
+                        by,
+                    },
+                    stall.seen_ns,
+                    true,
+                    out,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transition(
+        &mut self,
+        now: Ns,
+        dev: DevT,
+        to: PathState,
+        reason: Reason,
+        signal_ns: Ns,
+        action: Action,
+        out: &mut Output,
+    ) {
+        let Some(p) = self.paths.get_mut(&dev) else {
+            return;
+        };
+        let from = p.state;
+        if from == to && action == Action::None {
+            return;
+        }
+        if to == PathState::Active && from != PathState::Active {
+            p.reinstated_ns = Some(now);
+        }
+        if to == PathState::Active {
+            p.stall = None;
+            p.generic_error = None;
+            p.retrans_runs.clear();
+        }
+        p.state = to;
+        p.reason = reason.clone();
+        p.since_ns = now;
+        if p.history.len() == HISTORY {
+            p.history.remove(0);
+        }
+        p.history.push(Transition {
+            from,
+            to,
+            reason: reason.clone(),
+            signal_ns,
+            at_ns: now,
+        });
+        out.decisions.push(Decision {
+            dev,
+            name: p.info.name.clone(),
+            map: p.info.map.clone(),
+            from,
+            to,
+            action,
+            reason,
+            signal_ns,
+            decided_ns: now,
+        });
+    }
+}

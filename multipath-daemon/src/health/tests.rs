@@ -1,0 +1,726 @@
+//! Every rule of the health engine with a fake clock, including the ones that must not
+//! fire.
+
+use std::time::Duration;
+
+use super::*;
+
+const MS: Ns = 1_000_000;
+const S: Ns = 1_000 * MS;
+
+fn dev(minor: u32) -> DevT {
+    DevT::new(8, minor)
+}
+
+fn conn(port: u16, portal: u8) -> Conn {
+    Conn {
+        local: format!("10.99.{portal}.1:{port}").parse().unwrap(),
+        remote: format!("10.99.{portal}.2:3260").parse().unwrap(),
+    }
+}
+
+/// Two maps behind two portals, as in the lab with two LUNs: map `a` has sda (portal 1)
+/// and sdb (portal 2); map `b` has sdc (portal 1) and sdd (portal 2). Each portal's
+/// iSCSI session carries both LUNs on one connection.
+fn two_maps() -> Health {
+    let mut h = Health::new(HealthConfig::default());
+    let p = |minor: u32, name: &str, map: &str, portal: u8| PathInfo {
+        dev: dev(minor),
+        name: name.into(),
+        map: map.into(),
+        session: Some(format!("session{portal}")),
+        conn: Some(conn(40000 + portal as u16, portal)),
+        dm_failed: false,
+    };
+    h.set_paths(
+        vec![
+            p(0, "sda", "a", 1),
+            p(16, "sdb", "a", 2),
+            p(32, "sdc", "b", 1),
+            p(48, "sdd", "b", 2),
+        ],
+        0,
+    );
+    h
+}
+
+fn block(h: &mut Health, now: Ns, minor: u32, signal: BlockSignal) -> Output {
+    h.handle(
+        now,
+        Input::Block {
+            dev: dev(minor),
+            at_ns: now,
+            signal,
+        },
+    )
+}
+
+fn stalled(oldest_ms: u64) -> BlockSignal {
+    BlockSignal::Stalled {
+        oldest: Duration::from_millis(oldest_ms),
+        since_completion: Some(Duration::from_millis(oldest_ms)),
+        inflight: 4,
+    }
+}
+
+fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
+    h.handle(
+        now,
+        Input::Reading {
+            dev: dev(minor),
+            reading: Reading {
+                last_complete_ns: at,
+                inflight: 1,
+                completions: at / MS,
+                ewma: Duration::from_millis(2),
+                srtt: Duration::ZERO,
+            },
+        },
+    )
+}
+
+fn up(h: &mut Health, now: Ns, minor: u32) -> Output {
+    h.handle(
+        now,
+        Input::Check {
+            dev: dev(minor),
+            verdict: CheckVerdict::Up {
+                took: Duration::from_millis(3),
+            },
+        },
+    )
+}
+
+fn failed_devs(o: &Output) -> Vec<DevT> {
+    o.decisions
+        .iter()
+        .filter(|d| matches!(d.action, Action::Fail { .. }))
+        .map(|d| d.dev)
+        .collect()
+}
+
+#[test]
+fn a_path_error_fails_the_path_at_once_with_a_rescue_and_a_lun_error_fails_nothing() {
+    let mut h = two_maps();
+    let o = block(
+        &mut h,
+        10 * S,
+        0,
+        BlockSignal::Error {
+            class: ErrorClass::Lun,
+            errno: -61,
+        },
+    );
+    assert!(o.decisions.is_empty(), "{o:?}");
+    assert_eq!(h.view(dev(0)).unwrap().lun_errors, 1);
+
+    let o = block(
+        &mut h,
+        11 * S,
+        0,
+        BlockSignal::Error {
+            class: ErrorClass::Path,
+            errno: -67,
+        },
+    );
+    let [d] = o.decisions.as_slice() else {
+        panic!("{o:?}")
+    };
+    assert_eq!(
+        (d.dev, d.from, d.to),
+        (dev(0), PathState::Active, PathState::Failed)
+    );
+    assert_eq!(d.signal_ns, 11 * S);
+    assert_eq!(d.reason, Reason::PathError { errno: -67 });
+    // sdb and sdd stay usable on portal 2: the I/O stuck on portal 1 may be handed back.
+    assert_eq!(
+        d.action,
+        Action::Fail {
+            rescue: Some(Rescue {
+                session: "session1".into(),
+                conn: conn(40001, 1)
+            })
+        }
+    );
+    // A second error on a failed path decides nothing.
+    let o = block(
+        &mut h,
+        12 * S,
+        0,
+        BlockSignal::Error {
+            class: ErrorClass::Path,
+            errno: -67,
+        },
+    );
+    assert!(o.decisions.is_empty(), "{o:?}");
+}
+
+#[test]
+fn a_connection_reset_fails_every_path_it_carries_in_every_map_in_one_batch() {
+    let mut h = two_maps();
+    let o = h.handle(
+        5 * S,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: 5 * S - MS,
+            signal: ConnSignal::Reset,
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(0), dev(32)]);
+    let maps: Vec<&str> = o.decisions.iter().map(|d| d.map.as_str()).collect();
+    assert_eq!(maps, ["a", "b"]);
+    assert!(o.decisions.iter().all(|d| d.signal_ns == 5 * S - MS));
+    assert_eq!(h.state(dev(16)), Some(PathState::Active));
+    // Now portal 2 resets too: no map keeps a usable path elsewhere, so no rescue.
+    let o = h.handle(
+        6 * S,
+        Input::Conn {
+            conn: conn(40002, 2),
+            at_ns: 6 * S,
+            signal: ConnSignal::Left { new_state: 7 },
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(16), dev(48)]);
+    for d in &o.decisions {
+        assert_eq!(d.action, Action::Fail { rescue: None }, "{d:?}");
+    }
+}
+
+#[test]
+fn a_stall_with_retransmissions_and_no_ack_progress_fails_the_path() {
+    let mut h = two_maps();
+    // Silent loss at t=10 s: the connection retransmits (tail-loss probe) at +10 ms...
+    h.handle(
+        10 * S + 10 * MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: 10 * S + 10 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 1 },
+        },
+    );
+    // ...a single retransmission run is no soft signal yet.
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+    // ...and the probes report the stall 250 ms after the last completion.
+    let o = block(&mut h, 10 * S + 250 * MS, 0, stalled(250));
+    let f = failed_devs(&o);
+    assert_eq!(f, [dev(0)], "{o:?}");
+    let d = &o.decisions[0];
+    assert!(
+        matches!(d.reason, Reason::Stall { by, .. } if by.contains("retransmissions")),
+        "{d:?}"
+    );
+    assert_eq!(d.signal_ns, 10 * S + 250 * MS);
+    assert!(matches!(d.action, Action::Fail { rescue: Some(_) }));
+    // The siblings of the stalled path are checked at once.
+    assert_eq!(o.check_now, [dev(16)]);
+}
+
+#[test]
+fn a_retransmission_just_now_waits_the_grace_for_ack_progress() {
+    let mut h = two_maps();
+    let t = 20 * S;
+    let o = block(&mut h, t, 0, stalled(250));
+    assert!(o.decisions.is_empty());
+    h.handle(
+        t + MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: t + MS,
+            signal: ConnSignal::Retransmits { consecutive: 1 },
+        },
+    );
+    assert!(h.tick(t + 20 * MS).decisions.is_empty(), "grace not over");
+    // The retransmission got through: completions resume, the stall is over.
+    completed(&mut h, t + 30 * MS, 0, t + 25 * MS);
+    assert!(h.tick(t + 100 * MS).decisions.is_empty());
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+    assert!(!h.wants_readings());
+}
+
+#[test]
+fn a_stall_corroborated_by_a_sibling_fails_only_after_stall_sibling() {
+    let mut h = two_maps();
+    let t = 30 * S;
+    let o = block(&mut h, t, 0, stalled(250));
+    assert_eq!(o.check_now, [dev(16)]);
+    assert!(h.wants_readings());
+    // The sibling answers its check at once...
+    let o = up(&mut h, t + 5 * MS, 16);
+    assert!(
+        o.decisions.is_empty(),
+        "a 255 ms stall alone is not enough: {o:?}"
+    );
+    assert!(h.tick(t + 200 * MS).decisions.is_empty());
+    // ...and once the stall lasted stall_sibling (500 ms), the path fails.
+    let o = h.tick(t + 250 * MS);
+    assert_eq!(failed_devs(&o), [dev(0)]);
+    assert!(matches!(o.decisions[0].reason, Reason::Stall { by, .. } if by.contains("sibling")));
+}
+
+#[test]
+fn the_same_stall_on_every_path_of_a_map_fails_nothing() {
+    let mut h = two_maps();
+    let t = 40 * S;
+    block(&mut h, t, 0, stalled(250));
+    block(&mut h, t + MS, 16, stalled(250));
+    // Even with retransmissions on both connections (the array stopped answering).
+    for (port, portal) in [(40001, 1), (40002, 2)] {
+        h.handle(
+            t + 2 * MS,
+            Input::Conn {
+                conn: conn(port, portal),
+                at_ns: t + 2 * MS,
+                signal: ConnSignal::Retransmits { consecutive: 1 },
+            },
+        );
+    }
+    for i in 1..100 {
+        let o = h.tick(t + i * 100 * MS);
+        assert!(failed_devs(&o).is_empty(), "{o:?}");
+    }
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+    assert_eq!(h.state(dev(16)), Some(PathState::Active));
+}
+
+#[test]
+fn a_stall_on_the_last_usable_path_is_never_corroborated() {
+    let mut h = two_maps();
+    h.handle(
+        S,
+        Input::Conn {
+            conn: conn(40002, 2),
+            at_ns: S,
+            signal: ConnSignal::Reset,
+        },
+    );
+    let t = 50 * S;
+    block(&mut h, t, 0, stalled(250));
+    h.handle(
+        t + MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: t + MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    let o = h.tick(t + 2 * S);
+    assert!(failed_devs(&o).is_empty(), "{o:?}");
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+}
+
+#[test]
+fn one_stuck_request_while_the_path_completes_others_demotes_it() {
+    let mut h = two_maps();
+    let o = block(
+        &mut h,
+        60 * S,
+        0,
+        BlockSignal::Stalled {
+            oldest: Duration::from_secs(2),
+            since_completion: Some(Duration::from_millis(3)),
+            inflight: 4,
+        },
+    );
+    let [d] = o.decisions.as_slice() else {
+        panic!("{o:?}")
+    };
+    assert_eq!((d.to, &d.action), (PathState::Degraded, &Action::Demote));
+    assert!(matches!(d.reason, Reason::StuckRequest { .. }));
+    assert_eq!(h.demoted().into_iter().collect::<Vec<_>>(), [dev(0)]);
+}
+
+#[test]
+fn slow_completions_demote_persist_to_failed_and_never_fail_the_last_path() {
+    let mut h = two_maps();
+    let slow = BlockSignal::Slow {
+        latency: Duration::from_millis(150),
+        count: 3,
+    };
+    let o = block(&mut h, 70 * S, 0, slow);
+    assert_eq!(o.decisions[0].action, Action::Demote);
+    // Signals keep coming: after soft_persist (60 s) it fails, sdb being usable.
+    let mut failed_at = None;
+    for i in 1..=70 {
+        let now = 70 * S + i * S;
+        block(&mut h, now, 0, slow);
+        if !failed_devs(&h.tick(now)).is_empty() {
+            failed_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(failed_at, Some(60));
+    // sdb is now the last usable path of map a: slow forever, it stays degraded.
+    block(&mut h, 200 * S, 16, slow);
+    assert_eq!(
+        h.state(dev(16)),
+        Some(PathState::Active),
+        "nothing to move I/O to"
+    );
+    for i in 0..200 {
+        let now = 200 * S + i * S;
+        block(&mut h, now, 16, slow);
+        assert!(failed_devs(&h.tick(now)).is_empty());
+    }
+}
+
+#[test]
+fn a_degraded_path_comes_back_after_a_quiet_period_with_a_clean_check() {
+    let mut h = two_maps();
+    let o = h.handle(
+        80 * S,
+        Input::Conn {
+            conn: conn(40002, 2),
+            at_ns: 80 * S,
+            signal: ConnSignal::SlowRtt {
+                srtt: Duration::from_millis(150),
+            },
+        },
+    );
+    // The RTT is the connection's: both paths on it are demoted.
+    let demoted: Vec<DevT> = o.decisions.iter().map(|d| d.dev).collect();
+    assert_eq!(demoted, [dev(16), dev(48)]);
+    // Quiet for 10 s, but no check yet: still degraded.
+    assert!(h.tick(91 * S).decisions.is_empty());
+    // A slow check keeps it degraded and restarts the quiet period.
+    h.handle(
+        92 * S,
+        Input::Check {
+            dev: dev(16),
+            verdict: CheckVerdict::Up {
+                took: Duration::from_millis(400),
+            },
+        },
+    );
+    up(&mut h, 95 * S, 16);
+    assert!(h.tick(100 * S).decisions.is_empty());
+    let o = h.tick(102 * S);
+    assert_eq!(o.decisions.len(), 1, "{o:?}");
+    assert_eq!(
+        (
+            o.decisions[0].dev,
+            o.decisions[0].to,
+            &o.decisions[0].action
+        ),
+        (dev(16), PathState::Active, &Action::Restore)
+    );
+}
+
+#[test]
+fn repeated_retransmission_runs_are_a_soft_signal() {
+    let mut h = two_maps();
+    let c = conn(40001, 1);
+    let mut decisions = Vec::new();
+    for i in 0..3 {
+        let at = 100 * S + i * 300 * MS;
+        decisions.extend(
+            h.handle(
+                at,
+                Input::Conn {
+                    conn: c,
+                    at_ns: at,
+                    signal: ConnSignal::Retransmits { consecutive: 1 },
+                },
+            )
+            .decisions,
+        );
+    }
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    assert!(decisions.iter().all(|d| d.to == PathState::Degraded));
+    // Runs spread wider than the window are not.
+    let mut h = two_maps();
+    for i in 0..10 {
+        let at = 100 * S + i * 3 * S;
+        let o = h.handle(
+            at,
+            Input::Conn {
+                conn: c,
+                at_ns: at,
+                signal: ConnSignal::Retransmits { consecutive: 1 },
+            },
+        );
+        assert!(o.decisions.is_empty());
+    }
+}
+
+#[test]
+fn the_checker_fails_an_idle_path_and_reinstates_it_after_n_clean_checks() {
+    let mut h = two_maps();
+    let o = h.handle(
+        10 * S,
+        Input::Check {
+            dev: dev(32),
+            verdict: CheckVerdict::Down {
+                why: "TUR: host byte DID_TRANSPORT_FAILFAST".into(),
+            },
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(32)]);
+    // A checker failure is not a connection signal: no rescue.
+    assert_eq!(o.decisions[0].action, Action::Fail { rescue: None });
+    let o = h.handle(
+        11 * S,
+        Input::Check {
+            dev: dev(48),
+            verdict: CheckVerdict::Timeout,
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(48)]);
+    // First clean check: probation, still failed in dm.
+    let o = up(&mut h, 15 * S, 32);
+    assert_eq!(o.decisions[0].to, PathState::Probation);
+    assert_eq!(o.decisions[0].action, Action::None);
+    assert_eq!(h.held_down("b"), [dev(32), dev(48)]);
+    // Second: reinstated (reinstate_checks = 2, no flap yet so no hold).
+    let o = up(&mut h, 20 * S, 32);
+    assert_eq!(o.decisions[0].action, Action::Reinstate);
+    assert_eq!(h.state(dev(32)), Some(PathState::Active));
+    // A bad check in probation sends the path back.
+    up(&mut h, 21 * S, 48);
+    let o = h.handle(
+        22 * S,
+        Input::Check {
+            dev: dev(48),
+            verdict: CheckVerdict::Timeout,
+        },
+    );
+    assert_eq!(o.decisions[0].to, PathState::Failed);
+    assert_eq!(o.decisions[0].action, Action::None, "already failed in dm");
+}
+
+#[test]
+fn a_session_that_is_not_logged_in_fails_its_path() {
+    let mut h = two_maps();
+    let o = h.handle(
+        S,
+        Input::Session {
+            dev: dev(32),
+            logged_in: false,
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(32)]);
+    assert_eq!(o.decisions[0].reason, Reason::SessionDown);
+    assert!(
+        h.handle(
+            2 * S,
+            Input::Session {
+                dev: dev(0),
+                logged_in: true
+            }
+        )
+        .decisions
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_path_flapping_every_second_is_failed_once_and_not_reinstated() {
+    let mut h = two_maps();
+    // Down/up every second for 60 s, checked every second: never two clean checks in a
+    // row, so it is failed once and stays out of use.
+    let mut dm_actions = 0;
+    for sec in 0..60u64 {
+        let now = 1000 * S + sec * S;
+        let o = if sec % 2 == 0 {
+            h.handle(
+                now,
+                Input::Conn {
+                    conn: conn(40001, 1),
+                    at_ns: now,
+                    signal: ConnSignal::Reset,
+                },
+            )
+        } else {
+            up(&mut h, now, 0)
+        };
+        // What reaches device-mapper (and so the I/O) is what must stay bounded; moving
+        // between failed and probation changes nothing there.
+        dm_actions += o
+            .decisions
+            .iter()
+            .filter(|d| d.dev == dev(0) && d.action != Action::None)
+            .count();
+    }
+    assert_eq!(dm_actions, 1);
+    assert_eq!(h.state(dev(0)), Some(PathState::Probation));
+}
+
+#[test]
+fn a_path_that_keeps_failing_soon_after_it_came_back_waits_longer_each_time() {
+    let mut h = two_maps();
+    let mut reinstated = Vec::new();
+    let mut active_since = None;
+    for sec in 0..400u64 {
+        let now = 1000 * S + sec * S;
+        match (h.state(dev(0)), active_since) {
+            // Each time it has served 1 s, it dies again.
+            (Some(PathState::Active), Some(t)) if sec > t => {
+                h.handle(
+                    now,
+                    Input::Conn {
+                        conn: conn(40001, 1),
+                        at_ns: now,
+                        signal: ConnSignal::Reset,
+                    },
+                );
+                active_since = None;
+            }
+            (Some(PathState::Active), _) => {
+                active_since.get_or_insert(sec);
+            }
+            _ => {
+                let o = up(&mut h, now, 0);
+                if o.decisions.iter().any(|d| d.action == Action::Reinstate) {
+                    reinstated.push(sec);
+                    active_since = Some(sec);
+                }
+            }
+        }
+    }
+    let gaps: Vec<u64> = reinstated.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{reinstated:?}");
+    // The hold doubles (2, 4, 8... s) up to flap_hold_max (120 s).
+    assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+    assert!(gaps.last().unwrap() >= &64, "{gaps:?}");
+    assert!(gaps.iter().all(|&g| g <= 125), "{gaps:?}");
+    assert!(h.view(dev(0)).unwrap().flaps >= 5);
+}
+
+#[test]
+fn admin_fail_sticks_until_admin_reinstate() {
+    let mut h = two_maps();
+    let o = h.handle(S, Input::AdminFail { dev: dev(0) });
+    assert_eq!(o.decisions[0].to, PathState::AdminFailed);
+    assert_eq!(o.decisions[0].action, Action::Fail { rescue: None });
+    for i in 2..10 {
+        assert!(up(&mut h, i * S, 0).decisions.is_empty());
+    }
+    assert_eq!(h.held_down("a"), [dev(0)]);
+    let o = h.handle(10 * S, Input::AdminReinstate { dev: dev(0) });
+    assert_eq!(o.decisions[0].action, Action::Reinstate);
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+}
+
+#[test]
+fn a_generic_error_fails_the_path_only_when_a_sibling_serves_io() {
+    let eio = BlockSignal::Error {
+        class: ErrorClass::Generic,
+        errno: -5,
+    };
+    // The LUN returns EIO on both paths (medium errors seen as EIO): nothing fails.
+    let mut h = two_maps();
+    let o = block(&mut h, 10 * S, 0, eio);
+    assert!(o.decisions.is_empty());
+    assert_eq!(o.check_now, [dev(16)]);
+    let o = block(&mut h, 10 * S + MS, 16, eio);
+    assert!(failed_devs(&o).is_empty(), "{o:?}");
+    assert!(failed_devs(&h.tick(11 * S)).is_empty());
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+    assert!(h.view(dev(0)).unwrap().lun_errors >= 1);
+    // Only sda errs and sdb answers its check: sda fails.
+    let mut h = two_maps();
+    block(&mut h, 10 * S, 0, eio);
+    let o = up(&mut h, 10 * S + 3 * MS, 16);
+    assert_eq!(failed_devs(&o), [dev(0)]);
+}
+
+#[test]
+fn the_kernel_failing_a_path_is_followed_without_a_message() {
+    let mut h = two_maps();
+    let o = h.handle(
+        S,
+        Input::DmState {
+            dev: dev(0),
+            failed: true,
+        },
+    );
+    assert_eq!(o.decisions[0].to, PathState::Failed);
+    assert_eq!(o.decisions[0].action, Action::None);
+    assert_eq!(o.decisions[0].reason, Reason::KernelFailed);
+    // A new path that dm already has failed starts failed.
+    h.set_paths(
+        vec![PathInfo {
+            dev: dev(64),
+            name: "sde".into(),
+            map: "c".into(),
+            session: None,
+            conn: None,
+            dm_failed: true,
+        }],
+        2 * S,
+    );
+    assert_eq!(h.state(dev(64)), Some(PathState::Failed));
+    assert_eq!(h.state(dev(0)), None, "paths not listed are forgotten");
+}
+
+#[test]
+fn limits_are_learned_from_a_healthy_baseline_with_floors() {
+    let mut h = two_maps();
+    let floor = h.config().latency_floor;
+    assert_eq!(h.limits(dev(0)).unwrap().0, floor);
+    // A path whose healthy latency is 40 ms gets a limit of 8 x 40 ms.
+    for i in 1..200u64 {
+        h.handle(
+            i * S,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    last_complete_ns: i * S,
+                    inflight: 1,
+                    completions: i * 100,
+                    ewma: Duration::from_millis(40),
+                    srtt: Duration::from_millis(20),
+                },
+            },
+        );
+    }
+    let (lat, rtt) = h.limits(dev(0)).unwrap();
+    assert!(
+        lat > Duration::from_millis(300) && lat <= Duration::from_millis(320),
+        "{lat:?}"
+    );
+    assert!(
+        rtt > Duration::from_millis(150) && rtt <= Duration::from_millis(160),
+        "{rtt:?}"
+    );
+    // A degraded path does not learn: slow must not become normal.
+    block(
+        &mut h,
+        300 * S,
+        0,
+        BlockSignal::Slow {
+            latency: Duration::from_secs(1),
+            count: 3,
+        },
+    );
+    for i in 301..400u64 {
+        h.handle(
+            i * S,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    last_complete_ns: i * S,
+                    inflight: 1,
+                    completions: i * 100,
+                    ewma: Duration::from_secs(1),
+                    srtt: Duration::from_millis(500),
+                },
+            },
+        );
+    }
+    assert_eq!(h.limits(dev(0)).unwrap(), (lat, rtt));
+}
+
+#[test]
+fn every_state_has_a_name_and_only_active_and_degraded_are_usable() {
+    let names: Vec<&str> = PathState::ALL.iter().map(|s| s.name()).collect();
+    assert_eq!(
+        names,
+        ["active", "degraded", "failed", "probation", "admin-failed"]
+    );
+    let usable: Vec<PathState> = PathState::ALL.into_iter().filter(|s| s.usable()).collect();
+    assert_eq!(usable, [PathState::Active, PathState::Degraded]);
+    assert_eq!(
+        serde_json::to_string(&PathState::AdminFailed).unwrap(),
+        "\"admin-failed\""
+    );
+}
