@@ -1,0 +1,383 @@
+//! The in-flight rescue: giving the I/O stuck on a dead iSCSI connection back to
+//! device-mapper at once, so it completes on another path.
+//!
+//! `fail_path` steers new I/O only. Commands already sent down a silently dead iSCSI
+//! connection wait for the transport: the NOP-out timeout, then the session's
+//! `recovery_tmo`. Measured in the lab (lab-recipe, "in-flight rescue"): with the session's
+//! `recovery_tmo` at 0 while it is still logged in, destroying the initiator's socket
+//! (sock_diag SOCK_DESTROY) makes the kernel fail those commands back to dm-multipath in
+//! ~40 ms, which retries them on a healthy path.
+//!
+//! Two pieces, each a plain function run off the event loop:
+//! - [`set_recovery_tmo`]: the session's recovery timeout. The daemon keeps it at 0 while
+//!   every map the session carries has a usable path elsewhere, so a connection that dies
+//!   (a reset, a destroyed socket) hands its I/O back at once, and at its original value
+//!   otherwise, so that the last path rides out a short outage. The write only succeeds
+//!   while the session is LOGGED_IN (EBUSY once it has FAILED). The original values are
+//!   kept in a [`Ledger`] file under /run so they are restored after a crash too.
+//! - [`destroy_socket`]: SOCK_DESTROY of the initiator's TCP socket (needs
+//!   CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY).
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use crate::model::Conn;
+
+/// Where the daemon keeps the sessions' original recovery timeouts.
+pub const DEFAULT_LEDGER: &str = "/run/mpathd/recovery_tmo.json";
+
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct NlMsgHdr {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+/// `struct inet_diag_sockid`: ports and addresses in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagSockId {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct DestroyMsg {
+    hdr: NlMsgHdr,
+    req: InetDiagReqV2,
+}
+
+fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (libc::AF_INET as u8, b)
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            // An IPv4 connection seen through a dual-stack address.
+            Some(v4) => addr_bytes(IpAddr::V4(v4)),
+            None => (libc::AF_INET6 as u8, a.octets()),
+        },
+    }
+}
+
+/// Destroys the local TCP socket of `conn` (local = the initiator's end), as `ss -K`
+/// does: its owner (the iSCSI initiator) sees the connection fail with ECONNABORTED at
+/// once. Errors: ENOENT if no such socket, EOPNOTSUPP if the kernel lacks
+/// CONFIG_INET_DIAG_DESTROY, EPERM without CAP_NET_ADMIN.
+pub fn destroy_socket(conn: &Conn) -> io::Result<()> {
+    let (family, src) = addr_bytes(conn.local.ip());
+    let (family_r, dst) = addr_bytes(conn.remote.ip());
+    if family != family_r {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{conn}: local and remote address families differ"),
+        ));
+    }
+    let port = |a: &SocketAddr| a.port().to_be_bytes();
+    let msg = DestroyMsg {
+        hdr: NlMsgHdr {
+            len: std::mem::size_of::<DestroyMsg>() as u32,
+            kind: SOCK_DESTROY,
+            flags: NLM_F_REQUEST | NLM_F_ACK,
+            seq: 1,
+            pid: 0,
+        },
+        req: InetDiagReqV2 {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: !0,
+            id: InetDiagSockId {
+                sport: port(&conn.local),
+                dport: port(&conn.remote),
+                src,
+                dst,
+                ifindex: 0,
+                // INET_DIAG_NOCOOKIE: match by the four-tuple alone.
+                cookie: [!0, !0],
+            },
+        },
+    };
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Never block the caller's thread for long on a kernel that does not answer.
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: valid fd, option and pointer to a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: the message is plain integers of the size given; the address is valid.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            (&msg as *const DestroyMsg).cast(),
+            std::mem::size_of::<DestroyMsg>(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let hdr_len = std::mem::size_of::<NlMsgHdr>();
+    if n < hdr_len + 4 {
+        return Err(io::Error::other(format!(
+            "sock_diag answered {n} bytes, too short for an acknowledgement"
+        )));
+    }
+    // SAFETY: n >= the header's size; the header is plain integers.
+    let hdr: NlMsgHdr = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    if hdr.kind != NLMSG_ERROR {
+        return Err(io::Error::other(format!(
+            "sock_diag answered message type {} instead of an acknowledgement",
+            hdr.kind
+        )));
+    }
+    let code = i32::from_ne_bytes(buf[hdr_len..hdr_len + 4].try_into().expect("4 bytes"));
+    match code {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(-e)),
+    }
+}
+
+/// The sysfs file of a session's recovery timeout, under `root` (`/` on a host).
+pub fn recovery_tmo_path(root: &Path, session: &str) -> PathBuf {
+    root.join("sys/class/iscsi_session")
+        .join(session)
+        .join("recovery_tmo")
+}
+
+/// Writes a session's recovery timeout (seconds). Fails with EBUSY unless the session is
+/// LOGGED_IN.
+pub fn set_recovery_tmo(root: &Path, session: &str, secs: u32) -> io::Result<()> {
+    if session.contains('/') || session.starts_with('.') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{session:?} is not a session name"),
+        ));
+    }
+    std::fs::write(recovery_tmo_path(root, session), format!("{secs}\n"))
+}
+
+/// The original recovery timeouts of the sessions the daemon has changed, kept in a file
+/// so that a restarted daemon (after a crash too) puts them back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    path: PathBuf,
+    originals: BTreeMap<String, u32>,
+}
+
+impl Ledger {
+    /// Reads the ledger; a missing file is an empty ledger. A file that does not parse
+    /// is an error naming it (its values may be needed to restore sessions).
+    pub fn load(path: &Path) -> io::Result<Self> {
+        let originals = match std::fs::read_to_string(path) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {e}; it holds the iSCSI sessions' original recovery_tmo: \
+                         fix or delete it (iscsiadm shows the configured values)",
+                        path.display()
+                    ),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            originals,
+        })
+    }
+
+    pub fn original(&self, session: &str) -> Option<u32> {
+        self.originals.get(session).copied()
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.originals.iter().map(|(s, v)| (s.as_str(), *v))
+    }
+
+    /// Records a session's original value (the first one seen wins: a later read may
+    /// already be our own 0). Returns whether the ledger changed.
+    pub fn remember(&mut self, session: &str, value: u32) -> bool {
+        if self.originals.contains_key(session) {
+            return false;
+        }
+        self.originals.insert(session.to_string(), value);
+        true
+    }
+
+    /// Forgets a session restored to its original value (or gone).
+    pub fn forget(&mut self, session: &str) -> bool {
+        self.originals.remove(session).is_some()
+    }
+
+    /// Writes the ledger (atomically: a temp file renamed over it).
+    pub fn save(&self) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(&self.originals).map_err(io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u32> {
+        self.originals.clone()
+    }
+
+    pub fn restore_from(&mut self, originals: BTreeMap<String, u32>) {
+        self.originals = originals;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mpathd-rescue-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_ledger_keeps_the_first_original_and_survives_a_restart() {
+        let d = tmp("ledger");
+        let path = d.join("run/recovery_tmo.json");
+        let mut l = Ledger::load(&path).unwrap();
+        assert!(l.remember("session1", 120));
+        assert!(!l.remember("session1", 0), "our own 0 must not replace it");
+        l.remember("session2", 5);
+        l.save().unwrap();
+        let mut again = Ledger::load(&path).unwrap();
+        assert_eq!(again.original("session1"), Some(120));
+        assert_eq!(again.sessions().count(), 2);
+        assert!(again.forget("session2"));
+        again.save().unwrap();
+        assert_eq!(Ledger::load(&path).unwrap().sessions().count(), 1);
+        std::fs::write(&path, "{not json").unwrap();
+        let e = Ledger::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("recovery_tmo.json") && e.contains("fix or delete"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn recovery_tmo_is_written_in_the_sessions_sysfs_file_and_names_are_checked() {
+        let root = tmp("sysfs");
+        let dir = root.join("sys/class/iscsi_session/session3");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("recovery_tmo"), "120\n").unwrap();
+        set_recovery_tmo(&root, "session3", 0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("recovery_tmo")).unwrap(),
+            "0\n"
+        );
+        assert!(set_recovery_tmo(&root, "../session3", 0).is_err());
+    }
+
+    /// Needs CAP_NET_ADMIN: a connection over loopback, destroyed from "outside" as the
+    /// daemon destroys an iSCSI initiator's socket; its owner sees ECONNABORTED.
+    #[test]
+    fn sudo_destroying_a_sockets_four_tuple_aborts_it_for_its_owner() {
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("MPATHD_TEST_STRICT").is_none(),
+                "needs root (MPATHD_TEST_STRICT is set)"
+            );
+            eprintln!("skipped: needs root");
+            return;
+        }
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_server, _) = l.accept().unwrap();
+        let conn = Conn {
+            local: client.local_addr().unwrap(),
+            remote: client.peer_addr().unwrap(),
+        };
+        destroy_socket(&conn).unwrap_or_else(|e| panic!("destroying {conn}: {e}"));
+        let mut b = [0u8; 8];
+        let e = client.read(&mut b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+        // Gone now: a second destroy finds nothing.
+        let e = destroy_socket(&conn).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    }
+}
