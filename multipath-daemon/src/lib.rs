@@ -3,6 +3,7 @@
 //! Data flows one way: kernel event -> path -> map -> decision -> device-mapper. Each
 //! stage is a module with a narrow, typed interface; only [`ebpf`] talks to aya.
 
+pub mod checker;
 pub mod config;
 pub mod control;
 pub mod daemon;
