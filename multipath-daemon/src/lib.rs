@@ -4,6 +4,7 @@
 //! stage is a module with a narrow, typed interface; only [`ebpf`] talks to aya.
 
 pub mod actions;
+pub mod checker;
 pub mod config;
 pub mod control;
 pub mod daemon;
