@@ -13,6 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::PathState;
+
 /// Where the daemon listens unless the config or `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/mpathd/mpathd.sock";
 
@@ -105,9 +107,11 @@ pub struct PathView {
     pub map: Option<String>,
     /// device-mapper's view: `active`, `failed`, or `-` when in no map.
     pub dm_state: String,
-    /// mpathd's view: `ready`, `faulty` (the device or its session is down), or
-    /// `admin-failed` (failed by `mpathd fail`, kept failed until `reinstate`).
-    pub health: String,
+    /// mpathd's state of the path (see [`PathState`]); `None` when it is in no map
+    /// mpathd manages.
+    pub state: Option<PathState>,
+    /// Why it is in that state (the last transition's reason).
+    pub reason: Option<String>,
     /// The SCSI device's state: `running`, `offline`, `transport-offline`...
     pub device_state: String,
     pub fail_count: u32,
@@ -231,7 +235,7 @@ pub fn format_topology(t: &Topology) -> String {
                     p.name,
                     p.dev,
                     p.dm_state,
-                    p.health,
+                    checker_word(p.state),
                     p.device_state
                 ));
             }
@@ -240,11 +244,25 @@ pub fn format_topology(t: &Topology) -> String {
     out
 }
 
+/// The path's state in the words `multipath -ll` uses in that column, so the layout
+/// reads as admins know it: ready, shaky (degraded), faulty, delayed (probation: up but
+/// not yet reinstated); admin-failed is mpathd's own.
+pub fn checker_word(state: Option<PathState>) -> &'static str {
+    match state {
+        Some(PathState::Active) => "ready",
+        Some(PathState::Degraded) => "shaky",
+        Some(PathState::Failed) => "faulty",
+        Some(PathState::Probation) => "delayed",
+        Some(PathState::AdminFailed) => "admin-failed",
+        None => "undef",
+    }
+}
+
 /// `show paths`: one line per path, mapped or not.
 pub fn format_paths(paths: &[PathView]) -> String {
     let mut rows = vec![
         [
-            "hctl", "dev", "dev_t", "prio", "dm_st", "health", "dev_st", "map", "wwid",
+            "hctl", "dev", "dev_t", "prio", "dm_st", "state", "dev_st", "map", "wwid", "why",
         ]
         .map(String::from)
         .to_vec(),
@@ -256,10 +274,14 @@ pub fn format_paths(paths: &[PathView]) -> String {
             p.dev.clone(),
             p.prio.to_string(),
             p.dm_state.clone(),
-            p.health.clone(),
+            p.state.map_or("-", PathState::name).into(),
             p.device_state.clone(),
             p.map.clone().unwrap_or_else(|| "-".into()),
             p.wwid.clone().unwrap_or_else(|| "-".into()),
+            p.reason
+                .clone()
+                .or_else(|| p.note.clone())
+                .unwrap_or_default(),
         ]);
     }
     columns(&rows)
@@ -322,7 +344,8 @@ mod tests {
             size_bytes: 256 << 20,
             map: Some("sanvol1".into()),
             dm_state: st.into(),
-            health: "ready".into(),
+            state: Some(PathState::Active),
+            reason: None,
             device_state: "running".into(),
             fail_count: 0,
             prio: 1,

@@ -95,9 +95,25 @@ struct DaemonArgs {
     /// Rescan every this many seconds even without udev events.
     #[arg(long, default_value_t = 30.0)]
     rescan_secs: f64,
-    /// Path checker interval in seconds (reinstates paths that are back up).
+    /// Path checker interval in seconds: every path is checked, failed ones are
+    /// reinstated after clean checks, dead idle ones failed.
     #[arg(long, default_value_t = 5.0)]
     check_secs: f64,
+    /// The path checker: tur (SCSI TEST UNIT READY), directio (an O_DIRECT read of one
+    /// block) or none.
+    #[arg(long, default_value = "tur")]
+    checker: mpathd::checker::CheckerKind,
+    /// Seconds a check may take before the path counts as down.
+    #[arg(long, default_value_t = 5.0)]
+    checker_timeout: f64,
+    /// Decide and log, but change nothing (no map made or reloaded, no path failed, no
+    /// iSCSI session touched): to run beside multipathd before switching.
+    #[arg(long)]
+    observe: bool,
+    /// Leave the iSCSI sessions' recovery timeouts alone (no fast hand-back of the I/O
+    /// stuck on a dead connection).
+    #[arg(long)]
+    no_rescue: bool,
     /// Gather udev events this long (ms) before rescanning.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
@@ -196,13 +212,18 @@ fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
             bail!("--{what} must be a positive number of seconds, not {v}")
         }
     };
-    let opts = mpathd::daemon::Options {
-        config: a.config,
-        socket,
-        rescan_interval: secs(a.rescan_secs, "rescan-secs")?,
-        check_interval: secs(a.check_secs, "check-secs")?,
-        debounce: Duration::from_millis(a.debounce_ms),
-    };
+    let mut opts = mpathd::daemon::Options::new(a.config);
+    opts.socket = socket;
+    opts.rescan_interval = secs(a.rescan_secs, "rescan-secs")?;
+    opts.check_interval = secs(a.check_secs, "check-secs")?;
+    opts.debounce = Duration::from_millis(a.debounce_ms);
+    opts.observe = a.observe;
+    opts.engine.checker = a.checker;
+    opts.engine.checker_timeout = secs(a.checker_timeout, "checker-timeout")?;
+    if a.no_rescue {
+        opts.engine.health.rescue = false;
+        opts.engine.fast_recovery_tmo = None;
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -9,10 +9,12 @@ use std::{
 };
 
 use mpathd::{
+    actions::rescue::Ledger,
     config::Config,
     control::{self, Request, Response},
-    daemon::{self, Engine, Options},
+    daemon::{self, Engine, EngineOptions, Options},
     dm::SimDm,
+    health::PathState,
     topology::Sysfs,
 };
 
@@ -37,14 +39,19 @@ impl Daemon {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/sysfs/lab-2portals"
         ));
-        let engine = Engine::new(cfg, sysfs, SimDm::new()).unwrap();
-        let opts = Options {
-            config: dir.join("unused.toml"),
-            socket: Some(socket.clone()),
-            rescan_interval: Duration::from_secs(3600),
-            check_interval: Duration::from_secs(3600),
-            debounce: Duration::from_millis(100),
+        // No recovery timeouts written: the recorded tree is the repository's.
+        let eopts = EngineOptions {
+            fast_recovery_tmo: None,
+            ..EngineOptions::default()
         };
+        let ledger = Ledger::load(&dir.join("recovery_tmo.json")).unwrap();
+        let engine = Engine::new(cfg, eopts.clone(), ledger).unwrap();
+        let mut opts = Options::new(dir.join("unused.toml"));
+        opts.socket = Some(socket.clone());
+        opts.rescan_interval = Duration::from_secs(3600);
+        opts.check_interval = Duration::from_secs(3600);
+        opts.engine = eopts;
+        opts.ledger = dir.join("recovery_tmo.json");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let sock = socket.clone();
         let thread = std::thread::spawn(move || {
@@ -53,9 +60,17 @@ impl Daemon {
                 .build()?;
             rt.block_on(async move {
                 let listener = daemon::bind_socket(&sock)?;
-                daemon::serve_engine(opts, engine, listener, Instant::now(), async {
-                    let _ = rx.await;
-                })
+                daemon::serve(
+                    opts,
+                    engine,
+                    sysfs,
+                    std::sync::Arc::new(SimDm::new()),
+                    listener,
+                    Instant::now(),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
                 .await
             })
         });
@@ -65,7 +80,8 @@ impl Daemon {
             thread: Some(thread),
         };
         let t0 = Instant::now();
-        while d.call(&Request::ShowMaps).is_err() {
+        // Up once it answers and the first pass made the map.
+        while !matches!(d.call(&Request::ShowMaps), Ok(Response::Maps(m)) if !m.is_empty()) {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "daemon did not come up"
@@ -120,8 +136,8 @@ fn cli_requests_reach_the_daemon_and_change_the_maps() {
     };
     let sda = paths.iter().find(|p| p.name == "sda").unwrap();
     assert_eq!(
-        (sda.dm_state.as_str(), sda.health.as_str()),
-        ("failed", "admin-failed")
+        (sda.dm_state.as_str(), sda.state),
+        ("failed", Some(PathState::AdminFailed))
     );
     let Response::Maps(maps) = d.call(&Request::ShowMaps).unwrap() else {
         panic!()

@@ -74,7 +74,7 @@ impl DmOp {
 }
 
 /// Which lane an operation goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Lane {
     Table,
     Message,
@@ -88,6 +88,7 @@ pub type OpId = u64;
 pub struct DmDone {
     pub id: OpId,
     pub map: String,
+    pub lane: Lane,
     pub op: DmOp,
     /// For creates, the new map's info.
     pub result: Result<Option<MapInfo>, DmError>,
@@ -111,6 +112,7 @@ pub enum DmEvent {
 
 struct Job {
     id: OpId,
+    lane: Lane,
     op: DmOp,
     submitted: Instant,
 }
@@ -119,15 +121,9 @@ struct Job {
 /// used inside a tokio runtime.
 pub struct DmExec<D: DmBackend + 'static> {
     dm: Arc<D>,
-    lanes: HashMap<(String, LaneKind), mpsc::UnboundedSender<Job>>,
+    lanes: HashMap<(String, Lane), mpsc::UnboundedSender<Job>>,
     events: mpsc::UnboundedSender<DmEvent>,
     next: Arc<AtomicU64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum LaneKind {
-    Table,
-    Message,
 }
 
 impl<D: DmBackend + 'static> DmExec<D> {
@@ -148,16 +144,13 @@ impl<D: DmBackend + 'static> DmExec<D> {
     /// Queues `op` on `map`'s lane; returns its id at once.
     pub fn submit(&mut self, map: &str, lane: Lane, op: DmOp) -> OpId {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let kind = match lane {
-            Lane::Table => LaneKind::Table,
-            Lane::Message => LaneKind::Message,
-        };
         let job = Job {
             id,
+            lane,
             op,
             submitted: Instant::now(),
         };
-        let key = (map.to_string(), kind);
+        let key = (map.to_string(), lane);
         let job = match self.lanes.get(&key) {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return id,
@@ -212,6 +205,7 @@ impl<D: DmBackend + 'static> DmExec<D> {
                 let _ = events.send(DmEvent::Done(Box::new(DmDone {
                     id: job.id,
                     map: map.clone(),
+                    lane: job.lane,
                     op: job.op,
                     result,
                     queued,
@@ -223,7 +217,11 @@ impl<D: DmBackend + 'static> DmExec<D> {
     }
 }
 
-fn run<D: DmBackend>(dm: &D, map: &str, op: &DmOp) -> Result<Option<MapInfo>, DmError> {
+pub(crate) fn run<D: DmBackend + ?Sized>(
+    dm: &D,
+    map: &str,
+    op: &DmOp,
+) -> Result<Option<MapInfo>, DmError> {
     match op {
         DmOp::Create {
             uuid,

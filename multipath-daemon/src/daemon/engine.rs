@@ -1,23 +1,35 @@
-//! The daemon's state and what it does with it, without any I/O loop: rescan and
-//! reconcile the maps, check failed paths, answer control requests. The async shell in
-//! [`super::run`] only feeds it; tests drive it with [`crate::dm::SimDm`] and recorded
-//! sysfs trees.
+//! The daemon's state and its decisions, with no I/O of its own: it plans maps from what
+//! [`super::gather`] read, turns the health engine's decisions into device-mapper work,
+//! and learns from each outcome. The async loop in [`super::serve`] runs the reads and
+//! the work off the loop and feeds the results back; tests drive the same engine
+//! synchronously with [`crate::dm::SimDm`] and recorded sysfs trees.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::Duration,
+};
 
 use tracing::{debug, info, warn};
 
+use super::gather::{Poll, Snapshot};
+use super::views::ViewCtx;
 use crate::{
+    actions::{DmDone, DmOp, Lane, fail_path, reinstate_path, rescue::Ledger},
+    checker::CheckerKind,
     config::{
-        Config, DeviceId, FindMultipaths, GroupingPolicy, NoPathRetry, PrioSource, SelectorKind,
-        Verdict, WeightKey,
+        Config, DeviceId, Failback, FindMultipaths, GroupingPolicy, NoPathRetry, PrioSource,
+        SelectorKind, Verdict, WeightKey,
         bindings::{Bindings, WwidsFile},
     },
-    control::{GroupView, IscsiView, MapSummary, MapView, PathView, Request, Response, Topology},
-    dm::{DmBackend, MapInfo, Message, PathState, PgState, UUID_PREFIX},
+    control::Request,
+    dm::{
+        MapInfo, Message, MultipathStatus, MultipathTable, PathState as DmPathState, UUID_PREFIX,
+    },
+    health::{Action, Decision, Health, HealthConfig, Input, Ns, PathInfo, PathState, Rescue},
     maps::{self, Candidate, Grouping, LiveMap, MapPolicy, Rules, SelectorName, Step},
-    model::DevT,
-    topology::{IscsiPath, ScsiDisk, Sysfs},
+    model::{Conn, DevT},
+    topology::{IscsiPath, ScsiDisk},
 };
 
 /// What one reconcile pass did.
@@ -28,52 +40,164 @@ pub struct Summary {
     pub created: Vec<String>,
     pub reloaded: Vec<String>,
     pub errors: Vec<String>,
+    /// Maps left for the next pass because a table operation on them is still running.
+    pub deferred: Vec<String>,
     /// Milliseconds spent scanning sysfs, reading device-mapper, and creating/reloading.
     pub scan_ms: u64,
     pub read_dm_ms: u64,
     pub apply_ms: u64,
 }
 
-pub struct Engine<D: DmBackend> {
+/// Why a piece of device-mapper work was asked for: what to do with its outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// A reconcile pass made or reloaded the map (`why` says what changed).
+    Plan { paths: Vec<String>, why: String },
+    /// The health engine decided it.
+    Decision(Box<Decision>),
+    /// An admin asked for it.
+    Admin,
+    /// A path held down, failed again around a reload.
+    Refail(DevT),
+    /// `no_path_retry`: queueing switched off or back on.
+    NoPathRetry,
+    /// I/O returns to the best path group.
+    Failback,
+    /// A demoted path's group was just moved back: I/O leaves it.
+    Demotion,
+}
+
+/// Device-mapper work for the loop to run in a map's lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Work {
+    pub map: String,
+    pub lane: Lane,
+    pub op: DmOp,
+    pub why: Why,
+}
+
+/// What the engine asks the loop to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Dm(Work),
+    /// Hand the I/O stuck on this connection back to device-mapper.
+    Rescue {
+        rescue: Rescue,
+        decision: Box<Decision>,
+    },
+    /// Write an iSCSI session's recovery timeout.
+    SetRecoveryTmo {
+        session: String,
+        secs: u32,
+    },
+    /// Check these paths now.
+    CheckNow(Vec<DevT>),
+    /// Run a reconcile pass (a demotion or its end changes the tables).
+    Replan,
+    /// Re-evaluate the map's failback after this long (`failback N`).
+    FailbackLater {
+        map: String,
+        after: Duration,
+    },
+    /// A decision that needs no action, to be logged and counted.
+    Note(Box<Decision>),
+}
+
+/// What came of a piece of work, for the pass summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub created: Option<String>,
+    pub reloaded: Option<String>,
+    pub error: Option<String>,
+    pub commands: Vec<Command>,
+}
+
+/// A map the daemon manages, as last loaded or read.
+#[derive(Clone, Debug)]
+pub struct MapState {
+    pub wwid: String,
+    pub table: MultipathTable,
+    pub info: Option<MapInfo>,
+    pub status: Option<MultipathStatus>,
+    /// Checker intervals in a row with no usable path (`no_path_retry N`).
+    pub no_path_ticks: u32,
+    /// `no_path_retry N` ran out: the table's desired state has no queue_if_no_path.
+    pub expired: bool,
+}
+
+/// What the checker's interval checks, per path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckTarget {
+    pub dev: DevT,
+    pub node: PathBuf,
+}
+
+/// Options of the engine not in the config file.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub health: HealthConfig,
+    pub checker: CheckerKind,
+    pub checker_timeout: Duration,
+    /// The recovery timeout given to an iSCSI session whose maps all have another usable
+    /// path (`None`: never change it).
+    pub fast_recovery_tmo: Option<u32>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            health: HealthConfig::default(),
+            checker: CheckerKind::Tur,
+            checker_timeout: Duration::from_secs(5),
+            fast_recovery_tmo: Some(0),
+        }
+    }
+}
+
+pub struct Engine {
     cfg: Config,
-    sysfs: Sysfs,
-    dm: D,
+    opts: EngineOptions,
     bindings: Bindings,
     wwids: WwidsFile,
     /// The last scan.
     disks: Vec<ScsiDisk>,
+    /// iSCSI sessions by disk name, as last read.
     iscsi: BTreeMap<String, IscsiPath>,
     prio: BTreeMap<String, u32>,
     /// Paths left out of every map, with why (logged once each).
     skipped: BTreeMap<String, String>,
-    /// Paths an admin failed: kept failed across reloads and never reinstated by the
-    /// checker.
-    admin_failed: BTreeSet<DevT>,
     /// WWIDs whose map an admin removed: not made again until reconfigure.
     removed: BTreeSet<String>,
-    /// Per map: checker intervals spent with no usable path (for `no_path_retry N`).
-    no_path_ticks: BTreeMap<String, u32>,
+    maps: BTreeMap<String, MapState>,
+    /// Table-lane operations queued or running, per map: its table is in flux.
+    busy: BTreeMap<String, usize>,
+    health: Health,
+    ledger: Ledger,
+    /// Recovery timeout writes asked for and not yet done, by session.
+    tmo_asked: BTreeMap<String, u32>,
 }
 
-impl<D: DmBackend> Engine<D> {
+impl Engine {
     /// Loads the bindings and wwids files the config names; a file that cannot be read
     /// is an error (allocating names without the bindings would rename maps).
-    pub fn new(cfg: Config, sysfs: Sysfs, dm: D) -> anyhow::Result<Self> {
+    pub fn new(cfg: Config, opts: EngineOptions, ledger: Ledger) -> anyhow::Result<Self> {
         let bindings = Bindings::load(&cfg.defaults.bindings_file)?;
         let wwids = WwidsFile::load(&cfg.defaults.wwids_file)?;
         Ok(Self {
             cfg,
-            sysfs,
-            dm,
+            health: Health::new(opts.health.clone()),
+            opts,
             bindings,
             wwids,
             disks: Vec::new(),
             iscsi: BTreeMap::new(),
             prio: BTreeMap::new(),
             skipped: BTreeMap::new(),
-            admin_failed: BTreeSet::new(),
             removed: BTreeSet::new(),
-            no_path_ticks: BTreeMap::new(),
+            maps: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            ledger,
+            tmo_asked: BTreeMap::new(),
         })
     }
 
@@ -81,8 +205,16 @@ impl<D: DmBackend> Engine<D> {
         &self.cfg
     }
 
-    pub fn dm(&self) -> &D {
-        &self.dm
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn maps(&self) -> &BTreeMap<String, MapState> {
+        &self.maps
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
     }
 
     /// Swaps in a new config (already checked) and forgets admin removals.
@@ -95,12 +227,22 @@ impl<D: DmBackend> Engine<D> {
         Ok(())
     }
 
-    /// Rescans the paths and brings every map in line with them. A failure on one map
-    /// is logged and reported; the others go ahead, and no live map is ever removed.
-    pub fn reconcile(&mut self) -> Summary {
-        let t0 = std::time::Instant::now();
-        let mut sum = Summary::default();
-        match self.sysfs.scsi_disks() {
+    /// Whether a pass's scan should read the iSCSI sessions. The first pass reads them
+    /// only when a prio needs portals (with hundreds of paths they are most of the scan,
+    /// and maps are made first); every later pass reads them.
+    pub fn first_pass_needs_iscsi(&self) -> bool {
+        self.uses_portal_prio()
+    }
+
+    /// Plans a reconcile pass from a snapshot: which maps to create or reload. Maps with
+    /// a table operation still running are left for a later pass ([`Summary::deferred`]).
+    pub fn plan(&mut self, snap: Snapshot, now: Ns) -> (Vec<Work>, Summary) {
+        let mut sum = Summary {
+            scan_ms: snap.scan.as_millis() as u64,
+            read_dm_ms: snap.read_dm.as_millis() as u64,
+            ..Summary::default()
+        };
+        match snap.disks {
             Ok(d) => self.disks = d,
             Err(e) => {
                 // Keep the previous scan: better stale paths than dropping them all.
@@ -108,19 +250,26 @@ impl<D: DmBackend> Engine<D> {
                 sum.errors.push(format!("scan: {e}"));
             }
         }
-        // The iSCSI session behind each path is read here only when a prio needs its
-        // portal: with hundreds of paths it is most of the scan. Views read it on demand.
-        self.iscsi = if self.uses_portal_prio() {
-            self.disks
-                .iter()
-                .filter_map(|d| Some((d.name.clone(), self.sysfs.iscsi_path(&d.name).ok()??)))
-                .collect()
-        } else {
-            BTreeMap::new()
+        if let Some(i) = snap.iscsi {
+            self.iscsi = i;
+        }
+        for (map, e) in &snap.unreadable {
+            warn!(map = %map, "{e}; leaving the map alone");
+            sum.errors.push(format!("{map}: {e}"));
+        }
+        let live = match snap.live {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("reading device-mapper: {e}");
+                sum.errors.push(format!("device-mapper: {e}"));
+                return (Vec::new(), sum);
+            }
         };
-        let scanned = t0.elapsed();
+        self.adopt(&live);
+        let demoted = self.health.demoted();
         let mut candidates = Vec::new();
         let mut skipped = BTreeMap::new();
+        let mut demoted_wwids = BTreeSet::new();
         for d in &self.disks {
             let id = DeviceId {
                 devnode: &d.name,
@@ -132,24 +281,39 @@ impl<D: DmBackend> Engine<D> {
                 skipped.insert(d.name.clone(), format!("blacklisted: {reason}"));
                 continue;
             }
-            let prio = self.prio_of(d);
+            let mut prio = self.prio_of(d);
+            if demoted.contains(&d.dev) {
+                // Below every healthy path, in a group of its own.
+                prio = 0;
+                if let Some(w) = &d.wwid {
+                    demoted_wwids.insert(w.clone());
+                }
+            }
             candidates.push(Candidate {
                 disk: d.clone(),
                 prio,
             });
         }
+        for c in &mut candidates {
+            if c.disk
+                .wwid
+                .as_ref()
+                .is_some_and(|w| demoted_wwids.contains(w))
+                && !demoted.contains(&c.disk.dev)
+            {
+                c.prio = c.prio.max(1);
+            }
+        }
         self.prio = candidates
             .iter()
             .map(|c| (c.disk.name.clone(), c.prio))
             .collect();
-        let live = match self.live_maps() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!("reading device-mapper: {e}");
-                sum.errors.push(format!("device-mapper: {e}"));
-                return sum;
-            }
-        };
+        let expired: BTreeSet<String> = self
+            .maps
+            .values()
+            .filter(|m| m.expired)
+            .map(|m| m.wwid.clone())
+            .collect();
         let mut rules = EngineRules {
             cfg: &self.cfg,
             bindings: &mut self.bindings,
@@ -157,10 +321,16 @@ impl<D: DmBackend> Engine<D> {
             removed: &self.removed,
             live_names: live.iter().map(|m| m.info.name.clone()).collect(),
             new_binding: false,
+            expired: &expired,
+            demoted: &demoted_wwids,
         };
-        let read_dm = t0.elapsed();
         let plan = maps::plan(&candidates, &live, &mut rules);
-        let new_binding = rules.new_binding;
+        if rules.new_binding
+            && let Err(e) = self.bindings.save()
+        {
+            warn!("saving {}: {e}", self.cfg.defaults.bindings_file.display());
+            sum.errors.push(format!("bindings: {e}"));
+        }
         for s in &plan.skipped {
             skipped.insert(s.path.clone(), s.why.clone());
         }
@@ -170,92 +340,807 @@ impl<D: DmBackend> Engine<D> {
             }
         }
         self.skipped = skipped;
-        let mut new_wwids = false;
-        let work: Vec<Step> = plan
-            .steps
-            .into_iter()
-            .filter(|s| !matches!(s, Step::Keep(_)))
+
+        // The paths of every map, for the health engine.
+        let dm_failed: BTreeSet<String> = live
+            .iter()
+            .filter_map(|m| m.status.as_ref())
+            .flat_map(|s| s.paths())
+            .filter(|p| p.state == DmPathState::Failed)
+            .map(|p| p.dev.clone())
             .collect();
-        for (step, result) in apply_parallel(&self.dm, work) {
-            match (step, result) {
-                (Step::Create(w), Ok(dev)) => {
-                    info!(map = %w.name, wwid = %w.wwid, dev = %dev, paths = ?w.paths, "created map");
-                    new_wwids |= self.wwids.add(&w.wwid);
-                    sum.created.push(w.name.clone());
-                    self.refail_admin(&w.name, &w.table);
+        let by_name: BTreeMap<&str, &ScsiDisk> =
+            self.disks.iter().map(|d| (d.name.as_str(), d)).collect();
+        let mut infos = Vec::new();
+        let mut works = Vec::new();
+        for step in plan.steps {
+            let want = match &step {
+                Step::Create(w) | Step::Keep(w) | Step::Reload { want: w, .. } => w,
+            };
+            for p in &want.paths {
+                if let Some(d) = by_name.get(p.as_str()) {
+                    let i = self.iscsi.get(p);
+                    infos.push(PathInfo {
+                        dev: d.dev,
+                        name: p.clone(),
+                        map: want.name.clone(),
+                        session: i.map(|i| i.session.clone()),
+                        conn: i.and_then(|i| i.conn),
+                        dm_failed: dm_failed.contains(&d.dev.to_string()),
+                    });
                 }
-                (Step::Reload { want, why }, Ok(_)) => {
-                    info!(map = %want.name, paths = ?want.paths, "reloaded map: {why}");
-                    sum.reloaded.push(want.name.clone());
-                    self.refail_admin(&want.name, &want.table);
-                }
-                (Step::Create(w), Err(e)) => {
-                    warn!(map = %w.name, "creating map: {e}");
-                    sum.errors.push(e.to_string());
-                }
-                (Step::Reload { want, why }, Err(e)) => {
-                    warn!(map = %want.name, "reloading map ({why}): {e}; the live table stays");
-                    sum.errors.push(e.to_string());
-                }
-                (Step::Keep(_), _) => {}
             }
-        }
-        if new_wwids && let Err(e) = self.wwids.save() {
-            warn!("saving {}: {e}", self.cfg.defaults.wwids_file.display());
-        }
-        if new_binding && let Err(e) = self.bindings.save() {
-            warn!("saving {}: {e}", self.cfg.defaults.bindings_file.display());
-        }
-        // Counted, not listed again: listing reads every map's table, which with many
-        // maps costs as much as the pass itself.
-        sum.maps = live.len() + sum.created.len();
-        sum.paths = self.disks.len();
-        sum.scan_ms = scanned.as_millis() as u64;
-        sum.read_dm_ms = (read_dm - scanned).as_millis() as u64;
-        sum.apply_ms = (t0.elapsed() - read_dm).as_millis() as u64;
-        debug!(
-            scan_ms = sum.scan_ms,
-            read_dm_ms = sum.read_dm_ms,
-            apply_ms = sum.apply_ms,
-            "reconcile pass"
-        );
-        sum
-    }
-
-    /// A new table starts every path active: fail again what an admin failed.
-    fn refail_admin(&self, map: &str, table: &crate::dm::MultipathTable) {
-        for dev in table.path_devs() {
-            if let Ok(d) = dev.parse::<DevT>()
-                && self.admin_failed.contains(&d)
-                && let Err(e) = self.dm.message(map, &Message::FailPath(d))
-            {
-                warn!(map, "failing admin-failed path {d} again: {e}");
-            }
-        }
-    }
-
-    fn live_maps(&self) -> Result<Vec<LiveMap>, crate::dm::DmError> {
-        let mut out = Vec::new();
-        for info in self.dm.list()? {
-            // Maps without our uuid prefix are someone else's: leave them alone.
-            if info.wwid().is_none() {
+            if matches!(step, Step::Keep(_)) {
                 continue;
             }
-            let table = match self.dm.table(&info.name) {
-                Ok(t) => t,
+            if self.busy.get(&want.name).copied().unwrap_or(0) > 0 {
+                sum.deferred.push(want.name.clone());
+                continue;
+            }
+            match step {
+                Step::Create(w) => {
+                    works.push(Work {
+                        map: w.name.clone(),
+                        lane: Lane::Table,
+                        op: DmOp::Create {
+                            uuid: format!("{UUID_PREFIX}{}", w.wwid),
+                            size_sectors: w.size_sectors,
+                            table: w.table.clone(),
+                        },
+                        why: Why::Plan {
+                            paths: w.paths,
+                            why: format!("new map for {}", w.wwid),
+                        },
+                    });
+                    self.maps.insert(
+                        w.name.clone(),
+                        MapState {
+                            wwid: w.wwid,
+                            table: w.table,
+                            info: None,
+                            status: None,
+                            no_path_ticks: 0,
+                            expired: false,
+                        },
+                    );
+                }
+                Step::Reload { want, why } => {
+                    // A suspend waits for the I/O in flight: fail the paths known down
+                    // first, so nothing new goes their way while the reload waits.
+                    let in_table: BTreeSet<String> =
+                        want.table.path_devs().map(String::from).collect();
+                    for dev in self.health.held_down(&want.name) {
+                        if in_table.contains(&dev.to_string()) {
+                            works.push(Work {
+                                map: want.name.clone(),
+                                lane: Lane::Table,
+                                op: fail_path(dev),
+                                why: Why::Refail(dev),
+                            });
+                        }
+                    }
+                    works.push(Work {
+                        map: want.name.clone(),
+                        lane: Lane::Table,
+                        op: DmOp::Reload {
+                            size_sectors: want.size_sectors,
+                            table: want.table.clone(),
+                        },
+                        why: Why::Plan {
+                            paths: want.paths,
+                            why,
+                        },
+                    });
+                }
+                Step::Keep(_) => unreachable!("skipped above"),
+            }
+        }
+        for w in &works {
+            if w.lane == Lane::Table {
+                *self.busy.entry(w.map.clone()).or_default() += 1;
+            }
+        }
+        self.health.set_paths(infos, now);
+        sum.maps = self.maps.len();
+        sum.paths = self.disks.len();
+        (works, sum)
+    }
+
+    /// Takes the live maps as they are: tables, status, and a `no_path_retry` count that
+    /// ran out before a restart (the live table lost queue_if_no_path with no usable path).
+    fn adopt(&mut self, live: &[LiveMap]) {
+        let names: BTreeSet<&str> = live.iter().map(|m| m.info.name.as_str()).collect();
+        // Maps removed behind our back (or by us) are forgotten, unless a create of
+        // ours is still on its way.
+        self.maps.retain(|n, _| {
+            names.contains(n.as_str()) || self.busy.get(n).copied().unwrap_or(0) > 0
+        });
+        for m in live {
+            let Some(wwid) = m.info.wwid() else { continue };
+            let known = self.maps.contains_key(&m.info.name);
+            let expired_at_start = !known
+                && matches!(
+                    self.cfg.settings_for(wwid).no_path_retry,
+                    NoPathRetry::Retries(_)
+                )
+                && !m.table.queue_if_no_path()
+                && m.status.as_ref().is_some_and(|s| s.active_paths() == 0);
+            let e = self
+                .maps
+                .entry(m.info.name.clone())
+                .or_insert_with(|| MapState {
+                    wwid: wwid.to_string(),
+                    table: m.table.clone(),
+                    info: None,
+                    status: None,
+                    no_path_ticks: 0,
+                    expired: false,
+                });
+            if expired_at_start {
+                info!(map = %m.info.name, "adopted with no usable path and queueing off: no_path_retry had run out");
+                e.expired = true;
+            }
+            e.table = m.table.clone();
+            e.info = Some(m.info.clone());
+            e.status = m.status.clone();
+        }
+    }
+
+    /// Learns from a finished piece of work; returns what follows from it.
+    pub fn done(&mut self, d: &DmDone, why: &Why) -> Outcome {
+        let mut out = Outcome::default();
+        if d.lane == Lane::Table
+            && let Some(n) = self.busy.get_mut(&d.map)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.busy.remove(&d.map);
+            }
+        }
+        match (&d.op, &d.result) {
+            (DmOp::Create { table, .. }, Ok(info)) => {
+                let wwid = self.maps.get(&d.map).map(|m| m.wwid.clone());
+                if let Why::Plan { paths, .. } = why {
+                    info!(map = %d.map, wwid = ?wwid, dev = ?info.as_ref().map(|i| i.dev.to_string()), paths = ?paths, took_ms = d.took.as_millis() as u64, "created map");
+                }
+                if let Some(m) = self.maps.get_mut(&d.map) {
+                    m.table = table.clone();
+                    m.info = info.clone();
+                }
+                if let Some(w) = wwid
+                    && self.wwids.add(&w)
+                    && let Err(e) = self.wwids.save()
+                {
+                    warn!("saving {}: {e}", self.cfg.defaults.wwids_file.display());
+                }
+                out.created = Some(d.map.clone());
+                out.commands.extend(self.refail(&d.map, table));
+            }
+            (DmOp::Reload { table, .. }, Ok(_)) => {
+                if let Why::Plan { paths, why } = why {
+                    info!(map = %d.map, paths = ?paths, took_ms = d.took.as_millis() as u64, queued_ms = d.queued.as_millis() as u64, "reloaded map: {why}");
+                }
+                if let Some(m) = self.maps.get_mut(&d.map) {
+                    m.table = table.clone();
+                }
+                out.reloaded = Some(d.map.clone());
+                out.commands.extend(self.refail(&d.map, table));
+                // A demoted path's group moved last: send I/O to the best group now.
+                let demoted = self.health.demoted();
+                if table
+                    .path_devs()
+                    .any(|p| p.parse::<DevT>().is_ok_and(|d| demoted.contains(&d)))
+                    && table.groups.len() > 1
+                {
+                    out.commands.push(Command::Dm(Work {
+                        map: d.map.clone(),
+                        lane: Lane::Message,
+                        op: DmOp::Message(Message::SwitchGroup(1)),
+                        why: Why::Demotion,
+                    }));
+                }
+            }
+            (DmOp::Remove, Ok(_)) => {
+                if let Some(m) = self.maps.remove(&d.map) {
+                    self.removed.insert(m.wwid);
+                }
+                info!(map = %d.map, "map removed by admin");
+            }
+            (DmOp::Message(Message::ReinstatePath(dev)), Ok(_)) => {
+                out.commands
+                    .extend(self.failback_after_reinstate(&d.map, *dev));
+            }
+            (_, Ok(_)) => {}
+            (op, Err(e)) => {
+                let what = op.kind();
+                match op {
+                    DmOp::Reload { .. } => {
+                        warn!(map = %d.map, took_ms = d.took.as_millis() as u64, "reloading map: {e}; the live table stays")
+                    }
+                    DmOp::Create { .. } => {
+                        // Nothing was left behind: forget the map so a later pass retries.
+                        self.maps.remove(&d.map);
+                        warn!(map = %d.map, "creating map: {e}")
+                    }
+                    _ => warn!(map = %d.map, "{what}: {e}"),
+                }
+                out.error = Some(format!("{}: {what}: {e}", d.map));
+            }
+        }
+        out
+    }
+
+    /// A new table starts every path active: fail again what the daemon holds down.
+    fn refail(&self, map: &str, table: &MultipathTable) -> Vec<Command> {
+        let in_table: BTreeSet<&str> = table.path_devs().collect();
+        self.health
+            .held_down(map)
+            .into_iter()
+            .filter(|d| in_table.contains(d.to_string().as_str()))
+            .map(|dev| {
+                Command::Dm(Work {
+                    map: map.to_string(),
+                    lane: Lane::Table,
+                    op: fail_path(dev),
+                    why: Why::Refail(dev),
+                })
+            })
+            .collect()
+    }
+
+    /// After a path came back: return I/O to its group if it is the best group with a
+    /// usable path and the map's failback policy says so.
+    fn failback_after_reinstate(&self, map: &str, dev: DevT) -> Vec<Command> {
+        let Some(m) = self.maps.get(map) else {
+            return Vec::new();
+        };
+        let policy = self.cfg.settings_for(&m.wwid).failback;
+        let Some(best) = self.best_usable_group(m) else {
+            return Vec::new();
+        };
+        let g = &m.table.groups[best];
+        if !g.paths.iter().any(|p| p.dev == dev.to_string()) {
+            return Vec::new();
+        }
+        let usable_in_group = g
+            .paths
+            .iter()
+            .filter_map(|p| p.dev.parse::<DevT>().ok())
+            .filter(|d| self.health.state(*d).is_some_and(PathState::usable))
+            .count();
+        match policy {
+            Failback::Manual => Vec::new(),
+            // Only when the first path of the group comes back: another node may have
+            // moved I/O on purpose.
+            Failback::Followover if usable_in_group > 1 => Vec::new(),
+            Failback::Immediate | Failback::Followover => vec![Command::Dm(Work {
+                map: map.to_string(),
+                lane: Lane::Message,
+                op: DmOp::Message(Message::SwitchGroup(best as u32 + 1)),
+                why: Why::Failback,
+            })],
+            Failback::After(d) => vec![Command::FailbackLater {
+                map: map.to_string(),
+                after: d,
+            }],
+        }
+    }
+
+    /// `failback N` timer: return I/O to the best group with a usable path.
+    pub fn failback_due(&self, map: &str) -> Vec<Command> {
+        let Some(m) = self.maps.get(map) else {
+            return Vec::new();
+        };
+        match self.best_usable_group(m) {
+            Some(best) => vec![Command::Dm(Work {
+                map: map.to_string(),
+                lane: Lane::Message,
+                op: DmOp::Message(Message::SwitchGroup(best as u32 + 1)),
+                why: Why::Failback,
+            })],
+            None => Vec::new(),
+        }
+    }
+
+    fn best_usable_group(&self, m: &MapState) -> Option<usize> {
+        m.table.groups.iter().position(|g| {
+            g.paths.iter().any(|p| {
+                p.dev
+                    .parse::<DevT>()
+                    .is_ok_and(|d| self.health.state(d) == Some(PathState::Active))
+            })
+        })
+    }
+
+    /// Feeds the health engine; returns what its decisions need.
+    pub fn input(&mut self, now: Ns, input: Input) -> Vec<Command> {
+        let out = self.health.handle(now, input);
+        let mut cmds = self.apply(out.decisions);
+        if !out.check_now.is_empty() {
+            cmds.push(Command::CheckNow(out.check_now));
+        }
+        cmds
+    }
+
+    /// The health engine's timers.
+    pub fn tick(&mut self, now: Ns) -> Vec<Command> {
+        let out = self.health.tick(now);
+        let mut cmds = self.apply(out.decisions);
+        if !out.check_now.is_empty() {
+            cmds.push(Command::CheckNow(out.check_now));
+        }
+        cmds
+    }
+
+    fn apply(&mut self, decisions: Vec<Decision>) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        let mut replan = false;
+        let mut rescued: BTreeSet<Conn> = BTreeSet::new();
+        for d in decisions {
+            let d = Box::new(d);
+            match &d.action {
+                Action::None => cmds.push(Command::Note(d)),
+                Action::Fail { rescue } => {
+                    if let Some(r) = rescue
+                        && rescued.insert(r.conn)
+                    {
+                        cmds.push(Command::Rescue {
+                            rescue: r.clone(),
+                            decision: d.clone(),
+                        });
+                    }
+                    cmds.push(Command::Dm(Work {
+                        map: d.map.clone(),
+                        lane: Lane::Message,
+                        op: fail_path(d.dev),
+                        why: Why::Decision(d),
+                    }));
+                }
+                Action::Reinstate => cmds.push(Command::Dm(Work {
+                    map: d.map.clone(),
+                    lane: Lane::Message,
+                    op: reinstate_path(d.dev),
+                    why: Why::Decision(d),
+                })),
+                Action::Demote | Action::Restore => {
+                    replan = true;
+                    cmds.push(Command::Note(d));
+                }
+            }
+        }
+        if replan {
+            cmds.push(Command::Replan);
+        }
+        cmds.extend(self.recovery_tmo_commands());
+        cmds
+    }
+
+    /// What the checker's interval reads: the managed maps and the paths in them.
+    pub fn poll_targets(&self) -> (Vec<String>, Vec<String>) {
+        let maps = self.maps.keys().cloned().collect();
+        let by_dev: BTreeMap<String, &str> = self
+            .disks
+            .iter()
+            .map(|d| (d.dev.to_string(), d.name.as_str()))
+            .collect();
+        let paths = self
+            .maps
+            .values()
+            .flat_map(|m| m.table.path_devs())
+            .filter_map(|d| by_dev.get(d).map(|n| n.to_string()))
+            .collect();
+        (maps, paths)
+    }
+
+    /// Learns from the checker interval's reads: paths the kernel failed, sessions not
+    /// logged in, `no_path_retry`, and the recovery timeouts to keep.
+    pub fn poll(&mut self, p: Poll, now: Ns) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        for (name, i) in p.iscsi {
+            self.iscsi.insert(name, i);
+        }
+        let by_name: BTreeMap<&str, DevT> = self
+            .disks
+            .iter()
+            .map(|d| (d.name.as_str(), d.dev))
+            .collect();
+        let sessions: Vec<(DevT, bool)> = self
+            .iscsi
+            .iter()
+            .filter_map(|(n, i)| Some((*by_name.get(n.as_str())?, i.session_state == "LOGGED_IN")))
+            .collect();
+        for (dev, logged_in) in sessions {
+            cmds.extend(self.input(now, Input::Session { dev, logged_in }));
+        }
+        // Paths and their connection now: a session that logged in again has a new one.
+        let infos: Vec<PathInfo> = self
+            .maps
+            .iter()
+            .flat_map(|(name, m)| m.table.path_devs().map(move |d| (name, d)))
+            .filter_map(|(map, d)| {
+                let disk = self.disks.iter().find(|x| x.dev.to_string() == d)?;
+                let i = self.iscsi.get(&disk.name);
+                Some(PathInfo {
+                    dev: disk.dev,
+                    name: disk.name.clone(),
+                    map: map.clone(),
+                    session: i.map(|i| i.session.clone()),
+                    conn: i.and_then(|i| i.conn),
+                    dm_failed: false,
+                })
+            })
+            .collect();
+        self.health.set_paths(infos, now);
+        for (map, st) in p.status {
+            let st = match st {
+                Ok(s) => s,
                 Err(e) => {
-                    warn!(map = %info.name, "reading table: {e}; leaving the map alone");
+                    warn!(map = %map, "reading status: {e}");
                     continue;
                 }
             };
-            let status = self.dm.status(&info.name).ok();
-            out.push(LiveMap {
-                info,
-                table,
-                status,
+            for ps in st.paths() {
+                if let Some(dev) = ps.devt() {
+                    cmds.extend(self.input(
+                        now,
+                        Input::DmState {
+                            dev,
+                            failed: ps.state == DmPathState::Failed,
+                        },
+                    ));
+                }
+            }
+            cmds.extend(self.no_path_retry(&map, &st));
+            if let Some(m) = self.maps.get_mut(&map) {
+                m.status = Some(st);
+            }
+        }
+        cmds.extend(self.recovery_tmo_commands());
+        cmds
+    }
+
+    /// `no_path_retry N`: after N intervals with no usable path, queued I/O fails
+    /// (`fail_if_no_path`), and the expiry is part of the desired table until a path is
+    /// back, so no reload turns queueing on again behind the count's back.
+    fn no_path_retry(&mut self, map: &str, st: &MultipathStatus) -> Vec<Command> {
+        let Some(m) = self.maps.get_mut(map) else {
+            return Vec::new();
+        };
+        let NoPathRetry::Retries(n) = self.cfg.settings_for(&m.wwid).no_path_retry else {
+            m.no_path_ticks = 0;
+            m.expired = false;
+            return Vec::new();
+        };
+        let msg = |op: Message| {
+            vec![Command::Dm(Work {
+                map: map.to_string(),
+                lane: Lane::Message,
+                op: DmOp::Message(op),
+                why: Why::NoPathRetry,
+            })]
+        };
+        if st.active_paths() > 0 {
+            m.no_path_ticks = 0;
+            if m.expired {
+                m.expired = false;
+                info!(map = %map, "a path is back: queueing if no path again");
+                return msg(Message::QueueIfNoPath);
+            }
+            return Vec::new();
+        }
+        m.no_path_ticks += 1;
+        if m.no_path_ticks > n && !m.expired {
+            m.expired = true;
+            warn!(map = %map, "no path for {n} checks: failing queued I/O (no_path_retry {n})");
+            return msg(Message::FailIfNoPath);
+        }
+        Vec::new()
+    }
+
+    /// Recovery timeouts to write: 0 (or the configured fast value) on a logged-in
+    /// session whose every map has a usable path on another session, so its I/O comes
+    /// back at once when its connection dies; the original value, from the ledger, on a
+    /// session carrying a map's last usable path, so that path rides out a short outage.
+    fn recovery_tmo_commands(&mut self) -> Vec<Command> {
+        let Some(fast) = self.opts.fast_recovery_tmo else {
+            return Vec::new();
+        };
+        if !self.opts.health.rescue {
+            return Vec::new();
+        }
+        // Sessions and the maps each carries.
+        let by_dev: BTreeMap<String, &ScsiDisk> =
+            self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
+        let mut carried: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // Per map: the sessions of its usable paths.
+        let mut usable_sessions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (name, m) in &self.maps {
+            for dev in m.table.path_devs() {
+                let Some(d) = by_dev.get(dev) else { continue };
+                let Some(i) = self.iscsi.get(&d.name) else {
+                    continue;
+                };
+                carried
+                    .entry(i.session.clone())
+                    .or_default()
+                    .insert(name.clone());
+                if self.health.state(d.dev).is_some_and(PathState::usable) {
+                    usable_sessions
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(i.session.clone());
+                }
+            }
+        }
+        let state: BTreeMap<&str, (&str, Option<u32>)> = self
+            .iscsi
+            .values()
+            .map(|i| {
+                (
+                    i.session.as_str(),
+                    (i.session_state.as_str(), i.recovery_tmo),
+                )
+            })
+            .collect();
+        let mut cmds = Vec::new();
+        for (session, maps) in &carried {
+            let Some(&(st, current)) = state.get(session.as_str()) else {
+                continue;
+            };
+            if st != "LOGGED_IN" {
+                continue;
+            }
+            let others_everywhere = maps.iter().all(|m| {
+                usable_sessions
+                    .get(m)
+                    .is_some_and(|s| s.iter().any(|x| x != session))
+            });
+            let want = if others_everywhere {
+                fast
+            } else {
+                match self.ledger.original(session) {
+                    Some(o) => o,
+                    None => continue,
+                }
+            };
+            if current == Some(want) {
+                if !others_everywhere && self.ledger.forget(session) {
+                    save_ledger(&self.ledger);
+                }
+                continue;
+            }
+            if self.tmo_asked.get(session) == Some(&want) {
+                continue;
+            }
+            if others_everywhere
+                && let Some(c) = current
+                && self.ledger.remember(session, c)
+            {
+                save_ledger(&self.ledger);
+            }
+            self.tmo_asked.insert(session.clone(), want);
+            cmds.push(Command::SetRecoveryTmo {
+                session: session.clone(),
+                secs: want,
             });
         }
-        Ok(out)
+        cmds
+    }
+
+    /// A recovery timeout write finished: remember the value the session has now.
+    pub fn recovery_tmo_written(&mut self, session: &str, secs: u32, result: &std::io::Result<()>) {
+        if self.tmo_asked.get(session) == Some(&secs) {
+            self.tmo_asked.remove(session);
+        }
+        match result {
+            Ok(()) => {
+                for i in self.iscsi.values_mut().filter(|i| i.session == session) {
+                    i.recovery_tmo = Some(secs);
+                }
+                if self.ledger.original(session) == Some(secs) && self.ledger.forget(session) {
+                    save_ledger(&self.ledger);
+                }
+            }
+            // EBUSY: the session left LOGGED_IN meanwhile; the next poll tries again.
+            Err(e) => debug!(session, secs, "recovery_tmo not written: {e}"),
+        }
+    }
+
+    /// For a rescue on `session`: the recovery timeout to write first (the fast value)
+    /// when the session does not have it yet, its original kept in the ledger.
+    pub fn fast_tmo_for_rescue(&mut self, session: &str) -> Option<u32> {
+        let fast = self.opts.fast_recovery_tmo?;
+        let current = self
+            .iscsi
+            .values()
+            .find(|i| i.session == session)
+            .and_then(|i| i.recovery_tmo);
+        if current == Some(fast) || self.tmo_asked.get(session) == Some(&fast) {
+            return None;
+        }
+        self.tmo_asked.insert(session.to_string(), fast);
+        if let Some(c) = current
+            && self.ledger.remember(session, c)
+        {
+            save_ledger(&self.ledger);
+        }
+        Some(fast)
+    }
+
+    /// Every session's original recovery timeout, to put back on exit.
+    pub fn recovery_tmo_originals(&self) -> Vec<(String, u32)> {
+        self.ledger
+            .sessions()
+            .map(|(s, v)| (s.to_string(), v))
+            .collect()
+    }
+
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
+    /// What the checker checks now: every path of every managed map but admin-failed ones.
+    pub fn check_targets(&self) -> Vec<CheckTarget> {
+        let by_dev: BTreeMap<String, &ScsiDisk> =
+            self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
+        self.maps
+            .values()
+            .flat_map(|m| m.table.path_devs())
+            .filter_map(|d| by_dev.get(d))
+            .filter(|d| self.health.state(d.dev) != Some(PathState::AdminFailed))
+            .map(|d| CheckTarget {
+                dev: d.dev,
+                node: PathBuf::from("/dev").join(&d.name),
+            })
+            .collect()
+    }
+
+    /// The device node to check a path through.
+    pub fn node_of(&self, dev: DevT) -> Option<PathBuf> {
+        self.disks
+            .iter()
+            .find(|d| d.dev == dev)
+            .map(|d| PathBuf::from("/dev").join(&d.name))
+    }
+
+    /// An admin request that changes something. Returns the work to run and the message
+    /// to answer once it succeeded.
+    pub fn admin(&mut self, req: &Request, now: Ns) -> Result<(Vec<Command>, String), String> {
+        match req {
+            Request::Fail { path } => {
+                let (map, dev, name) = self.find_path(path)?;
+                let cmds = self.input(now, Input::AdminFail { dev });
+                if !cmds.iter().any(|c| matches!(c, Command::Dm(_))) {
+                    return Err(format!(
+                        "{name} ({dev}) is already failed by an admin in {map}"
+                    ));
+                }
+                info!(map = %map, path = %name, "path failed by admin");
+                Ok((
+                    cmds,
+                    format!(
+                        "{name} ({dev}) failed in {map}; it stays failed until `mpathd reinstate {name}`"
+                    ),
+                ))
+            }
+            Request::Reinstate { path } => {
+                let (map, dev, name) = self.find_path(path)?;
+                let cmds = self.input(now, Input::AdminReinstate { dev });
+                info!(map = %map, path = %name, "path reinstated by admin");
+                Ok((cmds, format!("{name} ({dev}) reinstated in {map}")))
+            }
+            Request::SwitchGroup { map, group } => {
+                let m = self
+                    .maps
+                    .get(map)
+                    .ok_or_else(|| format!("no map named {map} (see `mpathd show maps`)"))?;
+                let n = m.table.groups.len();
+                if *group == 0 || *group as usize > n {
+                    return Err(format!("{map} has {n} path group(s): pick 1 to {n}"));
+                }
+                info!(map = %map, group, "switched path group by admin");
+                Ok((
+                    vec![Command::Dm(Work {
+                        map: map.clone(),
+                        lane: Lane::Message,
+                        op: DmOp::Message(Message::SwitchGroup(*group)),
+                        why: Why::Admin,
+                    })],
+                    format!("{map}: I/O now goes to path group {group}"),
+                ))
+            }
+            Request::Remove { map } => {
+                if !self.maps.contains_key(map) {
+                    return Err(format!("no map named {map} (see `mpathd show maps`)"));
+                }
+                *self.busy.entry(map.clone()).or_default() += 1;
+                Ok((
+                    vec![Command::Dm(Work {
+                        map: map.clone(),
+                        lane: Lane::Table,
+                        op: DmOp::Remove,
+                        why: Why::Admin,
+                    })],
+                    format!(
+                        "{map} removed; mpathd will not make it again until `mpathd reconfigure` or a restart"
+                    ),
+                ))
+            }
+            other => Err(format!("{other:?} is not an admin command")),
+        }
+    }
+
+    /// The map holding a path given as `sda`, `/dev/sda` or `8:0`.
+    fn find_path(&self, arg: &str) -> Result<(String, DevT, String), String> {
+        let name = arg.strip_prefix("/dev/").unwrap_or(arg);
+        let dev = match name.parse::<DevT>() {
+            Ok(d) => d,
+            Err(_) => self
+                .disks
+                .iter()
+                .find(|d| d.name == name)
+                .map(|d| d.dev)
+                .ok_or_else(|| format!("no path named {arg} (see `mpathd show paths`)"))?,
+        };
+        let label = self
+            .disks
+            .iter()
+            .find(|d| d.dev == dev)
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| dev.to_string());
+        self.maps
+            .iter()
+            .find(|(_, m)| m.table.path_devs().any(|p| p == dev.to_string()))
+            .map(|(n, _)| (n.clone(), dev, label))
+            .ok_or_else(|| format!("{arg} is in no multipath map"))
+    }
+
+    /// A copy of what `show` commands need.
+    pub fn view_ctx(&self) -> ViewCtx {
+        ViewCtx {
+            disks: self.disks.clone(),
+            iscsi: self.iscsi.clone(),
+            prio: self.prio.clone(),
+            skipped: self.skipped.clone(),
+            health: self
+                .disks
+                .iter()
+                .filter_map(|d| Some((d.dev, self.health.view(d.dev)?)))
+                .collect(),
+        }
+    }
+
+    /// The managed paths with their connection and learned limits (for the probes).
+    pub fn watched_paths(&self) -> Vec<(DevT, String, Option<Conn>)> {
+        let by_dev: BTreeMap<String, &ScsiDisk> =
+            self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
+        let mut out: Vec<(DevT, String, Option<Conn>)> = self
+            .maps
+            .values()
+            .flat_map(|m| m.table.path_devs())
+            .filter_map(|d| by_dev.get(d))
+            .map(|d| {
+                (
+                    d.dev,
+                    d.name.clone(),
+                    self.iscsi.get(&d.name).and_then(|i| i.conn),
+                )
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether any map's prio weighs paths by their iSCSI portal.
+    fn uses_portal_prio(&self) -> bool {
+        let portal = |p: &PrioSource| matches!(p, PrioSource::Weighted(ws) if ws.iter().any(|w| w.key == WeightKey::Portal));
+        portal(&self.cfg.defaults.prio)
+            || self
+                .cfg
+                .multipaths
+                .iter()
+                .any(|e| e.prio.as_ref().is_some_and(portal))
     }
 
     fn prio_of(&self, d: &ScsiDisk) -> u32 {
@@ -279,447 +1164,15 @@ impl<D: DmBackend> Engine<D> {
             }
         }
     }
-
-    /// The path checker's pass: reinstates paths the kernel failed once their device and
-    /// session are up again, and ends queueing for maps whose `no_path_retry` count ran
-    /// out. Until the health engine lands, this is what brings a path back.
-    pub fn check(&mut self) {
-        let Ok(maps) = self.dm.list() else { return };
-        let disks: BTreeMap<DevT, &ScsiDisk> = self.disks.iter().map(|d| (d.dev, d)).collect();
-        for info in maps {
-            let Some(wwid) = info.wwid() else { continue };
-            let Ok(st) = self.dm.status(&info.name) else {
-                continue;
-            };
-            let mut reinstated = 0;
-            for p in st.paths() {
-                let Some(dev) = p.devt() else { continue };
-                if p.state != PathState::Failed || self.admin_failed.contains(&dev) {
-                    continue;
-                }
-                let Some(d) = disks.get(&dev) else { continue };
-                let Ok(state) = self.sysfs_state(d) else {
-                    continue;
-                };
-                if state {
-                    match self.dm.message(&info.name, &Message::ReinstatePath(dev)) {
-                        Ok(()) => {
-                            reinstated += 1;
-                            info!(map = %info.name, path = %d.name, "reinstated path: device running and session logged in")
-                        }
-                        Err(e) => warn!(map = %info.name, path = %d.name, "reinstating: {e}"),
-                    }
-                }
-            }
-            if let NoPathRetry::Retries(n) = self.cfg.settings_for(wwid).no_path_retry {
-                let usable = st.active_paths() + reinstated;
-                let ticks = self.no_path_ticks.entry(info.name.clone()).or_default();
-                if usable > 0 {
-                    if *ticks > n {
-                        let _ = self.dm.message(&info.name, &Message::QueueIfNoPath);
-                        info!(map = %info.name, "a path is back: queueing if no path again");
-                    }
-                    *ticks = 0;
-                } else {
-                    *ticks += 1;
-                    if *ticks == n + 1 {
-                        warn!(map = %info.name, "no path for {n} checks: failing queued IO (no_path_retry {n})");
-                        let _ = self.dm.message(&info.name, &Message::FailIfNoPath);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether a path's device is running and its iSCSI session (if any) logged in,
-    /// read fresh from sysfs.
-    fn sysfs_state(&self, d: &ScsiDisk) -> Result<bool, crate::topology::TopologyError> {
-        let state = self.sysfs.device_state(&d.name)?;
-        let session_ok = match self.sysfs.iscsi_path(&d.name)? {
-            Some(i) => i.session_state == "LOGGED_IN",
-            None => true,
-        };
-        Ok(state == "running" && session_ok)
-    }
-
-    pub fn handle(&mut self, req: Request) -> Response {
-        match self.try_handle(req) {
-            Ok(r) => r,
-            Err(message) => Response::Error { message },
-        }
-    }
-
-    fn try_handle(&mut self, req: Request) -> Result<Response, String> {
-        match req {
-            Request::ShowTopology => Ok(Response::Topology(self.topology())),
-            Request::ShowPaths => Ok(Response::Paths(self.paths_view())),
-            Request::ShowMaps => Ok(Response::Maps(self.maps_view())),
-            Request::Fail { path } => {
-                let (map, dev, name) = self.find_path(&path)?;
-                self.dm
-                    .message(&map, &Message::FailPath(dev))
-                    .map_err(|e| e.to_string())?;
-                self.admin_failed.insert(dev);
-                info!(map = %map, path = %name, "path failed by admin");
-                Ok(Response::Ok {
-                    message: format!(
-                        "{name} ({dev}) failed in {map}; it stays failed until `mpathd reinstate {name}`"
-                    ),
-                })
-            }
-            Request::Reinstate { path } => {
-                let (map, dev, name) = self.find_path(&path)?;
-                self.dm
-                    .message(&map, &Message::ReinstatePath(dev))
-                    .map_err(|e| e.to_string())?;
-                self.admin_failed.remove(&dev);
-                info!(map = %map, path = %name, "path reinstated by admin");
-                Ok(Response::Ok {
-                    message: format!("{name} ({dev}) reinstated in {map}"),
-                })
-            }
-            Request::SwitchGroup { map, group } => {
-                let t = self.dm.table(&map).map_err(|e| e.to_string())?;
-                if group == 0 || group as usize > t.groups.len() {
-                    return Err(format!(
-                        "{map} has {} path group(s): pick 1 to {}",
-                        t.groups.len(),
-                        t.groups.len()
-                    ));
-                }
-                self.dm
-                    .message(&map, &Message::SwitchGroup(group))
-                    .map_err(|e| e.to_string())?;
-                info!(map = %map, group, "switched path group by admin");
-                Ok(Response::Ok {
-                    message: format!("{map}: I/O now goes to path group {group}"),
-                })
-            }
-            Request::Remove { map } => {
-                let info = self
-                    .dm
-                    .info(&map)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("no map named {map}"))?;
-                self.dm.remove(&map).map_err(|e| e.to_string())?;
-                if let Some(w) = info.wwid() {
-                    self.removed.insert(w.to_string());
-                }
-                info!(map = %map, "map removed by admin");
-                Ok(Response::Ok {
-                    message: format!(
-                        "{map} removed; mpathd will not make it again until `mpathd reconfigure` or a restart"
-                    ),
-                })
-            }
-            Request::Reconfigure => Err("reconfigure is handled by the daemon loop".into()),
-        }
-    }
-
-    /// The map holding a path given as `sda`, `/dev/sda` or `8:0`.
-    fn find_path(&self, arg: &str) -> Result<(String, DevT, String), String> {
-        let name = arg.strip_prefix("/dev/").unwrap_or(arg);
-        let dev = match name.parse::<DevT>() {
-            Ok(d) => d,
-            Err(_) => self
-                .disks
-                .iter()
-                .find(|d| d.name == name)
-                .map(|d| d.dev)
-                .ok_or_else(|| format!("no path named {arg} (see `mpathd show paths`)"))?,
-        };
-        let label = self
-            .disks
-            .iter()
-            .find(|d| d.dev == dev)
-            .map(|d| d.name.clone())
-            .unwrap_or_else(|| dev.to_string());
-        for info in self.dm.list().map_err(|e| e.to_string())? {
-            if let Ok(t) = self.dm.table(&info.name)
-                && t.path_devs().any(|p| p == dev.to_string())
-            {
-                return Ok((info.name, dev, label));
-            }
-        }
-        Err(format!("{arg} is in no multipath map"))
-    }
-
-    /// Whether any map's prio weighs paths by their iSCSI portal.
-    fn uses_portal_prio(&self) -> bool {
-        let portal = |p: &PrioSource| matches!(p, PrioSource::Weighted(ws) if ws.iter().any(|w| w.key == WeightKey::Portal));
-        portal(&self.cfg.defaults.prio)
-            || self
-                .cfg
-                .multipaths
-                .iter()
-                .any(|e| e.prio.as_ref().is_some_and(portal))
-    }
-
-    fn path_view(&self, d: &ScsiDisk, map: Option<&str>, dm: Option<(PathState, u32)>) -> PathView {
-        let fresh;
-        let iscsi = match self.iscsi.get(&d.name) {
-            Some(i) => Some(i),
-            None => {
-                fresh = self.sysfs.iscsi_path(&d.name).ok().flatten();
-                fresh.as_ref()
-            }
-        };
-        let health = if self.admin_failed.contains(&d.dev) {
-            "admin-failed"
-        } else if d.state != "running" || iscsi.is_some_and(|i| i.session_state != "LOGGED_IN") {
-            "faulty"
-        } else {
-            "ready"
-        };
-        PathView {
-            name: d.name.clone(),
-            dev: d.dev.to_string(),
-            hctl: d.hctl.clone(),
-            wwid: d.wwid.clone(),
-            vendor: d.vendor.clone(),
-            product: d.model.clone(),
-            size_bytes: d.size_bytes,
-            map: map.map(String::from),
-            dm_state: match dm {
-                Some((PathState::Active, _)) => "active",
-                Some((PathState::Failed, _)) => "failed",
-                None => "-",
-            }
-            .into(),
-            health: health.into(),
-            device_state: d.state.clone(),
-            fail_count: dm.map(|x| x.1).unwrap_or(0),
-            prio: self.prio.get(&d.name).copied().unwrap_or(0),
-            note: self.skipped.get(&d.name).cloned(),
-            iscsi: iscsi.map(|i| IscsiView {
-                session: i.session.clone(),
-                target: i.target.clone(),
-                portal: i.portal.to_string(),
-                state: i.session_state.clone(),
-            }),
-        }
-    }
-
-    /// A path the table names that sysfs no longer has (removed under the map).
-    fn gone_path(dev: &str, map: &str, dm: (PathState, u32)) -> PathView {
-        PathView {
-            name: "#".into(),
-            dev: dev.into(),
-            hctl: "#:#:#:#".into(),
-            wwid: None,
-            vendor: String::new(),
-            product: String::new(),
-            size_bytes: 0,
-            map: Some(map.into()),
-            dm_state: if dm.0 == PathState::Active {
-                "active"
-            } else {
-                "failed"
-            }
-            .into(),
-            health: "gone".into(),
-            device_state: "gone".into(),
-            fail_count: dm.1,
-            prio: 0,
-            note: None,
-            iscsi: None,
-        }
-    }
-
-    pub fn topology(&self) -> Topology {
-        let mut maps = Vec::new();
-        let Ok(list) = self.dm.list() else {
-            return Topology::default();
-        };
-        let by_dev: BTreeMap<String, &ScsiDisk> =
-            self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
-        for info in list {
-            let (Ok(t), st) = (self.dm.table(&info.name), self.dm.status(&info.name)) else {
-                continue;
-            };
-            let st = st.ok();
-            let mut groups = Vec::new();
-            for (gi, g) in t.groups.iter().enumerate() {
-                let gst = st.as_ref().and_then(|s| s.groups.get(gi));
-                let mut paths = Vec::new();
-                for p in &g.paths {
-                    let ps = gst
-                        .and_then(|g| g.paths.iter().find(|x| x.dev == p.dev))
-                        .map(|x| (x.state, x.fail_count))
-                        .unwrap_or((PathState::Active, 0));
-                    paths.push(match by_dev.get(&p.dev) {
-                        Some(d) => self.path_view(d, Some(&info.name), Some(ps)),
-                        None => Self::gone_path(&p.dev, &info.name, ps),
-                    });
-                }
-                let mut policy = g.selector.name.clone();
-                policy.push_str(&format!(" {}", g.selector.args.len()));
-                for a in &g.selector.args {
-                    policy.push_str(&format!(" {a}"));
-                }
-                groups.push(GroupView {
-                    number: gi as u32 + 1,
-                    policy,
-                    prio: paths.iter().map(|p| p.prio).max().unwrap_or(0),
-                    status: match gst.map(|g| g.state) {
-                        Some(PgState::Active) => "active",
-                        Some(PgState::Enabled) => "enabled",
-                        Some(PgState::Disabled) => "disabled",
-                        None => "undef",
-                    }
-                    .into(),
-                    paths,
-                });
-            }
-            let first = groups
-                .iter()
-                .flat_map(|g| g.paths.iter())
-                .find(|p| !p.vendor.is_empty());
-            let (features, hw_handler) = feature_and_handler_words(&t);
-            let sysfs_name = format!("dm-{}", info.dev.minor);
-            maps.push(MapView {
-                wwid: info.wwid().unwrap_or("-").to_string(),
-                write_protect: match self.sysfs.read_only(&sysfs_name) {
-                    Some(true) => "ro",
-                    Some(false) => "rw",
-                    None => "?",
-                }
-                .into(),
-                sysfs_name,
-                dev: info.dev.to_string(),
-                vendor: first.map(|p| p.vendor.clone()).unwrap_or_default(),
-                product: first.map(|p| p.product.clone()).unwrap_or_default(),
-                size_bytes: info.size_sectors.saturating_mul(512),
-                features,
-                hw_handler,
-                open_count: info.open_count,
-                name: info.name,
-                groups,
-            });
-        }
-        Topology { maps }
-    }
-
-    fn paths_view(&self) -> Vec<PathView> {
-        let topo = self.topology();
-        let mut in_maps: BTreeMap<String, PathView> = BTreeMap::new();
-        for m in topo.maps {
-            for g in m.groups {
-                for p in g.paths {
-                    in_maps.insert(p.dev.clone(), p);
-                }
-            }
-        }
-        let mut out: Vec<PathView> = self
-            .disks
-            .iter()
-            .map(|d| {
-                in_maps
-                    .remove(&d.dev.to_string())
-                    .unwrap_or_else(|| self.path_view(d, None, None))
-            })
-            .collect();
-        out.extend(in_maps.into_values());
-        out
-    }
-
-    fn maps_view(&self) -> Vec<MapSummary> {
-        let Ok(list) = self.dm.list() else {
-            return Vec::new();
-        };
-        list.into_iter()
-            .map(|info: MapInfo| {
-                let t = self.dm.table(&info.name).ok();
-                let st = self.dm.status(&info.name).ok();
-                MapSummary {
-                    wwid: info.wwid().unwrap_or("-").to_string(),
-                    sysfs_name: format!("dm-{}", info.dev.minor),
-                    paths: t.as_ref().map(|t| t.path_devs().count()).unwrap_or(0),
-                    active_paths: st.as_ref().map(|s| s.active_paths()).unwrap_or(0),
-                    queue_if_no_path: t.as_ref().is_some_and(|t| t.queue_if_no_path()),
-                    open_count: info.open_count,
-                    size_bytes: info.size_sectors.saturating_mul(512),
-                    name: info.name,
-                }
-            })
-            .collect()
-    }
 }
 
-/// Most device-mapper operations in flight at once.
-const DM_WORKERS: usize = 8;
-
-/// Creates and reloads maps, several at a time: each create or reload waits for udev to
-/// finish the map's rules (nodes, kpartx, blkid), which is slow and per map; the maps
-/// are independent, so their waits overlap. Results come back in `steps` order.
-fn apply_parallel<D: DmBackend>(
-    dm: &D,
-    steps: Vec<Step>,
-) -> Vec<(Step, Result<DevT, crate::dm::DmError>)> {
-    let run = |s: &Step| -> Result<DevT, crate::dm::DmError> {
-        match s {
-            Step::Create(w) => {
-                let uuid = format!("{UUID_PREFIX}{}", w.wwid);
-                dm.create(&w.name, &uuid, w.size_sectors, &w.table)
-                    .map(|i| i.dev)
-            }
-            Step::Reload { want, .. } => dm
-                .reload(&want.name, want.size_sectors, &want.table)
-                .map(|()| DevT::new(0, 0)),
-            Step::Keep(_) => Ok(DevT::new(0, 0)),
-        }
-    };
-    if steps.len() <= 1 {
-        return steps
-            .into_iter()
-            .map(|s| {
-                let r = run(&s);
-                (s, r)
-            })
-            .collect();
+fn save_ledger(l: &Ledger) {
+    if let Err(e) = l.save() {
+        warn!(
+            "saving {}: {e}; the sessions' original recovery timeouts may not be restored after a crash",
+            l.path().display()
+        );
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<DevT, crate::dm::DmError>>>> =
-        steps.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|sc| {
-        for _ in 0..DM_WORKERS.min(steps.len()) {
-            sc.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(s) = steps.get(i) else { break };
-                    let r = run(s);
-                    *results[i].lock().unwrap() = Some(r);
-                }
-            });
-        }
-    });
-    steps
-        .into_iter()
-        .zip(results)
-        .map(|(s, r)| {
-            let r = r.into_inner().unwrap().expect("every step ran");
-            (s, r)
-        })
-        .collect()
-}
-
-/// The table's feature list and hardware handler as `multipath -ll` shows them: each
-/// with its count first (`1 queue_if_no_path`, `0`).
-fn feature_and_handler_words(t: &crate::dm::MultipathTable) -> (String, String) {
-    let line = t.to_string();
-    let mut w = line.split_whitespace();
-    let mut counted = || {
-        let n: usize = w.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let mut s = n.to_string();
-        for _ in 0..n {
-            s.push(' ');
-            s.push_str(w.next().unwrap_or("?"));
-        }
-        s
-    };
-    let features = counted();
-    let handler = counted();
-    (features, handler)
 }
 
 /// The planner's questions, answered from the config, the bindings and the wwids file.
@@ -730,14 +1183,20 @@ struct EngineRules<'a> {
     removed: &'a BTreeSet<String>,
     live_names: std::collections::HashSet<String>,
     new_binding: bool,
+    /// WWIDs whose `no_path_retry` count ran out: their tables do not queue.
+    expired: &'a BTreeSet<String>,
+    /// WWIDs with a demoted path: one group per priority, so the path can sit apart.
+    demoted: &'a BTreeSet<String>,
 }
 
 impl Rules for EngineRules<'_> {
     fn policy(&self, wwid: &str) -> MapPolicy {
         let s = self.cfg.settings_for(wwid);
+        let demoted = self.demoted.contains(wwid);
         MapPolicy {
             grouping: match s.path_grouping_policy {
                 GroupingPolicy::Failover => Grouping::Failover,
+                GroupingPolicy::Multibus if demoted => Grouping::GroupByPrio,
                 GroupingPolicy::Multibus => Grouping::Multibus,
                 GroupingPolicy::GroupByPrio => Grouping::GroupByPrio,
             },
@@ -746,8 +1205,8 @@ impl Rules for EngineRules<'_> {
                 SelectorKind::QueueLength => SelectorName::QueueLength,
                 SelectorKind::ServiceTime => SelectorName::ServiceTime,
             },
-            queue_if_no_path: s.queue_if_no_path,
-            failback_immediate: s.failback == crate::config::Failback::Immediate,
+            queue_if_no_path: s.queue_if_no_path && !self.expired.contains(wwid),
+            failback_immediate: s.failback == Failback::Immediate,
         }
     }
 
@@ -789,258 +1248,4 @@ impl Rules for EngineRules<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{control::format_topology, dm::SimDm};
-
-    const WWID: &str = "360014056001405f00dcafe0123456789";
-
-    /// The recorded lab tree (two iSCSI paths, sda and sdb, to one LUN) and a config
-    /// whose state files live in a fresh temp dir.
-    fn engine(extra_toml: &str) -> (Engine<SimDm>, PathBuf) {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mpathd-engine-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let toml = format!(
-            "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n{extra_toml}",
-            dir.display()
-        );
-        let cfg = Config::from_toml_str(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
-        let sysfs = Sysfs::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sysfs/lab-2portals"
-        ));
-        (Engine::new(cfg, sysfs, SimDm::new()).unwrap(), dir)
-    }
-
-    use std::path::PathBuf;
-
-    #[test]
-    fn the_seed_alias_makes_one_map_of_both_paths_and_a_restart_adopts_it() {
-        let seed = format!("\n[[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n");
-        let (mut e, dir) = engine(&seed);
-        let s = e.reconcile();
-        assert_eq!(s.created, ["sanvol1"], "{s:?}");
-        assert!(s.errors.is_empty(), "{s:?}");
-        let t = e.dm().table("sanvol1").unwrap();
-        assert_eq!(t.path_devs().collect::<Vec<_>>(), ["8:0", "8:16"]);
-        let text = format_topology(&e.topology());
-        assert!(
-            text.starts_with(&format!("sanvol1 ({WWID}) dm-0 LIO-ORG,FILEIO\nsize=256M ")),
-            "{text}"
-        );
-        assert!(
-            text.contains("| `- 0:0:0:0 sda 8:0 active ready running"),
-            "{text}"
-        );
-        assert!(
-            text.contains("  `- 1:0:0:0 sdb 8:16 active ready running"),
-            "{text}"
-        );
-        // The WWID is remembered for find_multipaths strict.
-        let wwids = std::fs::read_to_string(dir.join("wwids")).unwrap();
-        assert!(wwids.contains(&format!("/{WWID}/")), "{wwids}");
-        // A second pass, and a new daemon on the same dm: nothing to do.
-        e.dm().clear_log();
-        let s = e.reconcile();
-        assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
-        let dm = std::mem::take(&mut e.dm);
-        let (mut e2, _) = engine(&seed);
-        e2.dm = dm;
-        let s = e2.reconcile();
-        assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
-        assert!(e2.dm().log().is_empty(), "{:?}", e2.dm().log());
-    }
-
-    #[test]
-    fn strict_find_multipaths_leaves_unknown_luns_alone_and_greedy_names_them() {
-        let (mut e, _) = engine("");
-        let s = e.reconcile();
-        assert!(s.created.is_empty(), "strict is the default: {s:?}");
-        let (mut e, dir) = engine("find_multipaths = \"greedy\"\nuser_friendly_names = true\n");
-        assert_eq!(e.reconcile().created, ["mpatha"]);
-        let b = std::fs::read_to_string(dir.join("bindings")).unwrap();
-        assert!(b.contains(&format!("mpatha {WWID}")), "{b}");
-    }
-
-    #[test]
-    fn a_blacklisted_path_is_left_out_with_the_reason() {
-        let (mut e, _) =
-            engine("find_multipaths = \"greedy\"\n[blacklist]\ndevnode = [\"^sdb$\"]\n");
-        let s = e.reconcile();
-        assert_eq!(s.created, [WWID]);
-        let t = e.dm().table(WWID).unwrap();
-        assert_eq!(t.path_devs().collect::<Vec<_>>(), ["8:0"]);
-        let Response::Paths(paths) = e.handle(Request::ShowPaths) else {
-            panic!()
-        };
-        let sdb = paths.iter().find(|p| p.name == "sdb").unwrap();
-        assert_eq!(sdb.map, None);
-        assert!(
-            sdb.note.as_deref().unwrap().contains("blacklisted"),
-            "{sdb:?}"
-        );
-    }
-
-    #[test]
-    fn admin_fail_sticks_until_reinstate_and_the_checker_brings_back_kernel_failures() {
-        let (mut e, _) = engine("find_multipaths = \"greedy\"\n");
-        e.reconcile();
-        let r = e.handle(Request::Fail {
-            path: "/dev/sda".into(),
-        });
-        assert!(matches!(r, Response::Ok { .. }), "{r:?}");
-        let st = e.dm().status(WWID).unwrap();
-        assert_eq!(st.path("8:0").unwrap().state, PathState::Failed);
-        // The checker does not undo an admin's fail...
-        e.check();
-        assert_eq!(
-            e.dm().status(WWID).unwrap().path("8:0").unwrap().state,
-            PathState::Failed
-        );
-        let Response::Topology(t) = e.handle(Request::ShowTopology) else {
-            panic!()
-        };
-        let sda = &t.maps[0].groups[0].paths[0];
-        assert_eq!(
-            (sda.dm_state.as_str(), sda.health.as_str()),
-            ("failed", "admin-failed")
-        );
-        // ...but reinstates what the kernel failed once the device is running.
-        e.dm().kernel_fail_path(WWID, "8:16");
-        e.check();
-        assert_eq!(
-            e.dm().status(WWID).unwrap().path("8:16").unwrap().state,
-            PathState::Active
-        );
-        let r = e.handle(Request::Reinstate { path: "8:0".into() });
-        assert!(matches!(r, Response::Ok { .. }), "{r:?}");
-        assert_eq!(e.dm().status(WWID).unwrap().active_paths(), 2);
-        let r = e.handle(Request::Fail { path: "sdz".into() });
-        assert!(
-            matches!(&r, Response::Error { message } if message.contains("no path named sdz")),
-            "{r:?}"
-        );
-    }
-
-    #[test]
-    fn group_by_prio_with_weights_by_portal_puts_the_preferred_portal_first() {
-        // sdb's session goes to portal 10.99.2.2 in the recorded tree.
-        let (mut e, _) = engine(
-            "find_multipaths = \"greedy\"\npath_grouping_policy = \"group_by_prio\"\n\
-             prio_weights = [{ portal = '10\\.99\\.2\\.2:3260', prio = 50 }, { portal = '.*', prio = 10 }]\n",
-        );
-        assert_eq!(e.reconcile().created, [WWID]);
-        let t = e.dm().table(WWID).unwrap();
-        assert_eq!(t.groups.len(), 2, "{t}");
-        assert_eq!(t.groups[0].paths[0].dev, "8:16", "portal 2 first: {t}");
-        let Response::Topology(topo) = e.handle(Request::ShowTopology) else {
-            panic!()
-        };
-        let prios: Vec<u32> = topo.maps[0].groups.iter().map(|g| g.prio).collect();
-        assert_eq!(prios, [50, 10]);
-    }
-
-    #[test]
-    fn no_path_retry_n_stops_queueing_after_n_checks_and_resumes_when_a_path_is_back() {
-        let (mut e, _) = engine("find_multipaths = \"greedy\"\nno_path_retry = 2\n");
-        e.reconcile();
-        assert!(
-            e.dm().table(WWID).unwrap().queue_if_no_path(),
-            "queues at first"
-        );
-        // Admin-failed paths stay failed: the map has no usable path.
-        for p in ["sda", "sdb"] {
-            assert!(matches!(
-                e.handle(Request::Fail { path: p.into() }),
-                Response::Ok { .. }
-            ));
-        }
-        e.check();
-        e.check();
-        assert!(
-            e.dm().table(WWID).unwrap().queue_if_no_path(),
-            "2 checks: still queueing"
-        );
-        e.check();
-        assert!(
-            !e.dm().table(WWID).unwrap().queue_if_no_path(),
-            "3rd check: queued IO fails"
-        );
-        e.handle(Request::Reinstate { path: "sdb".into() });
-        e.check();
-        assert!(
-            e.dm().table(WWID).unwrap().queue_if_no_path(),
-            "a path is back: queueing again"
-        );
-    }
-
-    #[test]
-    fn parallel_apply_keeps_step_order_and_reports_each_failure() {
-        use crate::{dm::MultipathTable, maps::WantMap};
-        let dm = SimDm::new();
-        let steps: Vec<Step> = (0..20)
-            .map(|i| {
-                // Map 7's path is not MAJ:MIN: the backend refuses that one only.
-                let dev = if i == 7 {
-                    "sdx".to_string()
-                } else {
-                    format!("8:{}", i * 16)
-                };
-                Step::Create(WantMap {
-                    wwid: format!("w{i}"),
-                    name: format!("m{i}"),
-                    size_sectors: 8,
-                    table: MultipathTable::failover([dev]),
-                    paths: vec![],
-                })
-            })
-            .collect();
-        let out = apply_parallel(&dm, steps);
-        assert_eq!(out.len(), 20);
-        for (i, (step, r)) in out.iter().enumerate() {
-            let Step::Create(w) = step else { panic!() };
-            assert_eq!(w.name, format!("m{i}"));
-            assert_eq!(r.is_err(), i == 7, "{i}: {r:?}");
-        }
-        assert_eq!(dm.list().unwrap().len(), 19);
-    }
-
-    #[test]
-    fn switchgroup_checks_the_group_and_remove_refuses_an_open_map() {
-        let (mut e, _) = engine("find_multipaths = \"greedy\"\n");
-        e.reconcile();
-        let r = e.handle(Request::SwitchGroup {
-            map: WWID.into(),
-            group: 3,
-        });
-        assert!(
-            matches!(&r, Response::Error { message } if message.contains("pick 1 to 2")),
-            "{r:?}"
-        );
-        let r = e.handle(Request::SwitchGroup {
-            map: WWID.into(),
-            group: 2,
-        });
-        assert!(matches!(r, Response::Ok { .. }), "{r:?}");
-        assert_eq!(e.dm().status(WWID).unwrap().next_pg, 2);
-        e.dm().set_open(WWID, 1);
-        let r = e.handle(Request::Remove { map: WWID.into() });
-        assert!(
-            matches!(&r, Response::Error { message } if message.contains("open")),
-            "{r:?}"
-        );
-        e.dm().set_open(WWID, 0);
-        assert!(matches!(
-            e.handle(Request::Remove { map: WWID.into() }),
-            Response::Ok { .. }
-        ));
-        // Not made again behind the admin's back.
-        assert!(e.reconcile().created.is_empty());
-    }
-}
+mod tests;

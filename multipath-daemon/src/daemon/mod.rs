@@ -1,18 +1,32 @@
-//! `mpathd daemon`: the long-running service. Owns an [`Engine`] and feeds it: the first
-//! scan at start, udev events for paths coming and going (debounced, so a login of 128
-//! LUNs is one pass), a slow periodic rescan as a safety net, the path checker, control
-//! socket requests and signals.
+//! `mpathd daemon`: the long-running service.
+//!
+//! The event loop only decides. Everything that can wait on the kernel runs elsewhere and
+//! comes back as an event: sysfs and device-mapper reads on blocking threads
+//! ([`gather`]), device-mapper changes in per-map lanes ([`crate::actions`]), checks in
+//! the [`CheckerPool`], control requests that read device-mapper on blocking threads. A
+//! suspend stuck behind I/O on a dead path therefore delays nothing but its own map's
+//! table: signals, the control socket, udev events, checks and `fail_path` messages go on.
+//!
+//! What feeds the [`Engine`]: a reconcile pass at start, on udev events for paths
+//! (debounced, so a login of 128 LUNs is one pass), on `reconfigure`/SIGHUP and every
+//! `rescan_interval`; every `check_interval` a check of every path and a poll of the maps'
+//! status and the iSCSI sessions; the health engine's timers.
 //!
 //! Exiting never touches the maps: a stopped or crashed daemon leaves every map as it
-//! was, serving I/O on the paths it has.
+//! was, serving I/O on the paths it has. On SIGTERM the iSCSI sessions' recovery timeouts
+//! are put back; after a crash the next start does it from the ledger.
 
 mod engine;
+pub mod gather;
+pub mod views;
 
-pub use engine::{Engine, Summary};
+pub use engine::{Command, Engine, EngineOptions, MapState, Summary, Why, Work};
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,14 +40,21 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    actions::{
+        DmEvent, DmExec, OpId,
+        rescue::{self, Ledger},
+    },
+    checker::{CheckOutcome, CheckResult, CheckerPool},
     config::Config,
     control::{Request, Response},
     dm::{DmBackend, KernelDm},
+    health::{CheckVerdict, Decision, Input},
+    model::{Conn, monotonic_ns},
     topology::Sysfs,
 };
 
 /// Where the daemon looks for its config unless told otherwise.
-pub const DEFAULT_CONFIG: &str = "/etc/mpathd/mpathd.toml";
+pub const DEFAULT_CONFIG: &str = crate::config::DEFAULT_CONFIG_PATH;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -43,10 +64,34 @@ pub struct Options {
     pub socket: Option<PathBuf>,
     /// Rescan even without udev events this often (udev may not run, or miss events).
     pub rescan_interval: Duration,
-    /// The path checker's interval.
+    /// The path checker's interval (and the poll of the maps' status).
     pub check_interval: Duration,
     /// Gathers udev events for this long before a rescan.
     pub debounce: Duration,
+    /// Decide and log, but change nothing: no map created or reloaded, no path failed,
+    /// no session touched (to run beside multipathd).
+    pub observe: bool,
+    pub engine: EngineOptions,
+    /// Where the sessions' original recovery timeouts are kept.
+    pub ledger: PathBuf,
+    /// The root under which `sys/` is read and written (`/` on a host).
+    pub sysfs_root: PathBuf,
+}
+
+impl Options {
+    pub fn new(config: PathBuf) -> Self {
+        Self {
+            config,
+            socket: None,
+            rescan_interval: Duration::from_secs(30),
+            check_interval: Duration::from_secs(5),
+            debounce: Duration::from_millis(100),
+            observe: false,
+            engine: EngineOptions::default(),
+            ledger: PathBuf::from(rescue::DEFAULT_LEDGER),
+            sysfs_root: PathBuf::from("/"),
+        }
+    }
 }
 
 /// Reads the config for the daemon: a missing file at the default path means defaults;
@@ -68,17 +113,88 @@ pub async fn run(opts: Options) -> Result<()> {
         .unwrap_or_else(|| cfg.defaults.socket.clone());
     let listener = bind_socket(&socket_path)?;
     let dm = KernelDm::new().context("opening device-mapper")?;
-    let engine = Engine::new(cfg, Sysfs::default(), dm)?;
-    let r = serve_engine(opts, engine, listener, t0, std::future::pending()).await;
+    let ledger = Ledger::load(&opts.ledger)?;
+    let engine = Engine::new(cfg, opts.engine.clone(), ledger)?;
+    let sysfs = Sysfs::new(&opts.sysfs_root);
+    let r = serve(
+        opts,
+        engine,
+        sysfs,
+        Arc::new(dm),
+        listener,
+        t0,
+        std::future::pending(),
+    )
+    .await;
     let _ = std::fs::remove_file(&socket_path);
     r
 }
 
+/// What comes back to the loop from work done elsewhere.
+enum Event {
+    Gathered(Box<gather::Snapshot>),
+    Polled(Box<gather::Poll>),
+    Checked(CheckResult),
+    TmoWritten {
+        session: String,
+        secs: u32,
+        result: std::io::Result<()>,
+    },
+    Rescued {
+        decision: Box<Decision>,
+        conn: Conn,
+        result: std::io::Result<()>,
+        took: Duration,
+    },
+    Config(Box<Result<Config>>, Option<oneshot::Sender<Response>>),
+    FailbackDue(String),
+}
+
+/// A reconcile pass whose work is not all done yet.
+struct Pass {
+    sum: Summary,
+    outstanding: BTreeSet<OpId>,
+    t0: Instant,
+    waiters: Vec<oneshot::Sender<Response>>,
+    first: bool,
+}
+
+/// What an operation in flight belongs to.
+struct Pending {
+    why: Why,
+    pass: Option<u64>,
+    reply: Option<(oneshot::Sender<Response>, String)>,
+}
+
+struct Daemon<D: DmBackend + 'static> {
+    opts: Options,
+    engine: Engine,
+    sysfs: Sysfs,
+    dm: Arc<D>,
+    exec: DmExec<D>,
+    events: mpsc::UnboundedSender<Event>,
+    pool: CheckerPool,
+    pending: HashMap<OpId, Pending>,
+    passes: BTreeMap<u64, Pass>,
+    next_pass: u64,
+    gathering: bool,
+    /// Who waits for the pass being read now.
+    pass_waiters: Vec<oneshot::Sender<Response>>,
+    /// A pass was asked for while one was gathering: run another after it.
+    again: Option<Vec<oneshot::Sender<Response>>>,
+    first_pass_done: bool,
+    t0: Instant,
+    /// Paths whose checker said "unsupported" (logged once).
+    unsupported: BTreeSet<crate::model::DevT>,
+}
+
 /// The daemon's loop around an engine on any device-mapper backend, until SIGTERM,
 /// SIGINT or `stop` (tests) completes.
-pub async fn serve_engine<D: DmBackend>(
+pub async fn serve<D: DmBackend + 'static>(
     opts: Options,
-    mut engine: Engine<D>,
+    engine: Engine,
+    sysfs: Sysfs,
+    dm: Arc<D>,
     listener: UnixListener,
     t0: Instant,
     stop: impl std::future::Future<Output = ()>,
@@ -87,22 +203,32 @@ pub async fn serve_engine<D: DmBackend>(
         ms = t0.elapsed().as_millis(),
         "config, socket and device-mapper open"
     );
-    let sum = engine.reconcile();
-    info!(
-        "ready maps={} paths={} created={} reloaded={} errors={} elapsed_ms={} (scan {} ms, read dm {} ms, create/reload {} ms)",
-        sum.maps,
-        sum.paths,
-        sum.created.len(),
-        sum.reloaded.len(),
-        sum.errors.len(),
-        t0.elapsed().as_millis(),
-        sum.scan_ms,
-        sum.read_dm_ms,
-        sum.apply_ms
-    );
-    sd_notify("READY=1");
+    let (dm_tx, mut dm_rx) = mpsc::unbounded_channel::<DmEvent>();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let mut d = Daemon {
+        exec: DmExec::new(dm.clone(), dm_tx),
+        opts,
+        engine,
+        sysfs,
+        dm,
+        events: ev_tx,
+        pool: CheckerPool::new(),
+        pending: HashMap::new(),
+        passes: BTreeMap::new(),
+        next_pass: 1,
+        gathering: false,
+        pass_waiters: Vec::new(),
+        again: None,
+        first_pass_done: false,
+        t0,
+        unsupported: BTreeSet::new(),
+    };
+    if d.opts.observe {
+        info!("observe mode: decisions are logged, nothing is changed");
+    }
+    d.start_pass(None);
 
-    let (req_tx, mut req_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(16);
+    let (req_tx, mut req_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);
     tokio::spawn(accept_loop(listener, req_tx));
     let mut udev = match udev_monitor() {
         Ok(m) => Some(m),
@@ -114,32 +240,31 @@ pub async fn serve_engine<D: DmBackend>(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut rescan = tokio::time::interval(opts.rescan_interval);
+    let mut rescan = tokio::time::interval(d.opts.rescan_interval);
     rescan.tick().await;
-    let mut check = tokio::time::interval(opts.check_interval);
+    let mut check = tokio::time::interval(d.opts.check_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
-    let mut pending: Option<tokio::time::Instant> = None;
+    let mut health_tick = tokio::time::interval(Duration::from_millis(50));
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut debounce_at: Option<tokio::time::Instant> = None;
     let mut stop = std::pin::pin!(stop);
     loop {
         let debounce = async {
-            match pending {
+            match debounce_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            Some((req, reply)) = req_rx.recv() => {
-                let resp = match req {
-                    Request::Reconfigure => reconfigure(&mut engine, &opts.config),
-                    other => engine.handle(other),
-                };
-                let _ = reply.send(resp);
-            }
+            Some(ev) = dm_rx.recv() => d.on_dm(ev),
+            Some(ev) = ev_rx.recv() => d.on_event(ev),
+            Some((req, reply)) = req_rx.recv() => d.on_request(req, reply),
             ev = next_udev(&mut udev) => {
                 match ev {
                     Some(name) => {
                         debug!(device = %name, "udev event");
-                        pending.get_or_insert_with(|| tokio::time::Instant::now() + opts.debounce);
+                        debounce_at.get_or_insert_with(|| tokio::time::Instant::now() + d.opts.debounce);
                     }
                     None => {
                         warn!("udev monitor failed: relying on the periodic rescan");
@@ -148,43 +273,513 @@ pub async fn serve_engine<D: DmBackend>(
                 }
             }
             _ = debounce => {
-                pending = None;
-                engine.reconcile();
+                debounce_at = None;
+                d.start_pass(None);
             }
-            _ = rescan.tick() => { engine.reconcile(); }
-            _ = check.tick() => { engine.check(); }
-            _ = hup.recv() => { let r = reconfigure(&mut engine, &opts.config); info!("SIGHUP: {r:?}"); }
+            _ = rescan.tick() => d.start_pass(None),
+            _ = check.tick() => d.check_all(),
+            _ = health_tick.tick() => {
+                let cmds = d.engine.tick(monotonic_ns());
+                d.execute(cmds);
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP: re-reading the config");
+                d.reconfigure(None);
+            }
             _ = term.recv() => { info!("SIGTERM: exiting; maps are left as they are"); break; }
             _ = int.recv() => { info!("SIGINT: exiting; maps are left as they are"); break; }
             _ = &mut stop => { info!("stopped; maps are left as they are"); break; }
         }
     }
+    d.restore_recovery_tmo().await;
     Ok(())
 }
 
-fn reconfigure<D: DmBackend>(engine: &mut Engine<D>, path: &Path) -> Response {
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("reconfigure: {e:#}; keeping the running config");
-            return Response::Error {
-                message: format!("{e:#}; the running config stays"),
-            };
+impl<D: DmBackend + 'static> Daemon<D> {
+    /// Starts a reconcile pass unless one is reading already (then another follows it).
+    fn start_pass(&mut self, waiter: Option<oneshot::Sender<Response>>) {
+        if self.gathering {
+            let w = self.again.get_or_insert_with(Vec::new);
+            w.extend(waiter);
+            return;
         }
-    };
-    if let Err(e) = engine.set_config(cfg) {
-        return Response::Error {
-            message: format!("{e:#}"),
-        };
+        self.gathering = true;
+        self.pass_waiters = waiter.into_iter().collect();
+        let iscsi = self.first_pass_done || self.engine.first_pass_needs_iscsi();
+        let (sysfs, dm, tx) = (self.sysfs.clone(), self.dm.clone(), self.events.clone());
+        tokio::task::spawn_blocking(move || {
+            let snap = gather::snapshot(&sysfs, &*dm, iscsi);
+            let _ = tx.send(Event::Gathered(Box::new(snap)));
+        });
     }
-    let s = engine.reconcile();
-    Response::Ok {
-        message: format!(
-            "config re-read: {} maps, {} created, {} reloaded, {} errors",
+
+    fn on_gathered(&mut self, snap: gather::Snapshot) {
+        self.gathering = false;
+        let (works, sum) = self.engine.plan(snap, monotonic_ns());
+        let id = self.next_pass;
+        self.next_pass += 1;
+        let first = !self.first_pass_done && !self.passes.values().any(|p| p.first);
+        let mut pass = Pass {
+            sum,
+            outstanding: BTreeSet::new(),
+            t0: Instant::now(),
+            waiters: std::mem::take(&mut self.pass_waiters),
+            first,
+        };
+        if self.opts.observe {
+            for w in &works {
+                info!(map = %w.map, "observe: would {} ({:?})", w.op.kind(), w.why);
+            }
+        } else {
+            for w in works {
+                let op = self.exec.submit(&w.map, w.lane, w.op);
+                pass.outstanding.insert(op);
+                self.pending.insert(
+                    op,
+                    Pending {
+                        why: w.why,
+                        pass: Some(id),
+                        reply: None,
+                    },
+                );
+            }
+        }
+        self.passes.insert(id, pass);
+        self.maybe_finish_pass(id);
+        self.update_watch();
+        if let Some(waiters) = self.again.take() {
+            self.start_pass(None);
+            self.pass_waiters.extend(waiters);
+        }
+    }
+
+    fn maybe_finish_pass(&mut self, id: u64) {
+        if !self
+            .passes
+            .get(&id)
+            .is_some_and(|p| p.outstanding.is_empty())
+        {
+            return;
+        }
+        let mut p = self.passes.remove(&id).expect("checked");
+        p.sum.apply_ms = p.t0.elapsed().as_millis() as u64;
+        let s = &p.sum;
+        if p.first {
+            self.first_pass_done = true;
+            info!(
+                "ready maps={} paths={} created={} reloaded={} errors={} elapsed_ms={} (scan {} ms, read dm {} ms, create/reload {} ms)",
+                s.maps,
+                s.paths,
+                s.created.len(),
+                s.reloaded.len(),
+                s.errors.len(),
+                self.t0.elapsed().as_millis(),
+                s.scan_ms,
+                s.read_dm_ms,
+                s.apply_ms
+            );
+            sd_notify("READY=1");
+            // The first pass may have skipped the iSCSI sessions: read them now.
+            self.start_pass(None);
+        } else {
+            debug!(
+                scan_ms = s.scan_ms,
+                read_dm_ms = s.read_dm_ms,
+                apply_ms = s.apply_ms,
+                "reconcile pass"
+            );
+        }
+        let message = format!(
+            "config re-read: {} maps, {} created, {} reloaded, {} errors{}",
             s.maps,
             s.created.len(),
             s.reloaded.len(),
-            s.errors.len()
+            s.errors.len(),
+            if s.errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", s.errors.join("; "))
+            }
+        );
+        for w in p.waiters {
+            let _ = w.send(Response::Ok {
+                message: message.clone(),
+            });
+        }
+        // Maps deferred because a table operation was still running get their turn now
+        // that this pass is done, if nothing is busy any more.
+        if !s.deferred.is_empty() && !self.gathering {
+            self.start_pass(None);
+        }
+    }
+
+    fn on_dm(&mut self, ev: DmEvent) {
+        match ev {
+            DmEvent::Slow {
+                map, kind, waited, ..
+            } => warn!(
+                map = %map,
+                waited_ms = waited.as_millis() as u64,
+                "device-mapper {kind} still waiting (a suspend waits for the I/O in flight)"
+            ),
+            DmEvent::Done(done) => {
+                let Some(p) = self.pending.remove(&done.id) else {
+                    return;
+                };
+                let out = self.engine.done(&done, &p.why);
+                if done.took > Duration::from_secs(1) {
+                    info!(
+                        map = %done.map,
+                        took_ms = done.took.as_millis() as u64,
+                        "device-mapper {} waited", done.op.kind()
+                    );
+                }
+                if let Why::Decision(dec) = &p.why {
+                    log_decision(
+                        dec,
+                        Some(&done.result.as_ref().map(|_| ()).map_err(|e| e.to_string())),
+                        self.opts.observe,
+                    );
+                }
+                if let Some(id) = p.pass
+                    && let Some(pass) = self.passes.get_mut(&id)
+                {
+                    pass.outstanding.remove(&done.id);
+                    pass.sum.created.extend(out.created.clone());
+                    pass.sum.reloaded.extend(out.reloaded.clone());
+                    pass.sum.errors.extend(out.error.clone());
+                }
+                if let Some((reply, message)) = p.reply {
+                    let _ = reply.send(match &out.error {
+                        None => Response::Ok { message },
+                        Some(e) => Response::Error { message: e.clone() },
+                    });
+                }
+                self.execute(out.commands);
+                if let Some(id) = p.pass {
+                    self.maybe_finish_pass(id);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Gathered(s) => self.on_gathered(*s),
+            Event::Polled(p) => {
+                debug!(took_ms = p.took.as_millis() as u64, "poll");
+                let cmds = self.engine.poll(*p, monotonic_ns());
+                self.execute(cmds);
+                self.update_watch();
+            }
+            Event::Checked(r) => {
+                let verdict = match r.outcome {
+                    CheckOutcome::Up | CheckOutcome::Ghost => CheckVerdict::Up { took: r.took },
+                    CheckOutcome::Down { why } => CheckVerdict::Down { why },
+                    CheckOutcome::Timeout => CheckVerdict::Timeout,
+                    CheckOutcome::Pending => return,
+                    CheckOutcome::Unsupported { why } => {
+                        if self.unsupported.insert(r.dev) {
+                            warn!(path = %r.dev, checker = %r.kind, "{why}: this path is not checked");
+                        }
+                        return;
+                    }
+                };
+                let cmds = self.engine.input(
+                    monotonic_ns(),
+                    Input::Check {
+                        dev: r.dev,
+                        verdict,
+                    },
+                );
+                self.execute(cmds);
+            }
+            Event::TmoWritten {
+                session,
+                secs,
+                result,
+            } => {
+                match &result {
+                    Ok(()) => info!(session = %session, "recovery_tmo set to {secs} s"),
+                    Err(e) => debug!(session = %session, "recovery_tmo {secs}: {e}"),
+                }
+                self.engine.recovery_tmo_written(&session, secs, &result);
+            }
+            Event::Rescued {
+                decision,
+                conn,
+                result,
+                took,
+            } => match result {
+                Ok(()) => info!(
+                    path = %decision.name,
+                    conn = %conn,
+                    since_signal_ms = monotonic_ns().saturating_sub(decision.signal_ns) as f64 / 1e6,
+                    took_ms = took.as_secs_f64() * 1000.0,
+                    "rescue: the dead connection's socket destroyed; its I/O goes back to device-mapper"
+                ),
+                Err(e) => {
+                    warn!(path = %decision.name, conn = %conn, "rescue: destroying the socket: {e}")
+                }
+            },
+            Event::Config(r, reply) => match (*r).and_then(|c| self.engine.set_config(c)) {
+                Ok(()) => self.start_pass(reply),
+                Err(e) => {
+                    warn!("reconfigure: {e:#}; keeping the running config");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Response::Error {
+                            message: format!("{e:#}; the running config stays"),
+                        });
+                    }
+                }
+            },
+            Event::FailbackDue(map) => {
+                let cmds = self.engine.failback_due(&map);
+                self.execute(cmds);
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        match req {
+            Request::ShowTopology | Request::ShowPaths | Request::ShowMaps => {
+                let ctx = self.engine.view_ctx();
+                let (dm, sysfs) = (self.dm.clone(), self.sysfs.clone());
+                tokio::task::spawn_blocking(move || {
+                    let r = match req {
+                        Request::ShowTopology => {
+                            Response::Topology(views::topology(&*dm, &sysfs, &ctx))
+                        }
+                        Request::ShowPaths => Response::Paths(views::paths(&*dm, &sysfs, &ctx)),
+                        _ => Response::Maps(views::maps(&*dm)),
+                    };
+                    let _ = reply.send(r);
+                });
+            }
+            Request::Reconfigure => self.reconfigure(Some(reply)),
+            other => match self.engine.admin(&other, monotonic_ns()) {
+                Err(message) => {
+                    let _ = reply.send(Response::Error { message });
+                }
+                Ok((cmds, message)) => {
+                    let mut reply = Some((reply, message));
+                    for c in cmds {
+                        match c {
+                            Command::Dm(w) if reply.is_some() && !self.opts.observe => {
+                                let id = self.submit(w);
+                                if let Some(p) = self.pending.get_mut(&id) {
+                                    p.reply = reply.take();
+                                }
+                            }
+                            c => self.execute(vec![c]),
+                        }
+                    }
+                    if let Some((reply, message)) = reply {
+                        let _ = reply.send(Response::Ok {
+                            message: if self.opts.observe {
+                                format!("{message} (observe mode: nothing was changed)")
+                            } else {
+                                message
+                            },
+                        });
+                    }
+                }
+            },
+        }
+    }
+
+    fn reconfigure(&mut self, reply: Option<oneshot::Sender<Response>>) {
+        let (path, tx) = (self.opts.config.clone(), self.events.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(Event::Config(Box::new(load_config(&path)), reply));
+        });
+    }
+
+    fn submit(&mut self, w: Work) -> OpId {
+        let id = self.exec.submit(&w.map, w.lane, w.op);
+        self.pending.insert(
+            id,
+            Pending {
+                why: w.why,
+                pass: None,
+                reply: None,
+            },
+        );
+        id
+    }
+
+    /// Runs what the engine asked for; in observe mode, logs what it would have done.
+    fn execute(&mut self, cmds: Vec<Command>) {
+        for c in cmds {
+            match c {
+                Command::Dm(w) => {
+                    if self.opts.observe {
+                        match &w.why {
+                            Why::Decision(d) => log_decision(d, None, true),
+                            why => info!(map = %w.map, "observe: would {} ({why:?})", w.op.kind()),
+                        }
+                    } else {
+                        self.submit(w);
+                    }
+                }
+                Command::Note(d) => log_decision(&d, None, self.opts.observe),
+                Command::Rescue { rescue, decision } => {
+                    if self.opts.observe {
+                        info!(path = %decision.name, conn = %rescue.conn, "observe: would destroy the dead connection's socket");
+                        continue;
+                    }
+                    let set_tmo = self.engine.fast_tmo_for_rescue(&rescue.session);
+                    let (root, tx) = (self.opts.sysfs_root.clone(), self.events.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let t = Instant::now();
+                        // recovery_tmo must be 0 while the session is still logged in,
+                        // before the socket goes, or the I/O waits the old timeout.
+                        if let Some(secs) = set_tmo {
+                            let r = rescue::set_recovery_tmo(&root, &rescue.session, secs);
+                            let _ = tx.send(Event::TmoWritten {
+                                session: rescue.session.clone(),
+                                secs,
+                                result: r,
+                            });
+                        }
+                        let result = rescue::destroy_socket(&rescue.conn);
+                        let _ = tx.send(Event::Rescued {
+                            decision,
+                            conn: rescue.conn,
+                            result,
+                            took: t.elapsed(),
+                        });
+                    });
+                }
+                Command::SetRecoveryTmo { session, secs } => {
+                    if self.opts.observe {
+                        continue;
+                    }
+                    let (root, tx) = (self.opts.sysfs_root.clone(), self.events.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = rescue::set_recovery_tmo(&root, &session, secs);
+                        let _ = tx.send(Event::TmoWritten {
+                            session,
+                            secs,
+                            result,
+                        });
+                    });
+                }
+                Command::CheckNow(devs) => {
+                    for dev in devs {
+                        if let Some(node) = self.engine.node_of(dev) {
+                            self.check_one(dev, node);
+                        }
+                    }
+                }
+                Command::Replan => self.start_pass(None),
+                Command::FailbackLater { map, after } => {
+                    let tx = self.events.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(Event::FailbackDue(map));
+                    });
+                }
+            }
+        }
+    }
+
+    fn check_one(&self, dev: crate::model::DevT, node: PathBuf) {
+        let (pool, tx) = (self.pool.clone(), self.events.clone());
+        let (kind, timeout) = (
+            self.engine.options().checker,
+            self.engine.options().checker_timeout,
+        );
+        tokio::spawn(async move {
+            let r = pool.check(dev, node, kind, timeout).await;
+            let _ = tx.send(Event::Checked(r));
+        });
+    }
+
+    /// The checker's interval: check every path, read the maps' status and sessions.
+    fn check_all(&mut self) {
+        for t in self.engine.check_targets() {
+            self.check_one(t.dev, t.node);
+        }
+        let (maps, paths) = self.engine.poll_targets();
+        let (sysfs, dm, tx) = (self.sysfs.clone(), self.dm.clone(), self.events.clone());
+        tokio::task::spawn_blocking(move || {
+            let p = gather::poll(&sysfs, &*dm, &maps, &paths);
+            let _ = tx.send(Event::Polled(Box::new(p)));
+        });
+    }
+
+    /// Keeps the probes on the managed paths (once the probes run in the daemon).
+    fn update_watch(&mut self) {}
+
+    /// Puts every session's original recovery timeout back (SIGTERM).
+    async fn restore_recovery_tmo(&mut self) {
+        if self.opts.observe {
+            return;
+        }
+        let originals = self.engine.recovery_tmo_originals();
+        if originals.is_empty() {
+            return;
+        }
+        let root = self.opts.sysfs_root.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            originals
+                .into_iter()
+                .map(|(s, v)| {
+                    let r = rescue::set_recovery_tmo(&root, &s, v);
+                    (s, v, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (s, v, r) in results {
+            match r {
+                Ok(()) => {
+                    info!(session = %s, "recovery_tmo restored to {v} s");
+                    self.engine.ledger_mut().forget(&s);
+                }
+                Err(e) => warn!(
+                    session = %s,
+                    "restoring recovery_tmo {v}: {e}; kept in {} for the next start",
+                    self.opts.ledger.display()
+                ),
+            }
+        }
+        if let Err(e) = self.engine.ledger_mut().save() {
+            warn!("saving {}: {e}", self.opts.ledger.display());
+        }
+    }
+}
+
+/// One line per decision, with its reason and timing: kernel signal -> decision, and
+/// decision -> device-mapper done when it needed device-mapper.
+fn log_decision(d: &Decision, done: Option<&Result<(), String>>, observe: bool) {
+    let now = monotonic_ns();
+    let to_decision_ms = d.decided_ns.saturating_sub(d.signal_ns) as f64 / 1e6;
+    let what = match &d.action {
+        crate::health::Action::None => "state",
+        crate::health::Action::Fail { .. } => "fail_path",
+        crate::health::Action::Reinstate => "reinstate_path",
+        crate::health::Action::Demote => "demote",
+        crate::health::Action::Restore => "restore",
+    };
+    let prefix = if observe { "observe: would " } else { "" };
+    match done {
+        Some(Ok(())) => info!(
+            path = %d.name, dev = %d.dev, map = %d.map,
+            signal_to_decision_ms = to_decision_ms,
+            decision_to_done_ms = now.saturating_sub(d.decided_ns) as f64 / 1e6,
+            "{}: {} -> {} ({}): {}", what, d.from, d.to, d.reason.label(), d.reason
+        ),
+        Some(Err(e)) => warn!(
+            path = %d.name, dev = %d.dev, map = %d.map,
+            "{}: {} -> {} ({}) failed in device-mapper: {e}", what, d.from, d.to, d.reason
+        ),
+        None => info!(
+            path = %d.name, dev = %d.dev, map = %d.map,
+            signal_to_decision_ms = to_decision_ms,
+            "{prefix}{}: {} -> {} ({}): {}", what, d.from, d.to, d.reason.label(), d.reason
         ),
     }
 }
@@ -215,20 +810,34 @@ async fn accept_loop(
     listener: UnixListener,
     tx: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
 ) {
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: wait rather than spin on the error.
+                warn!(
+                    "control socket: accept: {e}; retrying in {} ms",
+                    backoff.as_millis()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
         };
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, tx).await {
+            if let Err(e) = serve_client(stream, tx).await {
                 debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn serve(
+async fn serve_client(
     stream: UnixStream,
     tx: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
 ) -> Result<()> {
@@ -238,7 +847,7 @@ async fn serve(
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     // A request is one short line; cap it so a client cannot make us buffer without end.
-    let n = BufReader::new(rd.take_limit(64 * 1024))
+    let n = BufReader::new(tokio::io::AsyncReadExt::take(rd, 64 * 1024))
         .read_line(&mut line)
         .await?;
     let resp = if cred.uid() != 0 && cred.uid() != me {
@@ -263,16 +872,6 @@ async fn serve(
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     Ok(())
-}
-
-trait TakeLimit: Sized {
-    fn take_limit(self, n: u64) -> tokio::io::Take<Self>;
-}
-
-impl<T: tokio::io::AsyncRead> TakeLimit for T {
-    fn take_limit(self, n: u64) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, n)
-    }
 }
 
 type Udev = tokio::io::unix::AsyncFd<tokio_udev::MonitorSocket>;

@@ -1,0 +1,571 @@
+//! The engine driven synchronously, as the loop drives it, on an in-memory device-mapper
+//! and the sysfs tree recorded in the lab (two iSCSI paths, sda and sdb, to one LUN).
+
+use std::{collections::VecDeque, path::PathBuf, time::Duration};
+
+use super::*;
+use crate::{
+    actions::{DmDone, rescue::Ledger},
+    control::{Response, format_topology},
+    daemon::{gather, views},
+    dm::{DmBackend, PathState as DmPathState, SimDm},
+    health::{BlockSignal, CheckVerdict, ConnSignal, Input},
+    topology::Sysfs,
+};
+
+const WWID: &str = "360014056001405f00dcafe0123456789";
+const MS: Ns = 1_000_000;
+const S: Ns = 1_000 * MS;
+const SDA: DevT = DevT { major: 8, minor: 0 };
+const SDB: DevT = DevT {
+    major: 8,
+    minor: 16,
+};
+
+/// The engine with what the loop would do, done at once.
+struct Driver {
+    e: Engine,
+    dm: SimDm,
+    sysfs: Sysfs,
+    dir: PathBuf,
+    now: Ns,
+    /// Commands other than device-mapper work, in order.
+    other: Vec<Command>,
+}
+
+fn tmpdir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mpathd-engine-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn lab_sysfs() -> Sysfs {
+    Sysfs::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sysfs/lab-2portals"
+    ))
+}
+
+impl Driver {
+    fn new(extra_toml: &str) -> Self {
+        Self::on(extra_toml, SimDm::new(), tmpdir())
+    }
+
+    /// A daemon (a restart) on an existing device-mapper and state dir.
+    fn on(extra_toml: &str, dm: SimDm, dir: PathBuf) -> Self {
+        let toml = format!(
+            "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n{extra_toml}",
+            dir.display()
+        );
+        let cfg = Config::from_toml_str(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let ledger = Ledger::load(&dir.join("recovery_tmo.json")).unwrap();
+        Self {
+            e: Engine::new(cfg, EngineOptions::default(), ledger).unwrap(),
+            dm,
+            sysfs: lab_sysfs(),
+            dir,
+            now: 1000 * S,
+            other: Vec::new(),
+        }
+    }
+
+    fn reconcile(&mut self) -> Summary {
+        let snap = gather::snapshot(&self.sysfs, &self.dm, true);
+        let (works, mut sum) = self.e.plan(snap, self.now);
+        self.run(works.into_iter().map(Command::Dm).collect(), Some(&mut sum));
+        sum
+    }
+
+    fn run(&mut self, cmds: Vec<Command>, mut sum: Option<&mut Summary>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut q: VecDeque<Command> = cmds.into();
+        while let Some(c) = q.pop_front() {
+            match c {
+                Command::Dm(w) => {
+                    let result = crate::actions::run(&self.dm, &w.map, &w.op);
+                    let done = DmDone {
+                        id: 0,
+                        map: w.map.clone(),
+                        lane: w.lane,
+                        op: w.op.clone(),
+                        result,
+                        queued: Duration::ZERO,
+                        took: Duration::ZERO,
+                    };
+                    let o = self.e.done(&done, &w.why);
+                    if let Some(s) = sum.as_deref_mut() {
+                        s.created.extend(o.created.clone());
+                        s.reloaded.extend(o.reloaded.clone());
+                        s.errors.extend(o.error.clone());
+                    }
+                    errors.extend(o.error);
+                    q.extend(o.commands);
+                }
+                Command::Replan => {
+                    self.other.push(Command::Replan);
+                    let snap = gather::snapshot(&self.sysfs, &self.dm, true);
+                    let (works, _) = self.e.plan(snap, self.now);
+                    q.extend(works.into_iter().map(Command::Dm));
+                }
+                other => self.other.push(other),
+            }
+        }
+        errors
+    }
+
+    fn poll(&mut self) {
+        let (maps, paths) = self.e.poll_targets();
+        let p = gather::poll(&self.sysfs, &self.dm, &maps, &paths);
+        let cmds = self.e.poll(p, self.now);
+        self.run(cmds, None);
+    }
+
+    fn input(&mut self, i: Input) {
+        let cmds = self.e.input(self.now, i);
+        self.run(cmds, None);
+    }
+
+    fn up(&mut self, dev: DevT) {
+        self.input(Input::Check {
+            dev,
+            verdict: CheckVerdict::Up {
+                took: Duration::from_millis(2),
+            },
+        });
+    }
+
+    fn request(&mut self, req: Request) -> Response {
+        let ctx = self.e.view_ctx();
+        match req {
+            Request::ShowTopology => {
+                Response::Topology(views::topology(&self.dm, &self.sysfs, &ctx))
+            }
+            Request::ShowPaths => Response::Paths(views::paths(&self.dm, &self.sysfs, &ctx)),
+            Request::ShowMaps => Response::Maps(views::maps(&self.dm)),
+            other => match self.e.admin(&other, self.now) {
+                Ok((cmds, message)) => {
+                    let errors = self.run(cmds, None);
+                    match errors.first() {
+                        None => Response::Ok { message },
+                        Some(e) => Response::Error { message: e.clone() },
+                    }
+                }
+                Err(message) => Response::Error { message },
+            },
+        }
+    }
+
+    fn dm_state(&self, map: &str, dev: &str) -> DmPathState {
+        self.dm.status(map).unwrap().path(dev).unwrap().state
+    }
+}
+
+#[test]
+fn the_seed_alias_makes_one_map_of_both_paths_and_a_restart_adopts_it() {
+    let seed = format!("\n[[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n");
+    let mut d = Driver::new(&seed);
+    let s = d.reconcile();
+    assert_eq!(s.created, ["sanvol1"], "{s:?}");
+    assert!(s.errors.is_empty(), "{s:?}");
+    let t = d.dm.table("sanvol1").unwrap();
+    assert_eq!(t.path_devs().collect::<Vec<_>>(), ["8:0", "8:16"]);
+    let Response::Topology(topo) = d.request(Request::ShowTopology) else {
+        panic!()
+    };
+    let text = format_topology(&topo);
+    assert!(
+        text.starts_with(&format!("sanvol1 ({WWID}) dm-0 LIO-ORG,FILEIO\nsize=256M ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("| `- 0:0:0:0 sda 8:0 active ready running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  `- 1:0:0:0 sdb 8:16 active ready running"),
+        "{text}"
+    );
+    // The WWID is remembered for find_multipaths strict.
+    let wwids = std::fs::read_to_string(d.dir.join("wwids")).unwrap();
+    assert!(wwids.contains(&format!("/{WWID}/")), "{wwids}");
+    // A second pass, and a new daemon on the same dm: nothing to do.
+    d.dm.clear_log();
+    let s = d.reconcile();
+    assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
+    let dm = std::mem::take(&mut d.dm);
+    let mut d2 = Driver::on(&seed, dm, tmpdir());
+    let s = d2.reconcile();
+    assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
+    assert!(d2.dm.log().is_empty(), "{:?}", d2.dm.log());
+}
+
+#[test]
+fn strict_find_multipaths_leaves_unknown_luns_alone_and_greedy_names_them() {
+    let mut d = Driver::new("");
+    let s = d.reconcile();
+    assert!(s.created.is_empty(), "strict is the default: {s:?}");
+    let mut d = Driver::new("find_multipaths = \"greedy\"\nuser_friendly_names = true\n");
+    assert_eq!(d.reconcile().created, ["mpatha"]);
+    let b = std::fs::read_to_string(d.dir.join("bindings")).unwrap();
+    assert!(b.contains(&format!("mpatha {WWID}")), "{b}");
+}
+
+#[test]
+fn a_blacklisted_path_is_left_out_with_the_reason() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n[blacklist]\ndevnode = [\"^sdb$\"]\n");
+    let s = d.reconcile();
+    assert_eq!(s.created, [WWID]);
+    let t = d.dm.table(WWID).unwrap();
+    assert_eq!(t.path_devs().collect::<Vec<_>>(), ["8:0"]);
+    let Response::Paths(paths) = d.request(Request::ShowPaths) else {
+        panic!()
+    };
+    let sdb = paths.iter().find(|p| p.name == "sdb").unwrap();
+    assert_eq!((sdb.map.as_deref(), sdb.state), (None, None));
+    assert!(
+        sdb.note.as_deref().unwrap().contains("blacklisted"),
+        "{sdb:?}"
+    );
+    let sda = paths.iter().find(|p| p.name == "sda").unwrap();
+    assert_eq!(sda.state, Some(PathState::Active));
+}
+
+#[test]
+fn admin_fail_sticks_and_a_kernel_failed_path_returns_after_clean_checks() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    d.reconcile();
+    let r = d.request(Request::Fail {
+        path: "/dev/sda".into(),
+    });
+    assert!(matches!(r, Response::Ok { .. }), "{r:?}");
+    assert_eq!(d.dm_state(WWID, "8:0"), DmPathState::Failed);
+    // Clean checks do not undo an admin's fail...
+    d.up(SDA);
+    d.up(SDA);
+    d.poll();
+    assert_eq!(d.dm_state(WWID, "8:0"), DmPathState::Failed);
+    let Response::Topology(t) = d.request(Request::ShowTopology) else {
+        panic!()
+    };
+    let sda = &t.maps[0].groups[0].paths[0];
+    assert_eq!(
+        (sda.dm_state.as_str(), sda.state),
+        ("failed", Some(PathState::AdminFailed))
+    );
+    assert_eq!(sda.reason.as_deref(), Some("admin"));
+    // ...but a path the kernel failed is followed, then reinstated after two clean checks.
+    d.dm.kernel_fail_path(WWID, "8:16");
+    d.poll();
+    assert_eq!(d.e.health().state(SDB), Some(PathState::Failed));
+    d.up(SDB);
+    assert_eq!(d.e.health().state(SDB), Some(PathState::Probation));
+    assert_eq!(d.dm_state(WWID, "8:16"), DmPathState::Failed, "not yet");
+    d.up(SDB);
+    assert_eq!(d.dm_state(WWID, "8:16"), DmPathState::Active);
+    let r = d.request(Request::Reinstate { path: "8:0".into() });
+    assert!(matches!(r, Response::Ok { .. }), "{r:?}");
+    assert_eq!(d.dm.status(WWID).unwrap().active_paths(), 2);
+    let r = d.request(Request::Fail { path: "sdz".into() });
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("no path named sdz")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_checker_failure_fails_an_idle_path_in_its_map() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    d.reconcile();
+    d.input(Input::Check {
+        dev: SDB,
+        verdict: CheckVerdict::Down {
+            why: "TUR: host byte DID_NO_CONNECT (0x01)".into(),
+        },
+    });
+    assert_eq!(d.dm_state(WWID, "8:16"), DmPathState::Failed);
+    let Response::Paths(p) = d.request(Request::ShowPaths) else {
+        panic!()
+    };
+    let sdb = p.iter().find(|p| p.name == "sdb").unwrap();
+    assert_eq!(sdb.state, Some(PathState::Failed));
+    assert!(
+        sdb.reason.as_deref().unwrap().contains("DID_NO_CONNECT"),
+        "{sdb:?}"
+    );
+}
+
+#[test]
+fn group_by_prio_with_weights_by_portal_puts_the_preferred_portal_first() {
+    // sdb's session goes to portal 10.99.2.2 in the recorded tree.
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\npath_grouping_policy = \"group_by_prio\"\n\
+         prio_weights = [{ portal = '10\\.99\\.2\\.2:3260', prio = 50 }, { portal = '.*', prio = 10 }]\n",
+    );
+    assert_eq!(d.reconcile().created, [WWID]);
+    let t = d.dm.table(WWID).unwrap();
+    assert_eq!(t.groups.len(), 2, "{t}");
+    assert_eq!(t.groups[0].paths[0].dev, "8:16", "portal 2 first: {t}");
+    let Response::Topology(topo) = d.request(Request::ShowTopology) else {
+        panic!()
+    };
+    let prios: Vec<u32> = topo.maps[0].groups.iter().map(|g| g.prio).collect();
+    assert_eq!(prios, [50, 10]);
+}
+
+#[test]
+fn no_path_retry_n_holds_across_reconciles_and_restarts_and_ends_when_a_path_is_back() {
+    let cfg = "find_multipaths = \"greedy\"\nno_path_retry = 2\n";
+    let mut d = Driver::new(cfg);
+    d.reconcile();
+    assert!(
+        d.dm.table(WWID).unwrap().queue_if_no_path(),
+        "queues at first"
+    );
+    // The kernel fails both paths: no usable path.
+    d.dm.kernel_fail_path(WWID, "8:0");
+    d.dm.kernel_fail_path(WWID, "8:16");
+    d.poll();
+    d.poll();
+    assert!(
+        d.dm.table(WWID).unwrap().queue_if_no_path(),
+        "2 checks: still queueing"
+    );
+    d.poll();
+    assert!(
+        !d.dm.table(WWID).unwrap().queue_if_no_path(),
+        "3rd: queued I/O fails"
+    );
+    // A reconcile after the expiry does not turn queueing back on...
+    let s = d.reconcile();
+    assert!(s.reloaded.is_empty(), "{s:?}");
+    assert!(!d.dm.table(WWID).unwrap().queue_if_no_path());
+    // ...nor does a restarted daemon adopting the map...
+    let dm = std::mem::take(&mut d.dm);
+    let mut d = Driver::on(cfg, dm, tmpdir());
+    let s = d.reconcile();
+    assert!(s.reloaded.is_empty(), "{s:?}");
+    d.poll();
+    assert!(!d.dm.table(WWID).unwrap().queue_if_no_path());
+    // ...and when a path is back, queueing is on again.
+    d.up(SDB);
+    d.up(SDB);
+    assert_eq!(d.dm_state(WWID, "8:16"), DmPathState::Active);
+    d.poll();
+    assert!(d.dm.table(WWID).unwrap().queue_if_no_path());
+    assert!(d.reconcile().reloaded.is_empty());
+}
+
+#[test]
+fn a_reload_fails_paths_known_down_first_and_again_after() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\npath_grouping_policy = \"multibus\"\n");
+    d.reconcile();
+    d.input(Input::Check {
+        dev: SDA,
+        verdict: CheckVerdict::Timeout,
+    });
+    assert_eq!(d.dm_state(WWID, "8:0"), DmPathState::Failed);
+    d.dm.clear_log();
+    // The policy changes: the map is reloaded.
+    d.e.set_config(
+        Config::from_toml_str(
+            &format!(
+                "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
+                 find_multipaths = \"greedy\"\npath_grouping_policy = \"failover\"\n",
+                d.dir.display()
+            ),
+            "test.toml",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let s = d.reconcile();
+    assert_eq!(s.reloaded, [WWID]);
+    let log = d.dm.log();
+    assert_eq!(
+        log,
+        [
+            format!("message {WWID} fail_path 8:0"),
+            format!("reload {WWID}"),
+            format!("message {WWID} fail_path 8:0"),
+        ]
+    );
+    assert_eq!(
+        d.dm_state(WWID, "8:0"),
+        DmPathState::Failed,
+        "still down after the reload"
+    );
+}
+
+#[test]
+fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_recovery() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    d.reconcile();
+    d.poll();
+    // Both paths usable: each session's maps have a path elsewhere, so both sessions get
+    // recovery_tmo 0, the originals (5 s in the recorded tree) kept in the ledger.
+    let tmo: Vec<(String, u32)> = d
+        .other
+        .iter()
+        .filter_map(|c| match c {
+            Command::SetRecoveryTmo { session, secs } => Some((session.clone(), *secs)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tmo, [("session1".into(), 0), ("session2".into(), 0)]);
+    assert_eq!(
+        d.e.recovery_tmo_originals(),
+        [("session1".into(), 5), ("session2".into(), 5)]
+    );
+    let saved = std::fs::read_to_string(d.dir.join("recovery_tmo.json")).unwrap();
+    assert!(saved.contains("\"session1\": 5"), "{saved}");
+    for (s, v) in tmo {
+        d.e.recovery_tmo_written(&s, v, &Ok(()));
+    }
+    d.other.clear();
+    // Silent loss on portal 1: a retransmission, then the stall.
+    let conn = d.e.watched_paths()[0].2.unwrap();
+    d.now += S;
+    d.input(Input::Conn {
+        conn,
+        at_ns: d.now,
+        signal: ConnSignal::Retransmits { consecutive: 1 },
+    });
+    d.now += 250 * MS;
+    d.input(Input::Block {
+        dev: SDA,
+        at_ns: d.now,
+        signal: BlockSignal::Stalled {
+            oldest: Duration::from_millis(260),
+            since_completion: Some(Duration::from_millis(260)),
+            inflight: 4,
+        },
+    });
+    assert_eq!(d.dm_state(WWID, "8:0"), DmPathState::Failed);
+    let rescue = d.other.iter().find_map(|c| match c {
+        Command::Rescue { rescue, .. } => Some(rescue.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        rescue,
+        Some(Rescue {
+            session: "session1".into(),
+            conn
+        })
+    );
+    // sdb is now the map's last usable path: its session gets its original timeout
+    // back, so it rides out a short outage.
+    let back: Vec<&Command> = d
+        .other
+        .iter()
+        .filter(|c| matches!(c, Command::SetRecoveryTmo { .. }))
+        .collect();
+    assert_eq!(
+        back,
+        [&Command::SetRecoveryTmo {
+            session: "session2".into(),
+            secs: 5
+        }]
+    );
+    d.e.recovery_tmo_written("session2", 5, &Ok(()));
+    assert_eq!(d.e.recovery_tmo_originals(), [("session1".into(), 5)]);
+}
+
+#[test]
+fn a_degraded_path_is_moved_to_a_group_of_its_own_and_back() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\npath_grouping_policy = \"multibus\"\n");
+    d.reconcile();
+    assert_eq!(d.dm.table(WWID).unwrap().groups.len(), 1);
+    d.dm.clear_log();
+    d.input(Input::Block {
+        dev: SDB,
+        at_ns: d.now,
+        signal: BlockSignal::Slow {
+            latency: Duration::from_millis(150),
+            count: 3,
+        },
+    });
+    assert_eq!(d.e.health().state(SDB), Some(PathState::Degraded));
+    let t = d.dm.table(WWID).unwrap();
+    assert_eq!(t.groups.len(), 2, "{t}");
+    assert_eq!(
+        t.groups[0].paths[0].dev, "8:0",
+        "the healthy path first: {t}"
+    );
+    assert_eq!(t.groups[1].paths[0].dev, "8:16");
+    assert_eq!(d.dm.status(WWID).unwrap().next_pg, 1);
+    assert!(
+        d.dm.log()
+            .contains(&format!("message {WWID} switch_group 1")),
+        "{:?}",
+        d.dm.log()
+    );
+    // Quiet for 10 s with a clean check: one group again.
+    d.now += 11 * S;
+    d.up(SDB);
+    let cmds = d.e.tick(d.now);
+    d.run(cmds, None);
+    assert_eq!(d.e.health().state(SDB), Some(PathState::Active));
+    assert_eq!(d.dm.table(WWID).unwrap().groups.len(), 1);
+}
+
+#[test]
+fn failback_immediate_returns_io_to_the_best_group_and_manual_does_not() {
+    for (policy, want_switch) in [("immediate", true), ("manual", false)] {
+        let mut d = Driver::new(&format!(
+            "find_multipaths = \"greedy\"\nfailback = \"{policy}\"\n"
+        ));
+        d.reconcile();
+        d.input(Input::Check {
+            dev: SDA,
+            verdict: CheckVerdict::Timeout,
+        });
+        d.dm.message(WWID, &Message::SwitchGroup(2)).unwrap();
+        d.dm.clear_log();
+        d.up(SDA);
+        d.up(SDA);
+        assert_eq!(d.dm_state(WWID, "8:0"), DmPathState::Active);
+        let switched =
+            d.dm.log()
+                .contains(&format!("message {WWID} switch_group 1"));
+        assert_eq!(switched, want_switch, "{policy}: {:?}", d.dm.log());
+    }
+}
+
+#[test]
+fn switchgroup_checks_the_group_and_remove_refuses_an_open_map() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    d.reconcile();
+    let r = d.request(Request::SwitchGroup {
+        map: WWID.into(),
+        group: 3,
+    });
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("pick 1 to 2")),
+        "{r:?}"
+    );
+    let r = d.request(Request::SwitchGroup {
+        map: WWID.into(),
+        group: 2,
+    });
+    assert!(matches!(r, Response::Ok { .. }), "{r:?}");
+    assert_eq!(d.dm.status(WWID).unwrap().next_pg, 2);
+    d.dm.set_open(WWID, 1);
+    let r = d.request(Request::Remove { map: WWID.into() });
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("open")),
+        "{r:?}"
+    );
+    d.dm.set_open(WWID, 0);
+    assert!(matches!(
+        d.request(Request::Remove { map: WWID.into() }),
+        Response::Ok { .. }
+    ));
+    // Not made again behind the admin's back.
+    assert!(d.reconcile().created.is_empty());
+}
