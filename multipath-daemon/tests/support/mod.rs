@@ -2,6 +2,8 @@
 //! `Drop`, so it goes away even when the test panics.
 #![allow(dead_code)]
 
+pub mod slowfs;
+
 use std::{
     fs::File,
     io::Read,
