@@ -2,11 +2,17 @@
 
 mod support;
 
-use std::{os::unix::fs::FileExt, time::Duration};
+use std::{
+    os::unix::fs::FileExt,
+    time::{Duration, Instant},
+};
 
 use mpathd::ebpf::{BlockProbes, Dir, PathEvent, PathEventKind, PathThresholds, ProbeVariant};
 use multipath_common::block::ERR_IO;
-use support::{AlignedBuf, FsBackedLoop, LoopDev, need_root};
+use support::{
+    AlignedBuf, FsBackedLoop, LoopDev, need_root,
+    slowfs::{self, Mode, SlowLoop},
+};
 
 const BS: usize = 4096;
 
@@ -111,8 +117,12 @@ fn loop_counts_io_per_watched_device() {
     let programs = program_names(&probes);
     // This kernel has BTF: the completion comes from the tp_btf program.
     assert_eq!(
-        programs[..2],
-        ["block_rq_issue_count", "block_rq_complete_btf"]
+        programs,
+        [
+            "block_rq_issue_btf",
+            "block_rq_complete_btf",
+            "block_rq_requeue_btf"
+        ]
     );
     counts_io(probes, "watched");
 }
@@ -125,7 +135,7 @@ fn loop_classic_tracepoint_programs_count_io() {
     }
     let probes = BlockProbes::load_with(ProbeVariant::Tracepoint).unwrap_or_else(|e| panic!("{e}"));
     let programs = program_names(&probes);
-    assert!(programs[0].starts_with("block_rq_issue") && programs[0] != "block_rq_issue_count");
+    assert!(programs[0].starts_with("block_rq_issue") && !programs[0].ends_with("_btf"));
     assert!(
         programs[1].starts_with("block_rq_complete_rwbs"),
         "{programs:?}"
@@ -297,9 +307,11 @@ fn loop_hung_io_is_reported_stalled_then_slow() {
     assert_eq!(stalls.len(), 1, "only the hung device: {stalls:?}");
     assert_eq!(stalls[0].dev, dev.inner.dev);
     match stalls[0].kind {
-        PathEventKind::Stalled { inflight, for_ } => {
+        PathEventKind::Stalled {
+            inflight, oldest, ..
+        } => {
             assert_eq!(inflight, 1);
-            assert!(for_ >= Duration::from_millis(200), "{for_:?}");
+            assert!(oldest >= Duration::from_millis(200), "{oldest:?}");
         }
         ref k => panic!("{k:?}"),
     }
@@ -342,4 +354,79 @@ fn loop_hung_io_is_reported_stalled_then_slow() {
         probes.snapshot(dev.inner.dev).unwrap().unwrap().inflight(),
         0
     );
+}
+
+/// One request held by the file system under the loop device while every other request
+/// on the device completes at once: the counters would show a busy, healthy path; the
+/// per-request rule reports the one that is stuck, at its age.
+#[test]
+fn loop_one_hung_request_is_reported_while_the_path_completes_others() {
+    if need_root("loop_one_hung_request_is_reported_while_the_path_completes_others") {
+        return;
+    }
+    let l = SlowLoop::new("hung-one", 16);
+    let mut probes = load();
+    let limit = Duration::from_millis(300);
+    probes
+        .watch(
+            l.dev(),
+            PathThresholds {
+                stall_limit: limit,
+                ..quiet()
+            },
+        )
+        .unwrap();
+    l.fs.set_mode(Mode::Hang);
+    let path = l.path().to_owned();
+    let issued = Instant::now();
+    let hung = std::thread::spawn(move || slowfs::read_direct(&path, 8 * BS as u64));
+    assert!(
+        l.fs.wait_held(1, Duration::from_secs(5)),
+        "the read was not held"
+    );
+    l.fs.set_mode(Mode::Normal);
+    let mut stalled = None;
+    let mut reads = 0u64;
+    while stalled.is_none() && issued.elapsed() < Duration::from_secs(3) {
+        // The path keeps completing IO the whole time.
+        l.read_direct(0).unwrap();
+        reads += 1;
+        stalled = probes.scan_stalls().unwrap().pop();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = issued.elapsed();
+    let ev = stalled.expect("the hung read was not reported within 3 s");
+    assert_eq!(ev.dev, l.dev());
+    match ev.kind {
+        PathEventKind::Stalled {
+            inflight,
+            oldest,
+            since_completion,
+        } => {
+            assert_eq!(inflight, 1);
+            assert!(
+                oldest >= limit && oldest <= seen,
+                "{oldest:?} (seen after {seen:?})"
+            );
+            // Reported within one epoch (67 ms) and a few scans of crossing the limit.
+            assert!(seen < limit + Duration::from_millis(300), "{seen:?}");
+            let since = since_completion.expect("the path completed reads");
+            assert!(since < Duration::from_millis(100), "{since:?}");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(reads >= 10, "only {reads} reads completed meanwhile");
+    let s = probes.snapshot(l.dev()).unwrap().unwrap();
+    assert_eq!(s.inflight(), 1, "{s:?}");
+    assert!(s.stats.completions() >= reads, "{s:?}");
+    assert!(probes.scan_stalls().unwrap().is_empty(), "reported once");
+
+    l.fs.release();
+    hung.join().unwrap().unwrap();
+    let t0 = Instant::now();
+    while probes.snapshot(l.dev()).unwrap().unwrap().inflight() != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(1), "still in flight");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(probes.scan_stalls().unwrap().is_empty());
 }
