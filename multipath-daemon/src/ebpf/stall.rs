@@ -421,8 +421,10 @@ mod tests {
     #[test]
     fn a_transient_negative_reading_does_not_move_the_floor() {
         let mut t = Tracker::new(T0);
-        let mut o = Outstanding::default();
-        o.unstamped = -1;
+        let mut o = Outstanding {
+            unstamped: -1,
+            ..Default::default()
+        };
         t.update(&o, T0 + 50 * MS, 0);
         o.unstamped = 1;
         let a = t.update(&o, T0 + 100 * MS, 0);
