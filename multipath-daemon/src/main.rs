@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use mpathd::{
     control::{self, DEFAULT_SOCKET, Request, Response},
     ebpf::{
-        BlockProbes, ConnEvent, ConnEventKind, ConnThresholds, DevT, ISCSI_PORT, PathEvent,
-        PathEventKind, PathThresholds, TcpProbes, monotonic_ns,
+        ConnEvent, ConnEventKind, ConnThresholds, DevT, EbpfError, ErrorClass, ISCSI_PORT,
+        PathEvent, PathEventKind, PathThresholds, ProbeEvent, ProbeVariant, WatchSpec, Watcher,
+        WatcherOptions, monotonic_ns,
     },
     model::Conn,
     topology::{Sysfs, group_by_wwid},
@@ -135,10 +136,11 @@ struct ProbeArgs {
     slow_count: u32,
     #[arg(long, default_value_t = 5000)]
     slow_window_ms: u64,
-    /// IO in flight with no completion for this long (ms) is a stall; 0 turns it off.
+    /// A request outstanding this long (ms) is a stall, even while the device completes
+    /// others; 0 turns the rule off.
     #[arg(long, default_value_t = 1000)]
     stall_ms: u64,
-    /// How often to look for stalls (ms): the stall rule's resolution.
+    /// How often to look for stalls (ms, 1 to 1000): the stall rule's resolution.
     #[arg(long, default_value_t = 50)]
     scan_ms: u64,
     /// Least gap (ms) between two events of one kind for one device.
@@ -419,11 +421,20 @@ fn resolve(arg: &str) -> Result<Target> {
 }
 
 fn probe(args: ProbeArgs) -> Result<()> {
-    let targets = args
-        .devices
-        .iter()
-        .map(|d| resolve(d))
-        .collect::<Result<Vec<_>>>()?;
+    let mut targets: Vec<Target> = Vec::new();
+    for d in &args.devices {
+        let t = resolve(d)?;
+        // The same device twice (a path and its MAJ:MIN) is watched once.
+        if !targets.iter().any(|x| x.dev == t.dev) {
+            targets.push(t);
+        }
+    }
+    if args.scan_ms == 0 || args.scan_ms > 1000 {
+        bail!(
+            "--scan-ms must be 1 to 1000, not {}: the kernel keeps request ages for 1.07 s",
+            args.scan_ms
+        );
+    }
     let thresholds = PathThresholds {
         latency_limit: Duration::from_millis(args.latency_limit_ms),
         slow_count: args.slow_count,
@@ -431,55 +442,71 @@ fn probe(args: ProbeArgs) -> Result<()> {
         stall_limit: Duration::from_millis(args.stall_ms),
         event_gap: Duration::from_millis(args.event_gap_ms),
     };
+    let conn_thresholds = ConnThresholds {
+        retrans_limit: args.retrans_limit,
+        rtt_limit: Duration::from_millis(args.rtt_limit_ms),
+        event_gap: Duration::from_millis(args.event_gap_ms),
+    };
+    let specs = |targets: &[Target]| -> Vec<WatchSpec> {
+        targets
+            .iter()
+            .map(|t| WatchSpec {
+                dev: t.dev,
+                name: t.name.clone(),
+                conn: t.conn,
+                path: thresholds,
+                tcp: conn_thresholds,
+            })
+            .collect()
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let mut probes = BlockProbes::load().context("loading the block probes")?;
-        let mut events = probes.take_events()?;
-        for t in &targets {
-            probes.watch(t.dev, thresholds)?;
-            tracing::info!(device = %t.name, dev = %t.dev, "watching");
-        }
-        let mut conns: Vec<(Conn, &str)> = targets
-            .iter()
-            .filter_map(|t| Some((t.conn?, t.name.as_str())))
-            .collect();
-        let mut tcp = None;
-        let mut tcp_events = None;
-        if !args.no_tcp && !conns.is_empty() {
-            let mut p = TcpProbes::load(args.portal_port).context("loading the TCP probes")?;
-            let stream = p.take_events()?;
-            let ct = ConnThresholds {
-                retrans_limit: args.retrans_limit,
-                rtt_limit: Duration::from_millis(args.rtt_limit_ms),
-                event_gap: Duration::from_millis(args.event_gap_ms),
-            };
-            for (c, name) in &conns {
-                p.watch(*c, ct)?;
-                tracing::info!(device = %name, conn = %c, "watching iSCSI connection");
-            }
-            tcp = Some((p, ct));
-            tcp_events = Some(stream);
-        }
-        let conn_name = |conns: &[(Conn, &str)], c: &Conn| {
-            conns
-                .iter()
-                .find(|(x, _)| x == c)
-                .map_or_else(|| c.to_string(), |(_, n)| n.to_string())
+        let opts = WatcherOptions {
+            portal_port: args.portal_port,
+            scan_interval: Duration::from_millis(args.scan_ms),
+            tcp: !args.no_tcp,
+            variant: ProbeVariant::Auto,
+            // Sized for exactly the devices given: kernel memory grows with it.
+            max_paths: targets.len() as u32,
         };
-        // A session that reconnects gets a new TCP connection (a new local port); sysfs
-        // says which, so it is re-read every second and the watch follows it.
-        let mut relearn = tokio::time::interval(Duration::from_secs(1));
-        let sysfs = Sysfs::default();
-        let name_of = |dev: DevT| {
+        let (watcher, mut events) = Watcher::start(opts).context("loading the probes")?;
+        let report = |failed: Vec<(DevT, EbpfError)>| -> Result<()> {
+            for (dev, e) in failed {
+                match e {
+                    // The block device is watched; only its connection is not.
+                    EbpfError::Conn { .. } => tracing::warn!(dev = %dev, "{e}"),
+                    e => return Err(e).with_context(|| format!("watching {dev}")),
+                }
+            }
+            Ok(())
+        };
+        report(watcher.set(specs(&targets)).await)?;
+        let name_of = |targets: &[Target], dev: DevT| {
             targets
                 .iter()
                 .find(|t| t.dev == dev)
                 .map_or_else(|| dev.to_string(), |t| t.name.clone())
         };
-        let mut scan = tokio::time::interval(Duration::from_millis(args.scan_ms.max(1)));
+        // Several paths can share one connection (one session, several LUNs).
+        let conn_name = |targets: &[Target], c: &Conn| {
+            let names: Vec<&str> = targets
+                .iter()
+                .filter(|t| t.conn.as_ref() == Some(c))
+                .map(|t| t.name.as_str())
+                .collect();
+            if names.is_empty() {
+                c.to_string()
+            } else {
+                names.join(",")
+            }
+        };
+        // A session that reconnects gets a new TCP connection (a new local port); sysfs
+        // says which, so it is re-read every second and the watch follows it.
+        let mut relearn = tokio::time::interval(Duration::from_secs(1));
+        let sysfs = Sysfs::default();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         let stop = async {
@@ -489,61 +516,68 @@ fn probe(args: ProbeArgs) -> Result<()> {
             }
         };
         tokio::pin!(stop);
-        let mut batch = Vec::new();
-        let mut tcp_batch = Vec::new();
         loop {
-            batch.clear();
-            tcp_batch.clear();
-            let tcp_next = async {
-                match tcp_events.as_mut() {
-                    Some(s) => s.next_batch(&mut tcp_batch).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                r = events.next_batch(&mut batch) => r?,
-                r = tcp_next => r?,
-                _ = scan.tick() => batch.extend(probes.scan_stalls()?),
-                _ = relearn.tick(), if tcp.is_some() => {
-                    let (p, ct) = tcp.as_mut().expect("checked");
-                    for (conn, name) in conns.iter_mut() {
-                        let now = sysfs.iscsi_path(name).ok().flatten().and_then(|x| x.conn);
-                        if let Some(new) = now.filter(|n| n != conn) {
-                            p.unwatch(*conn)?;
-                            p.watch(new, *ct)?;
-                            tracing::info!(device = %name, old = %conn, new = %new, "iSCSI connection changed; watching the new one");
-                            *conn = new;
+                ev = events.recv() => match ev {
+                    Some(ProbeEvent::Path(ev)) => print_event(&ev, &name_of(&targets, ev.dev), args.json),
+                    Some(ProbeEvent::Conn(ev)) => print_conn_event(&ev, &conn_name(&targets, &ev.conn), args.json),
+                    None => bail!("the probes stopped"),
+                },
+                _ = relearn.tick(), if !args.no_tcp => {
+                    let mut changed = false;
+                    for t in targets.iter_mut() {
+                        let now = sysfs.iscsi_path(&t.name).ok().flatten().and_then(|x| x.conn);
+                        if now.is_some() && now != t.conn {
+                            tracing::info!(device = %t.name, old = ?t.conn.map(|c| c.to_string()), new = ?now.map(|c| c.to_string()), "iSCSI connection changed; watching the new one");
+                            t.conn = now;
+                            changed = true;
                         }
+                    }
+                    if changed {
+                        report(watcher.set(specs(&targets)).await)?;
                     }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = &mut stop => break,
             }
-            for ev in &batch {
-                print_event(ev, &name_of(ev.dev), args.json);
-            }
-            for ev in &tcp_batch {
-                print_conn_event(ev, &conn_name(&conns, &ev.conn), args.json);
-            }
         }
-        for t in &targets {
-            if let Some(s) = probes.snapshot(t.dev)? {
-                let summary = serde_json::json!({
-                    "summary": t.name,
-                    "dev": t.dev.to_string(),
-                    "issues": s.stats.issues,
-                    "completions": s.stats.completions(),
-                    "errors": s.stats.errors(),
-                    "bytes": s.stats.bytes(),
-                    "inflight": s.inflight(),
-                    "untimed": s.stats.untimed,
-                    "ewma_read_us": s.ewma[0].as_micros() as u64,
-                    "ewma_write_us": s.ewma[1].as_micros() as u64,
-                });
-                println!("{summary}");
-            }
+        for r in watcher.readings().await {
+            let s = &r.block;
+            let class = |c| s.errors_by_class(c);
+            let summary = serde_json::json!({
+                "summary": name_of(&targets, r.dev),
+                "dev": r.dev.to_string(),
+                "issues": s.stats.issues,
+                "completions": s.stats.completions(),
+                "errors": s.stats.errors(),
+                "errors_by_class": {
+                    "path": class(ErrorClass::Path),
+                    "generic": class(ErrorClass::Generic),
+                    "lun": class(ErrorClass::Lun),
+                },
+                "bytes": s.stats.bytes(),
+                "inflight": s.inflight(),
+                "oldest_ms": s.oldest.map(|d| d.as_millis() as u64),
+                "untimed": s.stats.untimed,
+                "ewma_read_us": s.ewma[0].as_micros() as u64,
+                "ewma_write_us": s.ewma[1].as_micros() as u64,
+                "conn": r.conn.map(|(c, t)| serde_json::json!({
+                    "conn": c.to_string(), "retransmits": t.retransmits, "resets": t.resets,
+                    "srtt_us": t.srtt.as_micros() as u64,
+                })),
+            });
+            println!("{summary}");
         }
+        let st = watcher.stats();
+        tracing::debug!(
+            events = st.events,
+            suppressed = st.suppressed,
+            ring_full = st.ring_full,
+            dropped = st.dropped,
+            skipped_runs = st.recursion_misses,
+            "probe statistics"
+        );
         anyhow::Ok(())
     })
 }
@@ -629,13 +663,14 @@ fn print_event(ev: &PathEvent, name: &str, json: bool) {
     let (kind, detail) = match &ev.kind {
         PathEventKind::IoError {
             errno,
+            class,
             dir,
             sector,
             latency,
         } => (
             "io_error",
             serde_json::json!({"errno": errno, "error": std::io::Error::from_raw_os_error(-errno).to_string(),
-                "dir": dir, "sector": sector, "latency_us": latency.as_micros() as u64}),
+                "class": class, "dir": dir, "sector": sector, "latency_us": latency.as_micros() as u64}),
         ),
         PathEventKind::Slow {
             latency,
@@ -645,9 +680,14 @@ fn print_event(ev: &PathEvent, name: &str, json: bool) {
             "slow",
             serde_json::json!({"latency_us": latency.as_micros() as u64, "count": count, "dir": dir}),
         ),
-        PathEventKind::Stalled { inflight, for_ } => (
+        PathEventKind::Stalled {
+            inflight,
+            oldest,
+            since_completion,
+        } => (
             "stalled",
-            serde_json::json!({"inflight": inflight, "for_ms": for_.as_millis() as u64}),
+            serde_json::json!({"inflight": inflight, "oldest_ms": oldest.as_millis() as u64,
+                "since_completion_ms": since_completion.map(|d| d.as_millis() as u64)}),
         ),
     };
     emit(

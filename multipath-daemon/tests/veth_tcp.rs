@@ -10,8 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mpathd::ebpf::{ConnEvent, ConnEventKind, ConnThresholds, TcpEventStream, TcpProbes};
-use support::{NetNs, need_root, sink};
+use mpathd::ebpf::{
+    ConnEvent, ConnEventKind, ConnThresholds, PathThresholds, ProbeEvent, TcpEventStream,
+    TcpProbes, WatchSpec, Watcher, WatcherOptions,
+};
+use support::{LoopDev, NetNs, need_root, sink};
 
 const PORTAL: u16 = 3260;
 
@@ -153,4 +156,85 @@ fn veth_peer_reset_sends_reset_and_state_events() {
         "{got:?}"
     );
     assert_eq!(probes.snapshot(conn).unwrap().unwrap().resets, 1);
+}
+
+/// The watcher follows a path's connection: after a re-login (a new connection for the
+/// same path) set() moves the watch, so only the new connection's events come through,
+/// and two paths on one connection (one session, two LUNs) watch it once.
+#[test]
+fn veth_watcher_follows_a_paths_new_connection() {
+    if need_root("veth_watcher_follows_a_paths_new_connection") {
+        return;
+    }
+    let ns = NetNs::new(3);
+    ns.listen(PORTAL, reset_after_hello);
+    let a = LoopDev::new("conn-a", 16);
+    let b = LoopDev::new("conn-b", 16);
+    let rt = runtime();
+    rt.block_on(async {
+        let opts = WatcherOptions {
+            portal_port: PORTAL,
+            max_paths: 2,
+            ..Default::default()
+        };
+        let (w, mut events) = Watcher::start(opts).unwrap_or_else(|e| panic!("{e}"));
+        let (mut old_sock, old) = ns.connect(PORTAL);
+        let (mut new_sock, new) = ns.connect(PORTAL);
+        let spec = |dev, name: &str, conn| WatchSpec {
+            dev,
+            name: name.to_owned(),
+            conn: Some(conn),
+            path: PathThresholds::default(),
+            tcp: ConnThresholds::default(),
+        };
+        assert!(w.set(vec![spec(a.dev, "a", old)]).await.is_empty());
+        let r = w.readings().await;
+        assert_eq!(r[0].conn.map(|(c, _)| c), Some(old), "{r:?}");
+
+        // Re-login: same path, new connection; a second path shares it.
+        assert!(
+            w.set(vec![spec(a.dev, "a", new), spec(b.dev, "b", new)])
+                .await
+                .is_empty()
+        );
+        let r = w.readings().await;
+        assert_eq!(r.len(), 2);
+        assert!(
+            r.iter().all(|r| r.conn.map(|(c, _)| c) == Some(new)),
+            "{r:?}"
+        );
+
+        // The old connection is no longer watched: its reset sends nothing; the new
+        // one's does, once, though two paths use it.
+        old_sock.write_all(b"hello").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        new_sock.write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.min(Duration::from_millis(500)), events.recv()).await {
+                Ok(Some(ProbeEvent::Conn(e))) => got.push(e),
+                Ok(Some(ev)) => panic!("unexpected {ev:?}"),
+                Ok(None) => break,
+                Err(_) if !got.is_empty() => break,
+                Err(_) => {}
+            }
+        }
+        assert!(got.iter().all(|e| e.conn == new), "{got:?}");
+        let resets = got
+            .iter()
+            .filter(|e| matches!(e.kind, ConnEventKind::Reset { .. }))
+            .count();
+        assert_eq!(resets, 1, "{got:?}");
+        let r = w.readings().await;
+        assert!(
+            r.iter().all(|r| r.conn.map(|(_, s)| s.resets) == Some(1)),
+            "{r:?}"
+        );
+
+        // Paths gone, connection gone.
+        assert!(w.set(Vec::new()).await.is_empty());
+        assert!(w.readings().await.is_empty());
+    });
 }

@@ -1,24 +1,39 @@
-//! Block-layer fast path: per-path counters, latency and in-kernel decisions.
+//! Block-layer fast path: per-path counters, latency, in-flight requests by age, and
+//! in-kernel decisions.
 //!
 //! Cost matters here: these run on every request of every disk. An unwatched device costs
-//! one tracepoint field read and one inlined array lookup. A watched request costs an
-//! array store at issue and an array lookup at completion; no per-request hash map.
+//! a few loads and one inlined array lookup. A watched request adds one per-CPU counter at
+//! issue and, at completion, per-CPU counters plus two atomic adds to the path's shared
+//! line and histogram. No per-request table: a request's age comes from the kernel's own
+//! start stamp in `struct request`, read at issue and at completion alike.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    EbpfContext,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use multipath_common::block::{
-    BlockEvent, BlockTpOffsets, DIR_OTHER, DIR_READ, DIR_WRITE, EV_IO_ERROR, EV_SLOW,
-    INFLIGHT_TABLE_SIZE, InflightEntry, MAX_PATHS, PathLimits, PathRuleState, PathStats,
-    SPAN_BYTES, WATCH_PROBES, WATCH_TABLE_SIZE, WatchEntry, error_kind, inflight_index,
-    inflight_tag, latency_bucket, watch_index,
+    BPF_F_MMAPABLE, BlockConfig, BlockEvent, BlockTpOffsets, COUNTER_RING_FULL, COUNTERS,
+    DIR_OTHER, DIR_READ, DIR_WRITE, EPOCH_SHIFT, EPOCHS, EV_IO_ERROR, EV_SLOW, INFLIGHT_TABLE_SIZE,
+    InflightEntry, MQ_RQ_IDLE, PathCpu, PathLimits, PathRuleState, PathShared, RqBtfOffsets,
+    SPAN_BYTES, STS_UNKNOWN, WATCH_PROBES, WatchEntry, errno_class, error_kind, inflight_index,
+    inflight_tag, latency_bucket, op_direction, stable_status_errno, status_class, watch_index,
 };
-use multipath_common::block::{RqBtfOffsets, blk_status_errno, op_direction};
 
-/// Tracepoint field offsets, written by the daemon at load time.
+/// Sizes, written by the daemon at load time.
+#[unsafe(no_mangle)]
+static BLOCK_CONFIG: BlockConfig = BlockConfig {
+    max_paths: 0,
+    watch_bits: 0,
+    valid: 0,
+    _pad: 0,
+};
+
+/// Tracepoint field offsets (classic programs), written by the daemon at load time.
 #[unsafe(no_mangle)]
 static BLOCK_TP_OFFSETS: BlockTpOffsets = BlockTpOffsets {
     issue_dev: 0,
@@ -38,44 +53,436 @@ static BLOCK_TP_OFFSETS: BlockTpOffsets = BlockTpOffsets {
 static RQ_BTF_OFFSETS: RqBtfOffsets = RqBtfOffsets {
     rq_q: 0,
     rq_cmd_flags: 0,
+    rq_data_len: 0,
     rq_sector: 0,
     rq_start_time_ns: 0,
+    rq_state: 0,
     q_disk: 0,
     disk_major: 0,
     valid: 0,
     _pad: 0,
 };
 
+// Every per-path map is sized by the daemon at load time (EbpfLoader::set_max_entries);
+// the sizes here are placeholders.
+
 /// Watched devices: a direct-mapped table probed linearly from `watch_index(dev)`.
 #[map]
-static WATCH: Array<WatchEntry> = Array::with_max_entries(WATCH_TABLE_SIZE, 0);
+static WATCH: Array<WatchEntry> = Array::with_max_entries(1, 0);
 
-/// Issue time of each request in flight on a watched device, placed by (dev, sector).
+/// Per path and CPU, index cpu * max_paths + slot. A plain array rather than a per-CPU
+/// map so the daemon can read it through a mapping, without a syscall per path and scan.
 #[map]
-static INFLIGHT: Array<InflightEntry> = Array::with_max_entries(INFLIGHT_TABLE_SIZE, 0);
+static PATH_CPU: Array<PathCpu> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Counters per path slot, one copy per CPU.
+/// Per path, shared by all CPUs.
 #[map]
-static PATH_STATS: PerCpuArray<PathStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
+static PATH_SHARED: Array<PathShared> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Thresholds per path slot, set by the daemon.
 #[map]
-static PATH_LIMITS: Array<PathLimits> = Array::with_max_entries(MAX_PATHS, 0);
+static PATH_LIMITS: Array<PathLimits> = Array::with_max_entries(1, 0);
 
-/// Rule windows and smoothed latency per path slot, shared by all CPUs.
+/// Rule windows per path slot.
 #[map]
-static PATH_RULES: Array<PathRuleState> = Array::with_max_entries(MAX_PATHS, 0);
+static PATH_RULES: Array<PathRuleState> = Array::with_max_entries(1, 0);
+
+/// Issue time of each request in flight on a watched device, placed by (dev, sector):
+/// the classic programs' only way to a latency. One entry with the BTF programs.
+#[map]
+static INFLIGHT: Array<InflightEntry> = Array::with_max_entries(INFLIGHT_TABLE_SIZE, 0);
+
+/// Counters of the whole object (COUNTER_*).
+#[map]
+static BLOCK_COUNTERS: Array<u64> = Array::with_max_entries(COUNTERS, 0);
 
 /// Events for the daemon: one per tripped rule, rate-limited per path.
 #[map]
 static BLOCK_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// Reads a load-time global. Volatile: the loader rewrites it after compilation; a plain
+/// read would be constant-folded to the zeroes above.
 #[inline(always)]
-fn offsets() -> BlockTpOffsets {
-    // Volatile: the loader rewrites this global after compilation; a plain read would be
-    // constant-folded to the zeroes above.
-    unsafe { core::ptr::read_volatile(&BLOCK_TP_OFFSETS) }
+fn global<T: Copy>(g: &T) -> T {
+    unsafe { core::ptr::read_volatile(g) }
 }
+
+/// `lock *(u64 *)p += v`. The BPF target has no `AtomicU64::fetch_add` (no compare and
+/// swap before BPF v3); with the result unused the intrinsic compiles to BPF's plain
+/// atomic add, which every kernel has.
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+#[inline(always)]
+fn atomic_add32(p: *mut u32, v: u32) {
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// The watch entry of a watched device, or `None` (the common, cheap case).
+#[inline(always)]
+fn watched(dev: u32, cfg: &BlockConfig) -> Option<WatchEntry> {
+    let mask = (1u32 << (cfg.watch_bits & 31)) - 1;
+    let mut i = watch_index(dev, cfg.watch_bits);
+    for _ in 0..WATCH_PROBES {
+        let e = WATCH.get(i & mask)?;
+        if e.dev == dev {
+            return Some(*e);
+        }
+        if e.dev == 0 {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// This CPU's entry for path `slot`. Tracepoint programs do not migrate while they run.
+#[inline(always)]
+fn path_cpu(slot: u32, cfg: &BlockConfig) -> Option<*mut PathCpu> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    PATH_CPU.get_ptr_mut(cpu.wrapping_mul(cfg.max_paths).wrapping_add(slot))
+}
+
+/// A field of a kernel struct reached from the tracepoint's typed arguments: a plain load,
+/// which the verifier checks against the kernel's BTF (offset and size must be a member's).
+#[inline(always)]
+fn kread<T: Copy>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) }
+}
+
+/// The whole disk's dev_t of a request (as the classic tracepoints report it), or None
+/// for a request of a queue without a disk.
+#[inline(always)]
+fn rq_dev(rq: *const u8, off: &RqBtfOffsets) -> Option<u32> {
+    let q: *const u8 = kread(rq, off.rq_q);
+    let disk: *const u8 = kread(q, off.q_disk);
+    if disk.is_null() {
+        return None;
+    }
+    let major: u32 = kread(disk, off.disk_major);
+    let minor: u32 = kread(disk, off.disk_major + 4);
+    Some((major << 20) | (minor & 0xfffff))
+}
+
+/// block_rq_issue(struct request *rq), as a BTF tracepoint: no record is built, and the
+/// request's start stamp is at hand.
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> u32 {
+    let off = global(&RQ_BTF_OFFSETS);
+    let cfg = global(&BLOCK_CONFIG);
+    if off.valid == 0 || cfg.valid == 0 {
+        return 0;
+    }
+    let rq: *const u8 = ctx.arg(0);
+    let Some(dev) = rq_dev(rq, &off) else {
+        return 0;
+    };
+    let Some(w) = watched(dev, &cfg) else {
+        return 0;
+    };
+    let Some(pc) = path_cpu(w.slot, &cfg) else {
+        return 0;
+    };
+    let start: u64 = kread(rq, off.rq_start_time_ns);
+    unsafe {
+        (*pc).issued.count(w.since_ns, start);
+        (*pc).issues += 1;
+    }
+    0
+}
+
+/// block_rq_requeue(struct request *rq): the request leaves the device and will be issued
+/// again. Counted in the path's shared requeue ring (atomic adds: requeues are rare and
+/// may come from any CPU and any context).
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn block_rq_requeue_btf(ctx: BtfTracePointContext) -> u32 {
+    let off = global(&RQ_BTF_OFFSETS);
+    let cfg = global(&BLOCK_CONFIG);
+    if off.valid == 0 || cfg.valid == 0 {
+        return 0;
+    }
+    let rq: *const u8 = ctx.arg(0);
+    let Some(dev) = rq_dev(rq, &off) else {
+        return 0;
+    };
+    let Some(w) = watched(dev, &cfg) else {
+        return 0;
+    };
+    let Some(sh) = PATH_SHARED.get_ptr_mut(w.slot) else {
+        return 0;
+    };
+    unsafe { atomic_add(&mut (*sh).requeues, 1) };
+    // Still IN_FLIGHT here if it was started (the kernel marks it idle after the event).
+    let state: u32 = kread(rq, off.rq_state);
+    if state == MQ_RQ_IDLE {
+        return 0;
+    }
+    let start: u64 = kread(rq, off.rq_start_time_ns);
+    requeued(unsafe { &mut *sh }, w.since_ns, start);
+    0
+}
+
+#[inline(always)]
+fn requeued(sh: &mut PathShared, since: u64, start: u64) {
+    if start == 0 {
+        atomic_add(&mut sh.requeued_unstamped, 1);
+        return;
+    }
+    if start < since {
+        return;
+    }
+    let x = (start >> EPOCH_SHIFT) as u32;
+    let Some(slot) = sh.requeued.get_mut((x as usize) & (EPOCHS - 1)) else {
+        return;
+    };
+    let held = slot.epoch;
+    if held == x {
+        atomic_add32(&mut slot.count, 1);
+    } else if (x.wrapping_sub(held) as i32) > 0 {
+        // The slot holds an older epoch: its count goes to the old sum. Two requeues of
+        // one path crossing into a new epoch at the same instant on two CPUs could both
+        // do this; rare enough to accept.
+        let n = slot.count;
+        atomic_add(&mut sh.requeued_old, u64::from(n));
+        slot.epoch = x;
+        slot.count = 1;
+    } else {
+        atomic_add(&mut sh.requeued_old, 1);
+    }
+}
+
+/// block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes) as a
+/// BTF tracepoint: the request's start time is the kernel's own stamp, already in this
+/// CPU's cache with the rest of the request, instead of one we carried across CPUs.
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> u32 {
+    let off = global(&RQ_BTF_OFFSETS);
+    let cfg = global(&BLOCK_CONFIG);
+    if off.valid == 0 || cfg.valid == 0 {
+        return 0;
+    }
+    let rq: *const u8 = ctx.arg(0);
+    let Some(dev) = rq_dev(rq, &off) else {
+        return 0;
+    };
+    let Some(w) = watched(dev, &cfg) else {
+        return 0;
+    };
+    let status: u8 = ctx.arg(1);
+    let nr_bytes: u32 = ctx.arg(2);
+    let data_len: u32 = kread(rq, off.rq_data_len);
+    let state: u32 = kread(rq, off.rq_state);
+    // start_time_ns (allocation) and io_start_time_ns (dispatch, set only when the queue
+    // keeps stats): the request is counted in flight by the first, its latency is from
+    // the second when there is one.
+    let start: u64 = kread(rq, off.rq_start_time_ns);
+    let io_start: u64 = kread(rq, off.rq_start_time_ns + 8);
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A driver may complete a request in parts; it is done with the part that covers
+    // what is left of it. A request never started (refused before issue) was never
+    // counted as issued.
+    let last = nr_bytes >= data_len;
+    if last
+        && state != MQ_RQ_IDLE
+        && let Some(pc) = path_cpu(w.slot, &cfg)
+    {
+        unsafe { (*pc).done.count(w.since_ns, start) };
+    }
+    let latency = match (last, io_start, start) {
+        (false, _, _) => 0,
+        (true, 0, 0) => 0,
+        (true, 0, s) | (true, s, _) => now.saturating_sub(s).max(1),
+    };
+    let flags: u32 = kread(rq, off.rq_cmd_flags);
+    let error = if status == 0 {
+        0
+    } else {
+        stable_status_errno(status)
+    };
+    let class = status_class(status);
+    let done = Completion {
+        dev,
+        slot: w.slot,
+        sector: kread(rq, off.rq_sector),
+        bytes: nr_bytes,
+        failed: status != 0,
+        error,
+        status: u32::from(status),
+        class,
+        dir: op_direction(flags),
+        latency,
+        last,
+        now,
+    };
+    account(&done)
+}
+
+/// One completion (or part of one), as the programs that saw it decoded it.
+struct Completion {
+    dev: u32,
+    slot: u32,
+    sector: u64,
+    bytes: u32,
+    failed: bool,
+    /// Negative errno, 0 when none or not known here.
+    error: i32,
+    status: u32,
+    class: u32,
+    dir: u32,
+    /// 0: not measured.
+    latency: u64,
+    /// The part that finishes the request (the only one with a latency sample).
+    last: bool,
+    now: u64,
+}
+
+/// Counts a completion in the path's shared counters and applies the rules.
+#[inline(always)]
+fn account(c: &Completion) -> u32 {
+    let Some(sh) = PATH_SHARED.get_ptr_mut(c.slot) else {
+        return 0;
+    };
+    let sh = unsafe { &mut *sh };
+    let d = (c.dir as usize).min(2);
+    sh.last_complete_ns = c.now;
+    if !c.failed
+        && d < 2
+        && let Some(b) = sh.bytes.get_mut(d)
+    {
+        atomic_add(b, u64::from(c.bytes));
+    }
+    if c.last {
+        if c.latency != 0 {
+            if let Some(s) = sh.latency_sum_ns.get_mut(d) {
+                atomic_add(s, c.latency);
+            }
+            if let Some(b) = sh
+                .latency_hist
+                .get_mut(d)
+                .and_then(|h| h.get_mut(latency_bucket(c.latency)))
+            {
+                atomic_add(b, 1);
+            }
+            if let Some(e) = sh.ewma_ns.get_mut(d) {
+                // EWMA with weight 1/8; the first sample seeds it.
+                let v = *e;
+                *e = if v == 0 {
+                    c.latency
+                } else {
+                    v - (v >> 3) + (c.latency >> 3)
+                };
+            }
+        } else if let Some(u) = sh.untimed.get_mut(d) {
+            atomic_add(u, 1);
+        }
+    }
+    if c.failed {
+        if let Some(e) = sh.errors.get_mut(d) {
+            atomic_add(e, 1);
+        }
+        let kind = if c.error != 0 {
+            error_kind(c.error)
+        } else {
+            multipath_common::block::ERR_OTHER
+        };
+        if let Some(k) = sh.errors_by_kind.get_mut(kind) {
+            atomic_add(k, 1);
+        }
+        if let Some(k) = sh.errors_by_class.get_mut(c.class as usize) {
+            atomic_add(k, 1);
+        }
+    }
+
+    let Some(limits) = PATH_LIMITS.get(c.slot) else {
+        return 0;
+    };
+    let slow =
+        c.latency != 0 && limits.latency_limit_ns != 0 && c.latency > limits.latency_limit_ns;
+    if !c.failed && !slow {
+        // The common case ends here.
+        return 0;
+    }
+    let Some(rules) = PATH_RULES.get_ptr_mut(c.slot) else {
+        return 0;
+    };
+    let rules = unsafe { &mut *rules };
+    let mut event = BlockEvent {
+        ts_ns: c.now,
+        dev: c.dev,
+        kind: 0,
+        error: c.error,
+        dir: c.dir,
+        latency_ns: c.latency,
+        count: 0,
+        suppressed: 0,
+        sector: c.sector,
+        status: c.status,
+        class: c.class,
+    };
+    if c.failed {
+        // Any failed completion on a path is worth a decision.
+        event.kind = EV_IO_ERROR;
+        send(rules, limits, event);
+        return 0;
+    }
+    if c.now.saturating_sub(rules.slow_window_start_ns) > limits.slow_window_ns {
+        rules.slow_window_start_ns = c.now;
+        rules.slow_in_window = 0;
+    }
+    rules.slow_in_window += 1;
+    if rules.slow_in_window >= u64::from(limits.slow_count.max(1)) {
+        event.kind = EV_SLOW;
+        event.count = rules.slow_in_window as u32;
+        rules.slow_in_window = 0;
+        rules.slow_window_start_ns = c.now;
+        send(rules, limits, event);
+    }
+    0
+}
+
+/// Sends `ev` unless one of its kind went out less than `event_gap_ns` ago, in which case
+/// it is counted and reported with the next one sent.
+#[inline(always)]
+fn send(rules: &mut PathRuleState, limits: &PathLimits, mut ev: BlockEvent) {
+    let k = (ev.kind - 1) as usize;
+    let (Some(last), Some(held)) = (
+        rules.last_event_ns.get(k).copied(),
+        rules.suppressed.get(k).copied(),
+    ) else {
+        return;
+    };
+    if last != 0 && ev.ts_ns.saturating_sub(last) < limits.event_gap_ns {
+        if let Some(s) = rules.suppressed.get_mut(k) {
+            *s += 1;
+        }
+        return;
+    }
+    ev.suppressed = held as u32;
+    if BLOCK_EVENTS.output::<BlockEvent>(&ev, 0).is_ok() {
+        if let Some(l) = rules.last_event_ns.get_mut(k) {
+            *l = ev.ts_ns;
+        }
+        if let Some(s) = rules.suppressed.get_mut(k) {
+            *s = 0;
+        }
+    } else {
+        // Ring full: the daemon is behind. Counted globally, and held back like a
+        // rate-limited event so the next one sent carries it.
+        if let Some(s) = rules.suppressed.get_mut(k) {
+            *s += 1;
+        }
+        if let Some(n) = BLOCK_COUNTERS.get_ptr_mut(COUNTER_RING_FULL) {
+            atomic_add(n, 1);
+        }
+    }
+}
+
+// ---- Classic tracepoints: kernels without usable BTF ----------------------------------
+//
+// The classic records carry no start stamp, so every request counts as "unstamped" and
+// only the counter rule can see a stall; latency comes from an issue-time table.
 
 /// Reads one field of the tracepoint record (a bpf_probe_read_kernel call: a classic
 /// tracepoint's context allows direct loads only at constant offsets, and ours come from
@@ -106,28 +513,10 @@ impl Span {
     }
 }
 
-/// The path slot of a watched device, or `None` (the common, cheap case).
-#[inline(always)]
-fn watched_slot(dev: u32) -> Option<u32> {
-    let mut i = watch_index(dev);
-    for _ in 0..WATCH_PROBES {
-        let e = WATCH.get(i & (WATCH_TABLE_SIZE - 1))?;
-        if e.dev == dev {
-            return Some(e.slot);
-        }
-        if e.dev == 0 {
-            return None;
-        }
-        i += 1;
-    }
-    None
-}
-
 /// A field of the tracepoint record at a constant offset, loaded straight from the
 /// context (the verifier checks the offset is within the record and aligned).
 #[inline(always)]
 unsafe fn load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    use aya_ebpf::EbpfContext;
     unsafe { *ctx.as_ptr().cast::<u8>().add(offset).cast::<T>() }
 }
 
@@ -162,51 +551,47 @@ pub fn block_rq_issue_fixed(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// With the `tp_btf` completion, which takes the request's start time from the kernel's
-/// own stamp, issue only needs counting: no clock read, no table write.
-#[tracepoint]
-pub fn block_rq_issue_count(ctx: TracePointContext) -> u32 {
-    let dev: u32 = unsafe { load(&ctx, 8) };
-    if let Some(slot) = watched_slot(dev)
-        && let Some(stats) = PATH_STATS.get_ptr_mut(slot)
-    {
-        unsafe { (*stats).issues += 1 };
-    }
-    0
-}
-
 fn try_block_rq_issue(ctx: TracePointContext) -> Result<u32, u32> {
-    let off = offsets();
+    let off = global(&BLOCK_TP_OFFSETS);
     if off.valid == 0 {
         return Ok(0);
     }
+    let cfg = global(&BLOCK_CONFIG);
+    if cfg.valid == 0 {
+        return Ok(0);
+    }
     let dev: u32 = read(&ctx, off.issue_dev)?;
-    let Some(slot) = watched_slot(dev) else {
+    let Some(w) = watched(dev, &cfg) else {
         return Ok(0);
     };
     let sector: u64 = read(&ctx, off.issue_sector)?;
-    issued(slot, dev, sector)
+    issued(&w, &cfg, dev, sector)
 }
 
 fn try_block_rq_issue_fixed(ctx: TracePointContext) -> Result<u32, u32> {
+    let cfg = global(&BLOCK_CONFIG);
+    if cfg.valid == 0 {
+        return Ok(0);
+    }
     let dev: u32 = unsafe { load(&ctx, 8) };
-    let Some(slot) = watched_slot(dev) else {
+    let Some(w) = watched(dev, &cfg) else {
         return Ok(0);
     };
-    issued(slot, dev, unsafe { load(&ctx, 16) })
+    issued(&w, &cfg, dev, unsafe { load(&ctx, 16) })
 }
 
+/// An issue seen by the classic programs.
 #[inline(always)]
-fn issued(slot: u32, dev: u32, sector: u64) -> Result<u32, u32> {
+fn issued(w: &WatchEntry, cfg: &BlockConfig, dev: u32, sector: u64) -> Result<u32, u32> {
     let now = unsafe { bpf_ktime_get_ns() };
-    let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
+    let pc = path_cpu(w.slot, cfg).ok_or(1u32)?;
     let tag = inflight_tag(dev, sector);
     let entry = INFLIGHT.get_ptr_mut(inflight_index(tag)).ok_or(1u32)?;
-    // Per-CPU slot, tracepoints run with preemption off: plain adds are safe. The
-    // issue-time entry is shared; a colliding request may overwrite it (counted as
-    // untimed at completion).
+    // The issue-time entry is shared; a colliding request may overwrite it (that one
+    // completes untimed).
     unsafe {
-        (*stats).issues += 1;
+        (*pc).issued.count(w.since_ns, 0);
+        (*pc).issues += 1;
         *entry = InflightEntry { tag, issue_ns: now };
     }
     Ok(0)
@@ -220,18 +605,20 @@ pub fn block_rq_requeue(ctx: TracePointContext) -> u32 {
 }
 
 fn try_block_rq_requeue(ctx: TracePointContext) -> Result<u32, u32> {
-    let off = offsets();
-    if off.valid == 0 {
+    let off = global(&BLOCK_TP_OFFSETS);
+    let cfg = global(&BLOCK_CONFIG);
+    if off.valid == 0 || cfg.valid == 0 {
         return Ok(0);
     }
     let dev: u32 = read(&ctx, off.requeue_dev)?;
-    let Some(slot) = watched_slot(dev) else {
+    let Some(w) = watched(dev, &cfg) else {
         return Ok(0);
     };
-    // A requeued request is issued again later; without this the in-flight count
-    // (issues - completions - requeues) would drift.
-    let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
-    unsafe { (*stats).requeues += 1 };
+    let sh = PATH_SHARED.get_ptr_mut(w.slot).ok_or(1u32)?;
+    unsafe {
+        atomic_add(&mut (*sh).requeues, 1);
+        atomic_add(&mut (*sh).requeued_unstamped, 1);
+    }
     Ok(0)
 }
 
@@ -258,74 +645,13 @@ pub fn block_rq_complete_rwbs34(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes) as a
-/// BTF tracepoint: the request's start time is the kernel's own stamp, already in this
-/// CPU's cache with the rest of the request, instead of one we carried across CPUs.
-#[btf_tracepoint(function = "block_rq_complete")]
-pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> u32 {
-    match try_block_rq_complete_btf(ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-/// A field of a kernel struct reached from the tracepoint's typed arguments: a plain load,
-/// which the verifier checks against the kernel's BTF (offset and size must be a member's).
-#[inline(always)]
-fn kread<T: Copy>(base: *const u8, offset: u32) -> Result<T, u32> {
-    Ok(unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) })
-}
-
-fn try_block_rq_complete_btf(ctx: BtfTracePointContext) -> Result<u32, u32> {
-    let off = unsafe { core::ptr::read_volatile(&RQ_BTF_OFFSETS) };
-    if off.valid == 0 {
-        return Ok(0);
-    }
-    let rq: *const u8 = ctx.arg(0);
-    let q: *const u8 = kread(rq, off.rq_q)?;
-    let disk: *const u8 = kread(q, off.q_disk)?;
-    if disk.is_null() {
-        return Ok(0);
-    }
-    // major, first_minor: the whole disk's number, as the classic tracepoint reports it.
-    let major: u32 = kread(disk, off.disk_major)?;
-    let minor: u32 = kread(disk, off.disk_major + 4)?;
-    let dev = (major << 20) | (minor & 0xfffff);
-    let Some(slot) = watched_slot(dev) else {
-        return Ok(0);
-    };
-    let status: u8 = ctx.arg(1);
-    let nr_bytes: u32 = ctx.arg(2);
-    let sector: u64 = kread(rq, off.rq_sector)?;
-    let flags: u32 = kread(rq, off.rq_cmd_flags)?;
-    // start_time_ns (allocation) and io_start_time_ns (dispatch, set only when the queue
-    // keeps stats): the dispatch time when there is one.
-    let io_start: u64 = kread(rq, off.rq_start_time_ns + 8)?;
-    let start = if io_start != 0 {
-        io_start
-    } else {
-        kread(rq, off.rq_start_time_ns)?
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let latency = if start != 0 {
-        now.saturating_sub(start)
-    } else {
-        0
-    };
-    account(
-        slot,
-        dev,
-        sector,
-        nr_bytes >> 9,
-        blk_status_errno(status),
-        op_direction(flags),
-        latency,
-        now,
-    )
-}
-
 fn try_block_rq_complete_fixed<const RWBS: usize>(ctx: TracePointContext) -> Result<u32, u32> {
     let dev: u32 = unsafe { load(&ctx, 8) };
-    let Some(slot) = watched_slot(dev) else {
+    let cfg = global(&BLOCK_CONFIG);
+    if cfg.valid == 0 {
+        return Ok(0);
+    }
+    let Some(w) = watched(dev, &cfg) else {
         return Ok(0);
     };
     // Byte loads: the verifier wants context loads aligned to their size.
@@ -338,7 +664,8 @@ fn try_block_rq_complete_fixed<const RWBS: usize>(ctx: TracePointContext) -> Res
         ]
     };
     completed(
-        slot,
+        &w,
+        &cfg,
         dev,
         unsafe { load(&ctx, 16) },
         unsafe { load(&ctx, 24) },
@@ -348,19 +675,21 @@ fn try_block_rq_complete_fixed<const RWBS: usize>(ctx: TracePointContext) -> Res
 }
 
 fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
-    let off = offsets();
-    if off.valid == 0 {
+    let off = global(&BLOCK_TP_OFFSETS);
+    let cfg = global(&BLOCK_CONFIG);
+    if off.valid == 0 || cfg.valid == 0 {
         return Ok(0);
     }
     let dev: u32 = read(&ctx, off.complete_dev)?;
-    let Some(slot) = watched_slot(dev) else {
+    let Some(w) = watched(dev, &cfg) else {
         return Ok(0);
     };
     let at = off.complete_span;
     let span = Span::read(&ctx, at)?;
     let rwbs: [u8; 4] = span.get(at, off.complete_rwbs)?;
     completed(
-        slot,
+        &w,
+        &cfg,
         dev,
         span.get(at, off.complete_sector)?,
         span.get(at, off.complete_nr_sector)?,
@@ -369,9 +698,11 @@ fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
     )
 }
 
+/// A completion seen by the classic programs.
 #[inline(always)]
 fn completed(
-    slot: u32,
+    w: &WatchEntry,
+    cfg: &BlockConfig,
     dev: u32,
     sector: u64,
     nr_sector: u32,
@@ -384,127 +715,26 @@ fn completed(
     if let Some(e) = INFLIGHT.get_ptr_mut(inflight_index(tag)) {
         unsafe {
             if (*e).tag == tag && (*e).issue_ns != 0 {
-                latency = now.saturating_sub((*e).issue_ns);
+                latency = now.saturating_sub((*e).issue_ns).max(1);
                 (*e).issue_ns = 0;
             }
         }
     }
-
-    account(slot, dev, sector, nr_sector, error, dir, latency, now)
-}
-
-/// Counts a completion and applies the rules; `latency` 0 means unknown.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn account(
-    slot: u32,
-    dev: u32,
-    sector: u64,
-    nr_sector: u32,
-    error: i32,
-    dir: u32,
-    latency: u64,
-    now: u64,
-) -> Result<u32, u32> {
-    let stats = PATH_STATS.get_ptr_mut(slot).ok_or(1u32)?;
-    let stats = unsafe { &mut *stats };
-    stats.last_complete_ns = now;
-    if latency == 0 {
-        stats.untimed += 1;
+    if let Some(pc) = path_cpu(w.slot, cfg) {
+        unsafe { (*pc).done.count(w.since_ns, 0) };
     }
-    if let Some(d) = stats.dir.get_mut(dir as usize) {
-        d.completions += 1;
-        d.bytes += u64::from(nr_sector) * 512;
-        if latency != 0 {
-            d.timed += 1;
-            d.latency_sum_ns += latency;
-            // EWMA with weight 1/8; the first sample seeds it.
-            d.ewma_ns = if d.ewma_ns == 0 {
-                latency
-            } else {
-                d.ewma_ns - (d.ewma_ns >> 3) + (latency >> 3)
-            };
-            if let Some(b) = d.latency_hist.get_mut(latency_bucket(latency)) {
-                *b += 1;
-            }
-        }
-        if error != 0 {
-            d.errors += 1;
-        }
-    }
-    if error != 0 {
-        if let Some(k) = stats.errors_by_kind.get_mut(error_kind(error)) {
-            *k += 1;
-        }
-    }
-
-    let limits = PATH_LIMITS.get(slot).ok_or(1u32)?;
-    let slow = latency != 0 && limits.latency_limit_ns != 0 && latency > limits.latency_limit_ns;
-    if error == 0 && !slow {
-        // The common case ends here, having written only this CPU's counters.
-        return Ok(0);
-    }
-    let rules = PATH_RULES.get_ptr_mut(slot).ok_or(1u32)?;
-    let rules = unsafe { &mut *rules };
-    let mut event = BlockEvent {
-        ts_ns: now,
+    Ok(account(&Completion {
         dev,
-        kind: 0,
-        error,
-        dir,
-        latency_ns: latency,
-        count: 0,
-        suppressed: 0,
+        slot: w.slot,
         sector,
-    };
-    if error != 0 {
-        // Any failed completion on a path is worth a decision.
-        event.kind = EV_IO_ERROR;
-        send(rules, limits, event);
-        return Ok(0);
-    }
-    if now.saturating_sub(rules.slow_window_start_ns) > limits.slow_window_ns {
-        rules.slow_window_start_ns = now;
-        rules.slow_in_window = 0;
-    }
-    rules.slow_in_window += 1;
-    if rules.slow_in_window >= u64::from(limits.slow_count.max(1)) {
-        event.kind = EV_SLOW;
-        event.count = rules.slow_in_window as u32;
-        rules.slow_in_window = 0;
-        rules.slow_window_start_ns = now;
-        send(rules, limits, event);
-    }
-    Ok(0)
-}
-
-/// Sends `ev` unless one of its kind went out less than `event_gap_ns` ago, in which case
-/// it is counted and reported with the next one sent.
-#[inline(always)]
-fn send(rules: &mut PathRuleState, limits: &PathLimits, mut ev: BlockEvent) {
-    let k = (ev.kind - 1) as usize;
-    let (Some(last), Some(held)) = (
-        rules.last_event_ns.get(k).copied(),
-        rules.suppressed.get(k).copied(),
-    ) else {
-        return;
-    };
-    if last != 0 && ev.ts_ns.saturating_sub(last) < limits.event_gap_ns {
-        if let Some(s) = rules.suppressed.get_mut(k) {
-            *s += 1;
-        }
-        return;
-    }
-    ev.suppressed = held as u32;
-    if BLOCK_EVENTS.output::<BlockEvent>(&ev, 0).is_ok() {
-        if let Some(l) = rules.last_event_ns.get_mut(k) {
-            *l = ev.ts_ns;
-        }
-        if let Some(s) = rules.suppressed.get_mut(k) {
-            *s = 0;
-        }
-    } else if let Some(s) = rules.suppressed.get_mut(k) {
-        // Ring full: the daemon is behind; count it rather than lose it silently.
-        *s += 1;
-    }
+        bytes: nr_sector << 9,
+        failed: error != 0,
+        error,
+        status: STS_UNKNOWN,
+        class: errno_class(error),
+        dir,
+        latency,
+        last: true,
+        now,
+    }))
 }

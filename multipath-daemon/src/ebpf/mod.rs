@@ -5,18 +5,25 @@
 
 mod block;
 mod btf;
+mod mmap;
+mod stall;
 mod tcp;
 mod tracefs;
+mod watcher;
 
 pub use block::{
-    BlockEventStream, BlockProbes, Dir, PathEvent, PathEventKind, PathSnapshot, PathThresholds,
-    ProbeVariant, monotonic_ns,
+    BlockEventStream, BlockProbes, DEFAULT_MAX_PATHS, Dir, DirStats, ErrorClass, PathEvent,
+    PathEventKind, PathSnapshot, PathStats, PathThresholds, ProbeMemory, ProbeVariant,
+    monotonic_ns,
 };
 pub use btf::{Btf, BtfError};
 pub use tcp::{
     ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream, TcpProbes,
 };
 pub use tracefs::{TraceField, TraceFormat, TraceFormatError};
+pub use watcher::{
+    LagStats, PathReading, ProbeEvent, WatchSpec, Watcher, WatcherOptions, WatcherStats,
+};
 
 use multipath_common::block::{kernel_dev, split_kernel_dev};
 
@@ -70,15 +77,39 @@ pub enum EbpfError {
     Events(#[source] std::io::Error),
     #[error("enabling kernel BPF run-time statistics: {0}")]
     Stats(#[source] std::io::Error),
+    #[error("sizing the probes: {0}")]
+    Size(String),
+    #[error(
+        "mapping eBPF map {map} into memory: {source}; the kernel needs BPF_F_MMAPABLE \
+         arrays (Linux 5.5 or newer)"
+    )]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the probe task has stopped: {0}")]
+    Stopped(String),
+    #[error(
+        "{dev} is listed more than once in the watch set (again as {name}); the first entry is used"
+    )]
+    Duplicate { dev: DevT, name: String },
+    #[error("the path's iSCSI connection {conn} is not watched: {why}")]
+    Conn { conn: String, why: String },
 }
 
-/// Run-time statistics of one program, from the kernel (needs stats enabled).
+/// Run-time statistics of one program, from the kernel (run count and time need stats
+/// enabled; skipped runs are always counted).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProgramStats {
     pub tracepoint: &'static str,
     pub program: &'static str,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU (an
+    /// interrupt's completion inside another's): each one is a request counted on one
+    /// side only (see docs/probes.md).
+    pub recursion_misses: u64,
 }
 
 /// Turns on the kernel's per-program run-time accounting while the returned fd lives
@@ -93,25 +124,31 @@ fn program_stats(
     ebpf: &aya::Ebpf,
     programs: &[(&'static str, &'static str)],
 ) -> Result<Vec<ProgramStats>, EbpfError> {
+    use std::os::fd::{AsFd, AsRawFd};
     let mut out = Vec::new();
     for &(tracepoint, name) in programs {
-        let info = ebpf
+        let fd = ebpf
             .program(name)
             .ok_or(EbpfError::Missing {
                 kind: "program",
                 name,
             })?
-            .info()
+            .fd()
             .map_err(|source| EbpfError::Program {
                 program: name,
-                step: "report its info".into(),
+                step: "report its statistics".into(),
                 source,
-            })?;
+            })?
+            .as_fd()
+            .as_raw_fd();
+        // fdinfo has all three, recursion_misses among them (ProgramInfo lacks it).
+        let field = |f| block::fdinfo_field(fd, f).unwrap_or(0);
         out.push(ProgramStats {
             tracepoint,
             program: name,
-            run_count: info.run_count(),
-            run_time_ns: info.run_time().as_nanos() as u64,
+            run_count: field("run_cnt"),
+            run_time_ns: field("run_time_ns"),
+            recursion_misses: field("recursion_misses"),
         });
     }
     Ok(out)

@@ -194,6 +194,84 @@ impl Drop for FsBackedLoop {
     }
 }
 
+/// A loop device over a file larger than the tmpfs it sits on: writes past the file
+/// system's size fail with ENOSPC.
+pub struct TmpfsLoop {
+    pub path: PathBuf,
+    pub dev: DevT,
+    mnt: PathBuf,
+    dir: PathBuf,
+}
+
+impl TmpfsLoop {
+    pub fn new(tag: &str, fs_mib: u64, file_mib: u64) -> Self {
+        let dir = std::env::temp_dir().join(format!("mpathd-test-{tag}-{}", std::process::id()));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={fs_mib}m"),
+                "mpathd-test",
+            ])
+            .arg(&mnt)
+            .status()
+            .expect("running mount");
+        assert!(st.success(), "mounting a tmpfs on {}", mnt.display());
+        let img = mnt.join("backing.img");
+        File::create(&img).unwrap().set_len(file_mib << 20).unwrap();
+        // Buffered (no direct IO): tmpfs allocates a page per write and says ENOSPC.
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&img)
+            .output()
+            .expect("running losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let dev = dev_of(&path);
+        Self {
+            path,
+            dev,
+            mnt,
+            dir,
+        }
+    }
+
+    pub fn open_direct(&self) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+            .unwrap()
+    }
+}
+
+impl Drop for TmpfsLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        // The detach is asynchronous while the device is open: retry the unmount briefly.
+        for _ in 0..50 {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// major:minor of a block device node.
 pub fn dev_of(path: &Path) -> DevT {
     use std::os::unix::fs::MetadataExt;
