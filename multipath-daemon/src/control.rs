@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::PathState;
 
 /// Where the daemon listens unless the config or `--socket` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/mpathd/mpathd.sock";
+pub use crate::config::DEFAULT_SOCKET;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]

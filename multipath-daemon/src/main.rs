@@ -115,6 +115,9 @@ struct DaemonArgs {
     /// stuck on a dead connection).
     #[arg(long)]
     no_rescue: bool,
+    /// Do not run the eBPF probes: paths fail only by the checker and the kernel.
+    #[arg(long)]
+    no_probes: bool,
     /// Gather udev events this long (ms) before rescanning.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
@@ -222,6 +225,7 @@ fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
     opts.observe = a.observe;
     opts.engine.checker = a.checker;
     opts.engine.checker_timeout = secs(a.checker_timeout, "checker-timeout")?;
+    opts.probes = !a.no_probes;
     if a.no_rescue {
         opts.engine.health.rescue = false;
         opts.engine.fast_recovery_tmo = None;

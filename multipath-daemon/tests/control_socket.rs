@@ -52,6 +52,8 @@ impl Daemon {
         opts.check_interval = Duration::from_secs(3600);
         opts.engine = eopts;
         opts.ledger = dir.join("recovery_tmo.json");
+        // The recorded paths do not exist on this host: nothing to probe.
+        opts.probes = false;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let sock = socket.clone();
         let thread = std::thread::spawn(move || {

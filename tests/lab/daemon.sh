@@ -40,12 +40,14 @@ lab_wwid() {
 	echo "$w"
 }
 
-# lab_mpathd_start: start the daemon and wait for its "ready" line.
+# lab_mpathd_start: start the daemon and wait for its "ready" line. LAB_MPATHD_ARGS: more
+# `mpathd daemon` options (word-split).
 lab_mpathd_start() {
 	local log=$LAB_OUT/mpathd.log n
 	n=$(grep -c 'ready maps=' "$log" 2>/dev/null)
+	# shellcheck disable=SC2086 # LAB_MPATHD_ARGS is several options on purpose
 	MPATHD_LOG=${MPATHD_LOG:-info,mpathd=debug} "$MPATHD" --socket "$LAB_SOCK" daemon --config "$LAB_MPATHD_CONF" \
-		--check-secs "${LAB_CHECK_SECS:-1}" >>"$log" 2>&1 &
+		--check-secs "${LAB_CHECK_SECS:-1}" ${LAB_MPATHD_ARGS:-} >>"$log" 2>&1 &
 	LAB_MPATHD_PID=$!
 	lab_event mpathd "daemon started (pid $LAB_MPATHD_PID)"
 	lab_wait 60 "mpathd's ready line" lab__mpathd_ready "${n:-0}"
@@ -66,6 +68,16 @@ lab_mpathd_stop() {
 	lab_event mpathd "daemon stopped"
 }
 lab__mpathd_gone() { ! kill -0 "$LAB_MPATHD_PID" 2>/dev/null; }
+lab__gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# lab_mpathd_kill: SIGKILL, as a crash: no clean-up of any kind.
+lab_mpathd_kill() {
+	[ -n "$LAB_MPATHD_PID" ] || return 0
+	kill -KILL "$LAB_MPATHD_PID"
+	wait "$LAB_MPATHD_PID" 2>/dev/null
+	LAB_MPATHD_PID=
+	lab_event mpathd "daemon killed (SIGKILL)"
+}
 
 # lab_mpathd CMD...: the CLI against the lab daemon.
 lab_mpathd() { "$MPATHD" --socket "$LAB_SOCK" "$@"; }

@@ -357,7 +357,27 @@ impl Engine {
             let want = match &step {
                 Step::Create(w) | Step::Keep(w) | Step::Reload { want: w, .. } => w,
             };
-            for p in &want.paths {
+            // The live table's paths too: a path the scan missed for a moment (a disk
+            // being re-read) is still in the map and keeps its state.
+            let live_names: Vec<String> = self
+                .maps
+                .get(&want.name)
+                .map(|m| {
+                    m.table
+                        .path_devs()
+                        .filter_map(|d| {
+                            self.disks
+                                .iter()
+                                .find(|x| x.dev.to_string() == d)
+                                .map(|x| x.name.clone())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut names: Vec<&String> = want.paths.iter().chain(live_names.iter()).collect();
+            names.sort();
+            names.dedup();
+            for p in names {
                 if let Some(d) = by_name.get(p.as_str()) {
                     let i = self.iscsi.get(p);
                     infos.push(PathInfo {
@@ -673,6 +693,9 @@ impl Engine {
     }
 
     fn apply(&mut self, decisions: Vec<Decision>) -> Vec<Command> {
+        if decisions.is_empty() {
+            return Vec::new();
+        }
         let mut cmds = Vec::new();
         let mut replan = false;
         let mut rescued: BTreeSet<Conn> = BTreeSet::new();
@@ -786,6 +809,7 @@ impl Engine {
                         Input::DmState {
                             dev,
                             failed: ps.state == DmPathState::Failed,
+                            read_ns: p.started_ns,
                         },
                     ));
                 }

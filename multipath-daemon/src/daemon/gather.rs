@@ -98,6 +98,8 @@ fn live_maps<D: DmBackend + ?Sized>(
 /// each of its paths.
 #[derive(Debug, Default)]
 pub struct Poll {
+    /// When the reads began (CLOCK_MONOTONIC ns): what mpathd changed after is newer.
+    pub started_ns: u64,
     pub status: BTreeMap<String, Result<MultipathStatus, String>>,
     pub iscsi: BTreeMap<String, IscsiPath>,
     pub took: Duration,
@@ -110,12 +112,14 @@ pub fn poll<D: DmBackend + ?Sized>(
     paths: &[String],
 ) -> Poll {
     let t0 = Instant::now();
+    let started_ns = crate::model::monotonic_ns();
     let status = maps
         .iter()
         .map(|m| (m.clone(), dm.status(m).map_err(|e| e.to_string())))
         .collect();
     let iscsi = iscsi_of(sysfs, paths.iter().map(String::as_str));
     Poll {
+        started_ns,
         status,
         iscsi,
         took: t0.elapsed(),

@@ -48,7 +48,11 @@ use crate::{
     config::Config,
     control::{Request, Response},
     dm::{DmBackend, KernelDm},
-    health::{CheckVerdict, Decision, Input},
+    ebpf::{
+        ConnEventKind, ConnThresholds, PathEventKind, PathReading, PathThresholds, ProbeEvent,
+        WatchSpec, Watcher, WatcherOptions,
+    },
+    health::{BlockSignal, CheckVerdict, ConnSignal, Decision, ErrorClass, Input, Reading},
     model::{Conn, monotonic_ns},
     topology::Sysfs,
 };
@@ -76,6 +80,9 @@ pub struct Options {
     pub ledger: PathBuf,
     /// The root under which `sys/` is read and written (`/` on a host).
     pub sysfs_root: PathBuf,
+    /// Run the eBPF probes on the managed paths (off: the checker alone decides).
+    pub probes: bool,
+    pub watcher: WatcherOptions,
 }
 
 impl Options {
@@ -90,6 +97,8 @@ impl Options {
             engine: EngineOptions::default(),
             ledger: PathBuf::from(rescue::DEFAULT_LEDGER),
             sysfs_root: PathBuf::from("/"),
+            probes: true,
+            watcher: WatcherOptions::default(),
         }
     }
 }
@@ -148,6 +157,8 @@ enum Event {
     },
     Config(Box<Result<Config>>, Option<oneshot::Sender<Response>>),
     FailbackDue(String),
+    Readings(Vec<PathReading>),
+    ProbesStarted(Box<Result<(Watcher, mpsc::Receiver<ProbeEvent>), crate::ebpf::EbpfError>>),
 }
 
 /// A reconcile pass whose work is not all done yet.
@@ -186,6 +197,11 @@ struct Daemon<D: DmBackend + 'static> {
     t0: Instant,
     /// Paths whose checker said "unsupported" (logged once).
     unsupported: BTreeSet<crate::model::DevT>,
+    watcher: Option<Watcher>,
+    probe_rx: Option<mpsc::Receiver<ProbeEvent>>,
+    /// What the probes were last asked to watch.
+    watching: Vec<WatchSpec>,
+    readings_pending: bool,
 }
 
 /// The daemon's loop around an engine on any device-mapper backend, until SIGTERM,
@@ -222,9 +238,21 @@ pub async fn serve<D: DmBackend + 'static>(
         first_pass_done: false,
         t0,
         unsupported: BTreeSet::new(),
+        watcher: None,
+        probe_rx: None,
+        watching: Vec::new(),
+        readings_pending: false,
     };
     if d.opts.observe {
         info!("observe mode: decisions are logged, nothing is changed");
+    }
+    if d.opts.probes {
+        // Loading and verifying the programs takes a while (seconds under emulation):
+        // the maps are made meanwhile.
+        let (wopts, tx) = (d.opts.watcher, d.events.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(Event::ProbesStarted(Box::new(Watcher::start(wopts))));
+        });
     }
     d.start_pass(None);
 
@@ -247,6 +275,8 @@ pub async fn serve<D: DmBackend + 'static>(
     check.tick().await;
     let mut health_tick = tokio::time::interval(Duration::from_millis(50));
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut readings_tick = tokio::time::interval(Duration::from_secs(1));
+    readings_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut debounce_at: Option<tokio::time::Instant> = None;
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -259,6 +289,15 @@ pub async fn serve<D: DmBackend + 'static>(
         tokio::select! {
             Some(ev) = dm_rx.recv() => d.on_dm(ev),
             Some(ev) = ev_rx.recv() => d.on_event(ev),
+            ev = next_probe(&mut d.probe_rx) => match ev {
+                Some(ev) => d.on_probe(ev),
+                None => {
+                    warn!("the eBPF probes stopped: only the checker will see paths fail");
+                    d.probe_rx = None;
+                    d.watcher = None;
+                }
+            },
+            _ = readings_tick.tick() => d.fetch_readings(),
             Some((req, reply)) = req_rx.recv() => d.on_request(req, reply),
             ev = next_udev(&mut udev) => {
                 match ev {
@@ -279,6 +318,10 @@ pub async fn serve<D: DmBackend + 'static>(
             _ = rescan.tick() => d.start_pass(None),
             _ = check.tick() => d.check_all(),
             _ = health_tick.tick() => {
+                // A stall waiting for corroboration needs fresh counters.
+                if d.engine.health().wants_readings() {
+                    d.fetch_readings();
+                }
                 let cmds = d.engine.tick(monotonic_ns());
                 d.execute(cmds);
             }
@@ -537,7 +580,99 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 let cmds = self.engine.failback_due(&map);
                 self.execute(cmds);
             }
+            Event::ProbesStarted(r) => match *r {
+                Ok((w, rx)) => {
+                    info!("eBPF probes loaded");
+                    self.watcher = Some(w);
+                    self.probe_rx = Some(rx);
+                    self.update_watch();
+                }
+                Err(e) => warn!(
+                    "the eBPF probes do not run ({e}): only the checker will see paths fail"
+                ),
+            },
+            Event::Readings(rs) => {
+                self.readings_pending = false;
+                let now = monotonic_ns();
+                let mut cmds = Vec::new();
+                for r in rs {
+                    let reading = Reading {
+                        last_complete_ns: r.block.stats.last_complete_ns,
+                        inflight: r.block.inflight(),
+                        completions: r.block.stats.completions(),
+                        ewma: r.block.ewma[0].max(r.block.ewma[1]),
+                        srtt: r.conn.map(|(_, c)| c.srtt).unwrap_or_default(),
+                    };
+                    cmds.extend(self.engine.input(now, Input::Reading { dev: r.dev, reading }));
+                }
+                self.execute(cmds);
+                // Learned limits may have moved: write them into the probes.
+                self.update_watch();
+            }
         }
+    }
+
+    /// A kernel event from the probes, to the health engine.
+    fn on_probe(&mut self, ev: ProbeEvent) {
+        let input = match ev {
+            ProbeEvent::Path(e) => Input::Block {
+                dev: e.dev,
+                at_ns: e.at_ns,
+                signal: match e.kind {
+                    PathEventKind::IoError { errno, class, .. } => BlockSignal::Error {
+                        class: match class {
+                            crate::ebpf::ErrorClass::Path => ErrorClass::Path,
+                            crate::ebpf::ErrorClass::Generic => ErrorClass::Generic,
+                            crate::ebpf::ErrorClass::Lun => ErrorClass::Lun,
+                        },
+                        errno,
+                    },
+                    PathEventKind::Slow { latency, count, .. } => {
+                        BlockSignal::Slow { latency, count }
+                    }
+                    PathEventKind::Stalled {
+                        inflight,
+                        oldest,
+                        since_completion,
+                    } => BlockSignal::Stalled {
+                        oldest,
+                        since_completion,
+                        inflight,
+                    },
+                },
+            },
+            ProbeEvent::Conn(e) => Input::Conn {
+                conn: e.conn,
+                at_ns: e.at_ns,
+                signal: match e.kind {
+                    ConnEventKind::Reset { .. } => ConnSignal::Reset,
+                    ConnEventKind::LeftEstablished { new_state } => {
+                        ConnSignal::Left { new_state }
+                    }
+                    ConnEventKind::Retransmits => ConnSignal::Retransmits {
+                        consecutive: e.consecutive_retrans,
+                    },
+                    ConnEventKind::SlowRtt => ConnSignal::SlowRtt { srtt: e.srtt },
+                },
+            },
+        };
+        debug!(?input, "probe event");
+        let cmds = self.engine.input(monotonic_ns(), input);
+        self.execute(cmds);
+    }
+
+    fn fetch_readings(&mut self) {
+        let Some(w) = self.watcher.clone() else {
+            return;
+        };
+        if self.readings_pending || self.watching.is_empty() {
+            return;
+        }
+        self.readings_pending = true;
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Event::Readings(w.readings().await));
+        });
     }
 
     fn on_request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
@@ -709,8 +844,55 @@ impl<D: DmBackend + 'static> Daemon<D> {
         });
     }
 
-    /// Keeps the probes on the managed paths (once the probes run in the daemon).
-    fn update_watch(&mut self) {}
+    /// Keeps the probes on exactly the managed paths, with their connections now (a
+    /// session that logged in again has a new one) and the limits learned for each.
+    fn update_watch(&mut self) {
+        let Some(w) = self.watcher.clone() else {
+            return;
+        };
+        let h = self.engine.health();
+        let cfg = h.config();
+        let specs: Vec<WatchSpec> = self
+            .engine
+            .watched_paths()
+            .into_iter()
+            .map(|(dev, name, conn)| {
+                let (latency_limit, rtt_limit) = h
+                    .limits(dev)
+                    .unwrap_or((cfg.latency_floor, cfg.rtt_floor));
+                WatchSpec {
+                    dev,
+                    name,
+                    conn,
+                    path: PathThresholds {
+                        latency_limit,
+                        slow_count: 3,
+                        slow_window: Duration::from_secs(2),
+                        stall_limit: cfg.stall_limit,
+                        event_gap: Duration::from_millis(100),
+                    },
+                    tcp: ConnThresholds {
+                        // A second retransmission in a row is the first after a timeout
+                        // (the first is usually a tail-loss probe, common on a busy but
+                        // healthy link): with a stall it means no ACK progress;
+                        // repeated, it is loss.
+                        retrans_limit: 2,
+                        rtt_limit,
+                        event_gap: Duration::from_millis(100),
+                    },
+                }
+            })
+            .collect();
+        if specs == self.watching {
+            return;
+        }
+        self.watching = specs.clone();
+        tokio::spawn(async move {
+            for (dev, e) in w.set(specs).await {
+                warn!(path = %dev, "not watched by the probes: {e}");
+            }
+        });
+    }
 
     /// Puts every session's original recovery timeout back (SIGTERM).
     async fn restore_recovery_tmo(&mut self) {
@@ -872,6 +1054,13 @@ async fn serve_client(
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     Ok(())
+}
+
+async fn next_probe(rx: &mut Option<mpsc::Receiver<ProbeEvent>>) -> Option<ProbeEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 type Udev = tokio::io::unix::AsyncFd<tokio_udev::MonitorSocket>;

@@ -210,10 +210,12 @@ pub enum Input {
         logged_in: bool,
     },
     /// device-mapper has the path failed (or active) while mpathd held it otherwise:
-    /// the kernel failed it on an I/O error, or a reload reset it.
+    /// the kernel failed it on an I/O error, or a reload reset it. `read_ns`: when the
+    /// status was read; a state mpathd changed since then is newer and wins.
     DmState {
         dev: DevT,
         failed: bool,
+        read_ns: Ns,
     },
     AdminFail {
         dev: DevT,
@@ -695,7 +697,11 @@ impl Health {
                     self.fail(now, dev, Reason::SessionDown, now, false, &mut out);
                 }
             }
-            Input::DmState { dev, failed } => self.dm_state(now, dev, failed, &mut out),
+            Input::DmState {
+                dev,
+                failed,
+                read_ns,
+            } => self.dm_state(now, dev, failed, read_ns, &mut out),
             Input::AdminFail { dev } => {
                 self.transition(
                     now,
@@ -982,11 +988,11 @@ impl Health {
         let _ = (now, out);
     }
 
-    fn dm_state(&mut self, now: Ns, dev: DevT, failed: bool, out: &mut Output) {
+    fn dm_state(&mut self, now: Ns, dev: DevT, failed: bool, read_ns: Ns, out: &mut Output) {
         let Some(p) = self.paths.get(&dev) else {
             return;
         };
-        if failed && p.state.usable() {
+        if failed && p.state.usable() && p.since_ns <= read_ns {
             // The kernel failed it first (an I/O error came back): follow, nothing to send.
             self.transition(
                 now,

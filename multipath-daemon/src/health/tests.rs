@@ -631,11 +631,26 @@ fn the_kernel_failing_a_path_is_followed_without_a_message() {
         Input::DmState {
             dev: dev(0),
             failed: true,
+            read_ns: S - MS,
         },
     );
     assert_eq!(o.decisions[0].to, PathState::Failed);
     assert_eq!(o.decisions[0].action, Action::None);
     assert_eq!(o.decisions[0].reason, Reason::KernelFailed);
+    // A status read before mpathd reinstated the path is older than the reinstate.
+    up(&mut h, 2 * S, 0);
+    up(&mut h, 3 * S, 0);
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+    let o = h.handle(
+        3 * S + MS,
+        Input::DmState {
+            dev: dev(0),
+            failed: true,
+            read_ns: 3 * S - MS,
+        },
+    );
+    assert!(o.decisions.is_empty(), "{o:?}");
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
     // A new path that dm already has failed starts failed.
     h.set_paths(
         vec![PathInfo {

@@ -27,6 +27,7 @@ struct Driver {
     e: Engine,
     dm: SimDm,
     sysfs: Sysfs,
+    sysfs_root: PathBuf,
     dir: PathBuf,
     now: Ns,
     /// Commands other than device-mapper work, in order.
@@ -45,11 +46,28 @@ fn tmpdir() -> PathBuf {
     dir
 }
 
-fn lab_sysfs() -> Sysfs {
-    Sysfs::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/sysfs/lab-2portals"
-    ))
+/// A copy of the recorded tree (its relative links kept), so that what the daemon
+/// writes (recovery timeouts) reads back as on a host.
+fn lab_sysfs(dir: &std::path::Path) -> (Sysfs, PathBuf) {
+    let root = dir.join("sysfs");
+    let ok = std::process::Command::new("cp")
+        .args(["-a", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sysfs/lab-2portals")])
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "copying the recorded sysfs tree");
+    // The class links a host has (the recording kept only the device tree).
+    let class = root.join("sys/class/iscsi_session");
+    std::fs::create_dir_all(&class).unwrap();
+    for (host, s) in [("host0", "session1"), ("host1", "session2")] {
+        std::os::unix::fs::symlink(
+            format!("../../devices/platform/{host}/{s}/iscsi_session/{s}"),
+            class.join(s),
+        )
+        .unwrap();
+    }
+    (Sysfs::new(&root), root)
 }
 
 impl Driver {
@@ -65,10 +83,12 @@ impl Driver {
         );
         let cfg = Config::from_toml_str(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
         let ledger = Ledger::load(&dir.join("recovery_tmo.json")).unwrap();
+        let (sysfs, sysfs_root) = lab_sysfs(&dir);
         Self {
             e: Engine::new(cfg, EngineOptions::default(), ledger).unwrap(),
             dm,
-            sysfs: lab_sysfs(),
+            sysfs,
+            sysfs_root,
             dir,
             now: 1000 * S,
             other: Vec::new(),
@@ -113,10 +133,22 @@ impl Driver {
                     let (works, _) = self.e.plan(snap, self.now);
                     q.extend(works.into_iter().map(Command::Dm));
                 }
+                Command::SetRecoveryTmo { session, secs } => {
+                    let r = crate::actions::rescue::set_recovery_tmo(&self.sysfs_root, &session, secs);
+                    self.e.recovery_tmo_written(&session, secs, &r);
+                    self.other.push(Command::SetRecoveryTmo { session, secs });
+                }
                 other => self.other.push(other),
             }
         }
         errors
+    }
+
+    fn tmo(&self, session: &str) -> String {
+        std::fs::read_to_string(crate::actions::rescue::recovery_tmo_path(&self.sysfs_root, session))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     fn poll(&mut self) {
@@ -424,9 +456,7 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
     );
     let saved = std::fs::read_to_string(d.dir.join("recovery_tmo.json")).unwrap();
     assert!(saved.contains("\"session1\": 5"), "{saved}");
-    for (s, v) in tmo {
-        d.e.recovery_tmo_written(&s, v, &Ok(()));
-    }
+    assert_eq!((d.tmo("session1"), d.tmo("session2")), ("0".into(), "0".into()));
     d.other.clear();
     // Silent loss on portal 1: a retransmission, then the stall.
     let conn = d.e.watched_paths()[0].2.unwrap();
@@ -472,8 +502,19 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
             secs: 5
         }]
     );
-    d.e.recovery_tmo_written("session2", 5, &Ok(()));
+    assert_eq!(d.tmo("session2"), "5");
     assert_eq!(d.e.recovery_tmo_originals(), [("session1".into(), 5)]);
+    // sda comes back: session2 is fast again, and both originals are known for the exit.
+    d.poll();
+    d.up(SDA);
+    d.up(SDA);
+    d.poll();
+    assert_eq!(d.e.health().state(SDA), Some(PathState::Active));
+    assert_eq!((d.tmo("session1"), d.tmo("session2")), ("0".into(), "0".into()));
+    assert_eq!(
+        d.e.recovery_tmo_originals(),
+        [("session1".into(), 5), ("session2".into(), 5)]
+    );
 }
 
 #[test]
