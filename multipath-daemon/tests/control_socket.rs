@@ -29,6 +29,7 @@ impl Daemon {
         let socket = dir.join("mpathd.sock");
         let toml = format!(
             "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
+             [overrides]\npath_grouping_policy = \"failover\"\n\
              [[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n",
             dir.display()
         );

@@ -9,13 +9,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{
-        Config, DeviceId, FindMultipaths, GroupingPolicy, NoPathRetry, PrioSource, SelectorKind,
-        Verdict, WeightKey,
+        Config, DeviceId, FindMultipaths, NoPathRetry, PrioSource, Verdict, WeightKey,
         bindings::{Bindings, WwidsFile},
     },
     control::{GroupView, IscsiView, MapSummary, MapView, PathView, Request, Response, Topology},
     dm::{DmBackend, MapInfo, Message, PathState, PgState, UUID_PREFIX},
-    maps::{self, Candidate, Grouping, LiveMap, MapPolicy, Rules, SelectorName, Step},
+    maps::{self, Candidate, LiveMap, MapPolicy, Rules, Step},
     model::DevT,
     topology::{IscsiPath, ScsiDisk, Sysfs},
 };
@@ -127,6 +126,7 @@ impl<D: DmBackend> Engine<D> {
                 wwid: d.wwid.as_deref(),
                 vendor: &d.vendor,
                 product: &d.model,
+                properties: None,
             };
             if let Verdict::Blacklisted { reason } = self.cfg.filter(&id) {
                 skipped.insert(d.name.clone(), format!("blacklisted: {reason}"));
@@ -259,8 +259,7 @@ impl<D: DmBackend> Engine<D> {
     }
 
     fn prio_of(&self, d: &ScsiDisk) -> u32 {
-        let wwid = d.wwid.as_deref().unwrap_or("");
-        match self.cfg.settings_for(wwid).prio {
+        match self.cfg.settings_for(&maps::path_ident(d)).prio {
             PrioSource::Const => 1,
             // multipath-tools' alua prio values, so group_by_prio orders the same.
             PrioSource::Alua => match d.access_state.as_deref() {
@@ -311,7 +310,12 @@ impl<D: DmBackend> Engine<D> {
                     }
                 }
             }
-            if let NoPathRetry::Retries(n) = self.cfg.settings_for(wwid).no_path_retry {
+            let paths = self
+                .disks
+                .iter()
+                .filter(|d| d.wwid.as_deref() == Some(wwid));
+            let id = maps::map_ident(wwid, paths);
+            if let NoPathRetry::Retries(n) = self.cfg.settings_for(&id).no_path_retry {
                 let usable = st.active_paths() + reinstated;
                 let ticks = self.no_path_ticks.entry(info.name.clone()).or_default();
                 if usable > 0 {
@@ -447,12 +451,7 @@ impl<D: DmBackend> Engine<D> {
     /// Whether any map's prio weighs paths by their iSCSI portal.
     fn uses_portal_prio(&self) -> bool {
         let portal = |p: &PrioSource| matches!(p, PrioSource::Weighted(ws) if ws.iter().any(|w| w.key == WeightKey::Portal));
-        portal(&self.cfg.defaults.prio)
-            || self
-                .cfg
-                .multipaths
-                .iter()
-                .any(|e| e.prio.as_ref().is_some_and(portal))
+        self.cfg.prio_sources().any(portal)
     }
 
     fn path_view(&self, d: &ScsiDisk, map: Option<&str>, dm: Option<(PathState, u32)>) -> PathView {
@@ -733,22 +732,9 @@ struct EngineRules<'a> {
 }
 
 impl Rules for EngineRules<'_> {
-    fn policy(&self, wwid: &str) -> MapPolicy {
-        let s = self.cfg.settings_for(wwid);
-        MapPolicy {
-            grouping: match s.path_grouping_policy {
-                GroupingPolicy::Failover => Grouping::Failover,
-                GroupingPolicy::Multibus => Grouping::Multibus,
-                GroupingPolicy::GroupByPrio => Grouping::GroupByPrio,
-            },
-            selector: match s.path_selector {
-                SelectorKind::RoundRobin => SelectorName::RoundRobin,
-                SelectorKind::QueueLength => SelectorName::QueueLength,
-                SelectorKind::ServiceTime => SelectorName::ServiceTime,
-            },
-            queue_if_no_path: s.queue_if_no_path,
-            failback_immediate: s.failback == crate::config::Failback::Immediate,
-        }
+    fn policy(&self, wwid: &str, paths: &[&Candidate]) -> MapPolicy {
+        let id = maps::map_ident(wwid, paths.iter().map(|c| &c.disk));
+        MapPolicy::from_settings(&self.cfg.settings_for(&id))
     }
 
     fn wants_map(&self, wwid: &str, paths: usize) -> bool {
@@ -822,7 +808,11 @@ mod tests {
 
     #[test]
     fn the_seed_alias_makes_one_map_of_both_paths_and_a_restart_adopts_it() {
-        let seed = format!("\n[[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n");
+        // [overrides]: the built-in LIO entry (group_by_prio) beats [defaults].
+        let seed = format!(
+            "\n[overrides]\npath_grouping_policy = \"failover\"\n\
+             [[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n"
+        );
         let (mut e, dir) = engine(&seed);
         let s = e.reconcile();
         assert_eq!(s.created, ["sanvol1"], "{s:?}");
@@ -932,7 +922,7 @@ mod tests {
     fn group_by_prio_with_weights_by_portal_puts_the_preferred_portal_first() {
         // sdb's session goes to portal 10.99.2.2 in the recorded tree.
         let (mut e, _) = engine(
-            "find_multipaths = \"greedy\"\npath_grouping_policy = \"group_by_prio\"\n\
+            "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"group_by_prio\"\n\
              prio_weights = [{ portal = '10\\.99\\.2\\.2:3260', prio = 50 }, { portal = '.*', prio = 10 }]\n",
         );
         assert_eq!(e.reconcile().created, [WWID]);
@@ -948,7 +938,7 @@ mod tests {
 
     #[test]
     fn no_path_retry_n_stops_queueing_after_n_checks_and_resumes_when_a_path_is_back() {
-        let (mut e, _) = engine("find_multipaths = \"greedy\"\nno_path_retry = 2\n");
+        let (mut e, _) = engine("find_multipaths = \"greedy\"\n[overrides]\nno_path_retry = 2\n");
         e.reconcile();
         assert!(
             e.dm().table(WWID).unwrap().queue_if_no_path(),
@@ -1013,7 +1003,9 @@ mod tests {
 
     #[test]
     fn switchgroup_checks_the_group_and_remove_refuses_an_open_map() {
-        let (mut e, _) = engine("find_multipaths = \"greedy\"\n");
+        let (mut e, _) = engine(
+            "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
+        );
         e.reconcile();
         let r = e.handle(Request::SwitchGroup {
             map: WWID.into(),
