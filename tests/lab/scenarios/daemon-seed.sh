@@ -9,7 +9,11 @@ lab_setup
 W=$(lab_wwid)
 
 lab_step "a blacklisted path is left alone"
+# failover (two groups, for switchgroup below) in [overrides]: the built-in LIO entry's
+# group_by_prio beats [defaults].
 lab_mpathd_config "find_multipaths = \"strict\"
+[overrides]
+path_grouping_policy = \"failover\"
 [blacklist]
 devnode = [\"^${LAB_DEV[2]}\$\"]"
 lab_mpathd_start
@@ -27,7 +31,9 @@ print('blacklisted ${LAB_DEV[2]} is in no map:', b['note'])
 " || lab_fail "show paths does not show the blacklisted path"
 
 lab_step "reconfigure without the blacklist: the second path joins"
-lab_mpathd_config 'find_multipaths = "strict"'
+lab_mpathd_config 'find_multipaths = "strict"
+[overrides]
+path_grouping_policy = "failover"'
 lab_mpathd reconfigure
 lab_wait_map_paths sanvol1 2 10
 lab_expect_log "reloaded map.*paths added: ${LAB_DEVT[2]}"
