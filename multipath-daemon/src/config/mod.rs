@@ -179,8 +179,8 @@ impl Config {
     }
 
     /// Whether a path device may be multipathed: the blacklist, then its exceptions,
-    /// kind by kind (devnode, then vendor/product, then WWID) as multipath-tools does: an
-    /// exception only lifts a blacklist rule of the same kind.
+    /// kind by kind (udev properties, devnode, vendor/product, WWID) as multipath-tools
+    /// does: an exception only lifts a blacklist rule of the same kind.
     pub fn filter(&self, dev: &DeviceId<'_>) -> Verdict {
         filter::check(&self.blacklist, &self.blacklist_exceptions, dev)
     }
