@@ -97,16 +97,18 @@ struct DaemonArgs {
     #[arg(long, default_value_t = 30.0)]
     rescan_secs: f64,
     /// Path checker interval in seconds: every path is checked, failed ones are
-    /// reinstated after clean checks, dead idle ones failed.
-    #[arg(long, default_value_t = 5.0)]
-    check_secs: f64,
-    /// The path checker: tur (SCSI TEST UNIT READY), directio (an O_DIRECT read of one
-    /// block) or none.
-    #[arg(long, default_value = "tur")]
-    checker: mpathd::checker::CheckerKind,
-    /// Seconds a check may take before the path counts as down.
-    #[arg(long, default_value_t = 5.0)]
-    checker_timeout: f64,
+    /// reinstated after clean checks, dead idle ones failed. Default: the config's
+    /// `polling_interval` (5 s).
+    #[arg(long)]
+    check_secs: Option<f64>,
+    /// The path checker for every map: tur (SCSI TEST UNIT READY), directio (an O_DIRECT
+    /// read of one block) or none. Default: each map's `path_checker` (tur).
+    #[arg(long)]
+    checker: Option<mpathd::checker::CheckerKind>,
+    /// Seconds a check may take before the path counts as down. Default: each map's
+    /// `checker_timeout` (30 s).
+    #[arg(long)]
+    checker_timeout: Option<f64>,
     /// Decide and log, but change nothing (no map made or reloaded, no path failed, no
     /// iSCSI session touched): to run beside multipathd before switching.
     #[arg(long)]
@@ -220,11 +222,14 @@ fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
     let mut opts = mpathd::daemon::Options::new(a.config);
     opts.socket = socket;
     opts.rescan_interval = secs(a.rescan_secs, "rescan-secs")?;
-    opts.check_interval = secs(a.check_secs, "check-secs")?;
+    opts.check_interval = a.check_secs.map(|v| secs(v, "check-secs")).transpose()?;
     opts.debounce = Duration::from_millis(a.debounce_ms);
     opts.observe = a.observe;
     opts.engine.checker = a.checker;
-    opts.engine.checker_timeout = secs(a.checker_timeout, "checker-timeout")?;
+    opts.engine.checker_timeout = a
+        .checker_timeout
+        .map(|v| secs(v, "checker-timeout"))
+        .transpose()?;
     opts.probes = !a.no_probes;
     if a.no_rescue {
         opts.engine.health.rescue = false;

@@ -15,7 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    dm::{MapInfo, MultipathStatus, MultipathTable, PathGroup, PathSpec, Selector, tables_match},
+    config::{self, GroupingPolicy, MapSettings, PathIdent, RrWeight, SelectorKind},
+    dm::{
+        Feature, HwHandler, MapInfo, MultipathStatus, MultipathTable, PathGroup, PathSpec,
+        QueueMode, Selector, tables_match,
+    },
     topology::ScsiDisk,
 };
 
@@ -47,13 +51,13 @@ impl SelectorName {
         }
     }
 
-    /// Per-path args, written as the kernel reads them back (repeat count 1; for
-    /// service-time also relative throughput 1), so our tables compare equal to the
-    /// live ones.
-    fn path_args(self) -> Vec<String> {
+    /// Per-path args: the repeat count, and for service-time a relative throughput of
+    /// one. The kernel reads every repeat count back as 1, so tables with the default
+    /// count compare equal to the live ones as they are.
+    fn path_args(self, repeat: u32) -> Vec<String> {
         match self {
-            SelectorName::RoundRobin | SelectorName::QueueLength => vec!["1".into()],
-            SelectorName::ServiceTime => vec!["1".into(), "1".into()],
+            SelectorName::RoundRobin | SelectorName::QueueLength => vec![repeat.to_string()],
+            SelectorName::ServiceTime => vec![repeat.to_string(), "1".into()],
         }
     }
 }
@@ -67,6 +71,12 @@ pub struct MapPolicy {
     /// Go back to the best group whenever the table is rebuilt (`failback immediate`);
     /// otherwise a reload keeps I/O on the group it is on.
     pub failback_immediate: bool,
+    /// The SCSI device handler the table names (`hardware_handler`).
+    pub hw_handler: Option<HwHandler>,
+    /// The table's features besides `queue_if_no_path` (`pg_init_retries 50`, ...).
+    pub features: Vec<Feature>,
+    /// `rr_weight priorities`: a path's repeat count is its priority (1 when 0).
+    pub repeat_by_prio: bool,
 }
 
 impl Default for MapPolicy {
@@ -76,8 +86,91 @@ impl Default for MapPolicy {
             selector: SelectorName::ServiceTime,
             queue_if_no_path: false,
             failback_immediate: false,
+            hw_handler: None,
+            features: Vec::new(),
+            repeat_by_prio: false,
         }
     }
+}
+
+impl MapPolicy {
+    /// What of a map's merged settings goes into its table.
+    pub fn from_settings(s: &MapSettings) -> Self {
+        let f = &s.features;
+        let mut features = Vec::new();
+        if let Some(n) = f.pg_init_retries {
+            features.push(Feature::PgInitRetries(n));
+        }
+        if let Some(n) = f.pg_init_delay_msecs {
+            features.push(Feature::PgInitDelayMsecs(n));
+        }
+        if f.retain_attached_hw_handler {
+            features.push(Feature::RetainAttachedHwHandler);
+        }
+        if let Some(m) = f.queue_mode {
+            features.push(Feature::QueueMode(match m {
+                config::QueueMode::Bio => QueueMode::Bio,
+                config::QueueMode::Rq => QueueMode::Rq,
+                config::QueueMode::Mq => QueueMode::Mq,
+            }));
+        }
+        Self {
+            grouping: match s.path_grouping_policy {
+                GroupingPolicy::Failover => Grouping::Failover,
+                GroupingPolicy::Multibus => Grouping::Multibus,
+                GroupingPolicy::GroupByPrio => Grouping::GroupByPrio,
+            },
+            selector: match s.path_selector {
+                SelectorKind::RoundRobin => SelectorName::RoundRobin,
+                SelectorKind::QueueLength => SelectorName::QueueLength,
+                SelectorKind::ServiceTime => SelectorName::ServiceTime,
+            },
+            queue_if_no_path: s.queue_if_no_path,
+            failback_immediate: s.failback == config::Failback::Immediate,
+            hw_handler: s.hardware_handler.as_ref().map(|h| HwHandler {
+                name: h.name.clone(),
+                args: h.args.clone(),
+            }),
+            features,
+            repeat_by_prio: s.rr_weight == RrWeight::Priorities,
+        }
+    }
+}
+
+/// What a path offers the config's lookup. `tpgs` is read from whether the kernel has
+/// an ALUA access state for the path (its ALUA handler is attached) until topology
+/// reports TPGS itself.
+pub fn path_ident(d: &ScsiDisk) -> PathIdent<'_> {
+    PathIdent {
+        wwid: d.wwid.as_deref().unwrap_or(""),
+        vendor: &d.vendor,
+        product: &d.model,
+        revision: &d.rev,
+        tpgs: d.access_state.is_some(),
+    }
+}
+
+/// What a map offers the config's lookup: its WWID, its first path's vendor, product
+/// and revision, and TPGS only when every path reports it (multipath-tools loads the
+/// ALUA handler only then). Without paths only the WWID is known.
+pub fn map_ident<'a>(
+    wwid: &'a str,
+    paths: impl IntoIterator<Item = &'a ScsiDisk>,
+) -> PathIdent<'a> {
+    let mut paths = paths.into_iter().peekable();
+    let mut id = match paths.peek() {
+        Some(d) => path_ident(d),
+        None => PathIdent {
+            wwid,
+            vendor: "",
+            product: "",
+            revision: "",
+            tpgs: false,
+        },
+    };
+    id.wwid = wwid;
+    id.tpgs = id.tpgs && paths.all(|d| d.access_state.is_some());
+    id
 }
 
 /// A path that may go into a map: a SCSI disk that passed the blacklist, with its
@@ -134,7 +227,9 @@ pub struct Plan {
 
 /// What the planner needs to know about one WWID beyond its paths.
 pub trait Rules {
-    fn policy(&self, wwid: &str) -> MapPolicy;
+    /// The policy of the map of `wwid` with these paths (they tell the hardware; there
+    /// may be none).
+    fn policy(&self, wwid: &str, paths: &[&Candidate]) -> MapPolicy;
     /// Whether a LUN with `paths` paths and no map yet should get one
     /// (`find_multipaths`).
     fn wants_map(&self, wwid: &str, paths: usize) -> bool;
@@ -172,7 +267,7 @@ pub fn plan(candidates: &[Candidate], live: &[LiveMap], rules: &mut dyn Rules) -
             continue;
         }
         let (paths, size) = agree_on_size(paths, live, &mut out.skipped);
-        let policy = rules.policy(wwid);
+        let policy = rules.policy(wwid, &paths);
         let table = desired_table(&paths, &policy, live);
         let want = WantMap {
             wwid: wwid.to_string(),
@@ -260,7 +355,9 @@ fn agree_on_size<'a>(
 
 /// The table `paths` should have under `policy`. With `live` and no immediate failback,
 /// the group holding the live active path is loaded as the initial group, so a reload
-/// (a path added elsewhere) does not move I/O.
+/// (a path added elsewhere) does not move I/O. With `live` and no path at all, the live
+/// features and handler are kept: nothing tells the hardware then, and a map that
+/// queued keeps queueing.
 pub fn desired_table(
     paths: &[&Candidate],
     policy: &MapPolicy,
@@ -273,7 +370,14 @@ pub fn desired_table(
             .cmp(&a.prio)
             .then_with(|| name_key(&a.disk.name).cmp(&name_key(&b.disk.name)))
     });
-    let spec = |c: &Candidate| PathSpec::new(c.disk.dev.to_string(), policy.selector.path_args());
+    let spec = |c: &Candidate| {
+        let repeat = if policy.repeat_by_prio {
+            c.prio.max(1)
+        } else {
+            1
+        };
+        PathSpec::new(c.disk.dev.to_string(), policy.selector.path_args(repeat))
+    };
     let group = |cs: Vec<&Candidate>| {
         PathGroup::new(
             Selector::new(policy.selector.dm_name()),
@@ -304,9 +408,19 @@ pub fn desired_table(
     {
         initial_pg = i as u32 + 1;
     }
+    if let Some(live) = live
+        && paths.is_empty()
+    {
+        return MultipathTable {
+            features: live.table.features.clone(),
+            hw_handler: live.table.hw_handler.clone(),
+            initial_pg,
+            groups,
+        };
+    }
     MultipathTable {
-        features: Vec::new(),
-        hw_handler: None,
+        features: policy.features.clone(),
+        hw_handler: policy.hw_handler.clone(),
         initial_pg,
         groups,
     }
@@ -373,7 +487,7 @@ mod tests {
     }
 
     impl Rules for R {
-        fn policy(&self, _: &str) -> MapPolicy {
+        fn policy(&self, _: &str, _: &[&Candidate]) -> MapPolicy {
             self.policy.clone()
         }
         fn wants_map(&self, _: &str, paths: usize) -> bool {
@@ -544,6 +658,95 @@ mod tests {
             panic!("{p:?}")
         };
         assert_eq!(want.table.initial_pg, 1);
+    }
+
+    #[test]
+    fn merged_settings_reach_the_table() {
+        use crate::config::{Config, PathIdent};
+        // The built-in NetApp entry (features "2 pg_init_retries 50", no_path_retry
+        // queue, group_by_prio) and the generic ALUA entry's handler, with the weights of
+        // rr_weight priorities from [overrides].
+        let cfg =
+            Config::from_toml_str("[overrides]\nrr_weight = \"priorities\"\n", "t.toml").unwrap();
+        let id = PathIdent {
+            wwid: "w",
+            vendor: "NETAPP",
+            product: "LUN C-Mode",
+            revision: "9111",
+            tpgs: true,
+        };
+        let mut r = rules();
+        r.policy = MapPolicy::from_settings(&cfg.settings_for(&id));
+        assert_eq!(r.policy.grouping, Grouping::GroupByPrio);
+        let mut c = vec![disk("sda", 0, Some("w"), 8), disk("sdb", 16, Some("w"), 8)];
+        c[0].prio = 50;
+        c[1].prio = 10;
+        let p = plan(&c, &[], &mut r);
+        let Step::Create(w) = &p.steps[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            w.table.to_string(),
+            "3 queue_if_no_path pg_init_retries 50 1 alua 2 1 service-time 0 1 2 8:0 50 1 \
+             service-time 0 1 2 8:16 10 1"
+        );
+        // The kernel reads the repeat counts back as 1: the live table still matches.
+        let dm = SimDm::new();
+        apply(&dm, &p);
+        let p = plan(&c, &live_of(&dm), &mut r);
+        assert!(matches!(&p.steps[..], [Step::Keep(_)]), "{p:?}");
+        // Without TPGS on every path, no ALUA handler.
+        let id = PathIdent { tpgs: false, ..id };
+        assert_eq!(
+            MapPolicy::from_settings(&cfg.settings_for(&id)).hw_handler,
+            None
+        );
+    }
+
+    #[test]
+    fn with_no_path_left_the_live_features_and_handler_stay() {
+        let dm = SimDm::new();
+        let c = vec![disk("sda", 0, Some("w"), 8), disk("sdb", 16, Some("w"), 8)];
+        let mut r = rules();
+        r.policy.queue_if_no_path = true;
+        r.policy.features = vec![Feature::PgInitRetries(50)];
+        r.policy.hw_handler = Some(HwHandler {
+            name: "alua".into(),
+            args: vec![],
+        });
+        apply(&dm, &plan(&c, &[], &mut r));
+        // Every path gone: nothing tells the hardware, so the policy is the defaults'
+        // (as the daemon computes it without a path); the map keeps what it had.
+        let mut bare = rules();
+        let p = plan(&[], &live_of(&dm), &mut bare);
+        let [Step::Reload { want, .. }] = &p.steps[..] else {
+            panic!("{p:?}")
+        };
+        assert!(want.table.groups.is_empty());
+        assert!(want.table.queue_if_no_path(), "still queueing");
+        assert_eq!(want.table.pg_init_retries(), Some(50));
+        assert_eq!(
+            want.table.hw_handler.as_ref().map(|h| h.name.as_str()),
+            Some("alua")
+        );
+    }
+
+    #[test]
+    fn map_ident_takes_tpgs_only_when_every_path_has_it() {
+        let mut a = disk("sda", 0, Some("w"), 8).disk;
+        let mut b = disk("sdb", 16, Some("w"), 8).disk;
+        a.access_state = Some("active/optimized".into());
+        let id = map_ident("w", [&a, &b]);
+        assert_eq!(
+            (id.vendor, id.product, id.revision),
+            ("LIO-ORG", "FILEIO", "4.0")
+        );
+        assert!(!id.tpgs);
+        b.access_state = Some("active/non-optimized".into());
+        assert!(map_ident("w", [&a, &b]).tpgs);
+        assert!(path_ident(&a).tpgs);
+        let none = map_ident("w", []);
+        assert_eq!((none.wwid, none.vendor, none.tpgs), ("w", "", false));
     }
 
     #[test]

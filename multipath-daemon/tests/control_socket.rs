@@ -31,6 +31,7 @@ impl Daemon {
         let socket = dir.join("mpathd.sock");
         let toml = format!(
             "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
+             [overrides]\npath_grouping_policy = \"failover\"\n\
              [[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n",
             dir.display()
         );
@@ -49,7 +50,7 @@ impl Daemon {
         let mut opts = Options::new(dir.join("unused.toml"));
         opts.socket = Some(socket.clone());
         opts.rescan_interval = Duration::from_secs(3600);
-        opts.check_interval = Duration::from_secs(3600);
+        opts.check_interval = Some(Duration::from_secs(3600));
         opts.engine = eopts;
         opts.ledger = dir.join("recovery_tmo.json");
         // The recorded paths do not exist on this host: nothing to probe.

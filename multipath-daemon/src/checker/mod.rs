@@ -45,6 +45,10 @@ impl CheckerKind {
     }
 
     /// The checker of this kind. Checkers hold no state, so one of each serves every path.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
     pub fn checker(self) -> &'static dyn Checker {
         match self {
             CheckerKind::Tur => &Tur,

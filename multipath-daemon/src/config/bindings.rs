@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::text::shorten;
-use super::{Diagnostic, dm_name_problem, wwid_problem};
+use super::{Diagnostic, dm_name_problem, normalize_wwid, wwid_problem};
 
 /// Largest bindings or wwids file read.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -186,38 +186,42 @@ impl Bindings {
         };
         for (i, raw) in text.lines().enumerate() {
             let lineno = i + 1;
-            let content = raw.split('#').next().unwrap_or("");
-            let words: Vec<&str> = content.split_whitespace().take(3).collect();
-            let problem = match words.as_slice() {
-                [] => None,
-                [alias, wwid] => {
-                    if let Some(why) = dm_name_problem(alias) {
-                        Some(format!("alias \"{}\" {why}", shorten(alias, 64)))
-                    } else if let Some(why) = wwid_problem(wwid) {
-                        Some(format!("wwid {why}"))
-                    } else if let Some(&j) = b.by_alias.get(*alias) {
-                        Some(format!(
-                            "alias \"{alias}\" is already bound to {} (ignored)",
-                            b.entries[j].1
-                        ))
-                    } else if let Some(&j) = b.by_wwid.get(*wwid) {
-                        Some(format!(
-                            "wwid {wwid} is already bound to \"{}\" (ignored)",
-                            b.entries[j].0
-                        ))
-                    } else {
-                        let j = b.entries.len();
-                        b.entries.push((alias.to_string(), wwid.to_string()));
-                        b.by_alias.insert(alias.to_string(), j);
-                        b.by_wwid.insert(wwid.to_string(), j);
-                        b.lines.push(Line::Entry(j));
-                        continue;
-                    }
-                }
-                _ => Some(format!(
+            let content = raw.split('#').next().unwrap_or("").trim();
+            // The alias, then the WWID: the rest of the line, which may hold blanks as
+            // older tools printed WWIDs (folded to compare, kept as written).
+            let (alias, wwid) = match content.split_once(char::is_whitespace) {
+                Some((a, w)) => (a, w.trim()),
+                None => (content, ""),
+            };
+            let key = normalize_wwid(wwid);
+            let problem = if content.is_empty() {
+                None
+            } else if wwid.is_empty() {
+                Some(format!(
                     "expected \"alias wwid\", found \"{}\" (ignored)",
-                    shorten(content.trim(), 80)
-                )),
+                    shorten(content, 80)
+                ))
+            } else if let Some(why) = dm_name_problem(alias) {
+                Some(format!("alias \"{}\" {why}", shorten(alias, 64)))
+            } else if let Some(why) = wwid_problem(wwid) {
+                Some(format!("wwid {why}"))
+            } else if let Some(&j) = b.by_alias.get(alias) {
+                Some(format!(
+                    "alias \"{alias}\" is already bound to {} (ignored)",
+                    b.entries[j].1
+                ))
+            } else if let Some(&j) = b.by_wwid.get(key.as_ref()) {
+                Some(format!(
+                    "wwid {wwid} is already bound to \"{}\" (ignored)",
+                    b.entries[j].0
+                ))
+            } else {
+                let j = b.entries.len();
+                b.entries.push((alias.to_string(), wwid.to_string()));
+                b.by_alias.insert(alias.to_string(), j);
+                b.by_wwid.insert(key.into_owned(), j);
+                b.lines.push(Line::Entry(j));
+                continue;
             };
             if let Some(message) = problem {
                 let col = raw.chars().take_while(|c| c.is_whitespace()).count() + 1;
@@ -251,12 +255,14 @@ impl Bindings {
         self.entries.is_empty()
     }
 
-    /// The alias bound to `wwid`, if any.
+    /// The alias bound to `wwid` (blanks and underscores folded), if any.
     pub fn lookup(&self, wwid: &str) -> Option<&str> {
-        self.by_wwid.get(wwid).map(|&j| self.entries[j].0.as_str())
+        self.by_wwid
+            .get(normalize_wwid(wwid).as_ref())
+            .map(|&j| self.entries[j].0.as_str())
     }
 
-    /// The WWID bound to `alias`, if any.
+    /// The WWID bound to `alias`, as the file writes it, if any.
     pub fn wwid_of(&self, alias: &str) -> Option<&str> {
         self.by_alias
             .get(alias)
@@ -292,7 +298,7 @@ impl Bindings {
         let j = self.entries.len();
         self.entries.push((name.clone(), wwid.to_string()));
         self.by_alias.insert(name.clone(), j);
-        self.by_wwid.insert(wwid.to_string(), j);
+        self.by_wwid.insert(normalize_wwid(wwid).into_owned(), j);
         self.lines.push(Line::Entry(j));
         (name, true)
     }
@@ -329,9 +335,9 @@ impl Bindings {
 pub struct WwidsFile {
     path: PathBuf,
     lines: Vec<Line>,
-    /// In order of addition; a removed WWID leaves an empty slot.
+    /// As written, in order of addition; a removed WWID leaves an empty slot.
     wwids: Vec<String>,
-    /// WWID -> its slot in `wwids`.
+    /// Folded WWID ([`normalize_wwid`]) -> its slot in `wwids`.
     index: HashMap<String, usize>,
     problems: Vec<Diagnostic>,
     existed: bool,
@@ -375,13 +381,15 @@ impl WwidsFile {
                 .map(|(wwid, _)| wwid);
             match parsed {
                 Some(wwid) if wwid_problem(wwid).is_none() => {
-                    // A repeated WWID stays in the file, tied to the same slot.
-                    let j = match w.index.get(wwid) {
+                    // A repeated WWID (however its blanks are written) stays in the file,
+                    // tied to the same slot.
+                    let key = normalize_wwid(wwid);
+                    let j = match w.index.get(key.as_ref()) {
                         Some(&j) => j,
                         None => {
                             let j = w.wwids.len();
                             w.wwids.push(wwid.to_string());
-                            w.index.insert(wwid.to_string(), j);
+                            w.index.insert(key.into_owned(), j);
                             j
                         }
                     };
@@ -413,25 +421,28 @@ impl WwidsFile {
         &self.problems
     }
 
+    /// Whether `wwid` is in the file (blanks and underscores folded).
     pub fn contains(&self, wwid: &str) -> bool {
-        self.index.contains_key(wwid)
+        self.index.contains_key(normalize_wwid(wwid).as_ref())
     }
 
     /// Adds `wwid`; false if it was already there (or is not a valid WWID).
     pub fn add(&mut self, wwid: &str) -> bool {
-        if wwid_problem(wwid).is_some() || self.index.contains_key(wwid) {
+        let key = normalize_wwid(wwid);
+        if wwid_problem(wwid).is_some() || self.index.contains_key(key.as_ref()) {
             return false;
         }
         let j = self.wwids.len();
         self.wwids.push(wwid.to_string());
-        self.index.insert(wwid.to_string(), j);
+        self.index.insert(key.into_owned(), j);
         self.lines.push(Line::Entry(j));
         true
     }
 
-    /// Removes `wwid` (every line of it); false if it was not there.
+    /// Removes `wwid` (every line of it, however its blanks are written); false if it
+    /// was not there.
     pub fn remove(&mut self, wwid: &str) -> bool {
-        let Some(j) = self.index.remove(wwid) else {
+        let Some(j) = self.index.remove(normalize_wwid(wwid).as_ref()) else {
             return false;
         };
         self.lines.retain(|l| *l != Line::Entry(j));
@@ -611,6 +622,44 @@ mod tests {
     }
 
     #[test]
+    fn wwids_and_bindings_fold_blanks_and_underscores() {
+        // multipath 0.4.9 wrote the IET LUN's WWID with a blank; scsi_id -gu prints an
+        // underscore; very old scsi_id one underscore per blank.
+        let w = WwidsFile::parse(
+            "/1IET 00010001/\n/1DEC_____321816758474/\n/1IET_00010001/\n",
+            Path::new("w"),
+        );
+        assert!(w.problems().is_empty(), "{:?}", w.problems());
+        assert_eq!(w.len(), 2, "the same LUN twice");
+        assert!(w.contains("1IET_00010001") && w.contains("1IET 00010001"));
+        assert!(w.contains("1DEC_321816758474"));
+        // Lines stay as written.
+        assert_eq!(
+            w.to_text(),
+            "/1IET 00010001/\n/1DEC_____321816758474/\n/1IET 00010001/\n"
+        );
+        let mut w = w;
+        assert!(!w.add("1IET_00010001"));
+        assert!(w.remove("1IET_00010001") && !w.contains("1IET 00010001"));
+
+        let mut b = Bindings::parse(
+            "remote_disk 1IET 00010001\nmpathb  1DEC_____3218  # old\n",
+            Path::new("b"),
+        );
+        assert!(b.problems().is_empty(), "{:?}", b.problems());
+        assert_eq!(b.lookup("1IET_00010001"), Some("remote_disk"));
+        assert_eq!(b.lookup("1DEC_3218"), Some("mpathb"));
+        assert_eq!(b.wwid_of("remote_disk"), Some("1IET 00010001"));
+        assert_eq!(
+            b.alias_for("1IET_00010001", "mpath"),
+            ("remote_disk".into(), false)
+        );
+        let b = Bindings::parse("a 1IET 0001\nb 1IET_0001\n", Path::new("b"));
+        assert_eq!(b.problems().len(), 1);
+        assert!(b.problems()[0].message.contains("already bound to \"a\""));
+    }
+
+    #[test]
     fn wwids_file() {
         let dir = tmpdir("wwids");
         let path = dir.join("wwids");
@@ -618,7 +667,7 @@ mod tests {
         assert!(w.is_empty() && !w.contains("a"));
         assert!(w.add("3600a"));
         assert!(!w.add("3600a"));
-        assert!(!w.add("bad wwid"));
+        assert!(!w.add(" "));
         assert!(w.add("3600b"));
         w.save().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

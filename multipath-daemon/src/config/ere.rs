@@ -124,9 +124,106 @@ fn bracket(chars: &[char], start: usize, out: &mut String) -> Result<usize, Stri
     Err("unterminated bracket expression [".into())
 }
 
+/// A WWID regex from multipath.conf with its blanks made to match mpathd's WWIDs, which
+/// have an underscore where the LUN's identifier has blanks (as `scsi_id -u` prints
+/// them): outside a bracket expression a run of blanks (or escaped blanks) becomes one
+/// `_`, and a bracket expression that accepts a blank accepts `_` too. `None` when the
+/// regex has no blank.
+pub(crate) fn fold_wwid_blanks(ere: &str) -> Option<String> {
+    if !ere.contains(' ') {
+        return None;
+    }
+    let chars: Vec<char> = ere.chars().collect();
+    let mut out = String::with_capacity(ere.len());
+    let mut i = 0;
+    let mut blank_run = false;
+    while i < chars.len() {
+        let c = chars[i];
+        let escaped_blank = c == '\\' && chars.get(i + 1) == Some(&' ');
+        if c == ' ' || escaped_blank {
+            if !blank_run {
+                out.push('_');
+            }
+            blank_run = true;
+            i += if escaped_blank { 2 } else { 1 };
+            continue;
+        }
+        blank_run = false;
+        match c {
+            '\\' => {
+                out.push(c);
+                if let Some(&n) = chars.get(i + 1) {
+                    out.push(n);
+                }
+                i += 2;
+            }
+            '[' => {
+                // Copy the bracket expression, adding '_' when it accepts a blank.
+                let start = i;
+                i += 1;
+                if chars.get(i) == Some(&'^') {
+                    i += 1;
+                }
+                if chars.get(i) == Some(&']') {
+                    i += 1;
+                }
+                while i < chars.len() && chars[i] != ']' {
+                    if chars[i] == '[' && matches!(chars.get(i + 1), Some(':' | '.' | '=')) {
+                        let kind = chars[i + 1];
+                        i += 2;
+                        while i + 1 < chars.len() && !(chars[i] == kind && chars[i + 1] == ']') {
+                            i += 1;
+                        }
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+                let end = i.min(chars.len());
+                let body: String = chars[start..end].iter().collect();
+                out.push_str(&body);
+                if body.contains(' ') && !body.contains('_') && end < chars.len() {
+                    out.push('_');
+                }
+                if end < chars.len() {
+                    out.push(']');
+                }
+                i = end + 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::translate;
+    use super::{fold_wwid_blanks, translate};
+
+    #[test]
+    fn wwid_blanks_fold_like_scsi_id() {
+        assert_eq!(
+            fold_wwid_blanks("^1IET 00010001$").as_deref(),
+            Some("^1IET_00010001$")
+        );
+        assert_eq!(
+            fold_wwid_blanks("1DEC  \\ 3218").as_deref(),
+            Some("1DEC_3218")
+        );
+        assert_eq!(fold_wwid_blanks("1IET[ x]0").as_deref(), Some("1IET[ x_]0"));
+        assert_eq!(fold_wwid_blanks("1IET[ _]0").as_deref(), Some("1IET[ _]0"));
+        assert_eq!(
+            fold_wwid_blanks("[[:space:]] 1").as_deref(),
+            Some("[[:space:]]_1")
+        );
+        assert_eq!(fold_wwid_blanks("^3600"), None);
+        for s in ["[ ", "\\", "[[: ", " [", "[^] ]"] {
+            let _ = fold_wwid_blanks(s);
+        }
+    }
 
     fn ok(ere: &str) -> regex::Regex {
         let t = translate(ere).unwrap_or_else(|e| panic!("{ere}: {e}"));

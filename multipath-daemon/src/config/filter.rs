@@ -14,6 +14,9 @@ pub struct DeviceId<'a> {
     /// SCSI vendor and product (sysfs `vendor`, `model`), blanks trimmed.
     pub vendor: &'a str,
     pub product: &'a str,
+    /// The names of the device's udev properties, where udev runs (`None`: unknown,
+    /// property rules are skipped).
+    pub properties: Option<&'a [String]>,
 }
 
 /// Whether a device may be multipathed.
@@ -109,11 +112,30 @@ pub struct Filter {
     pub devnode: Vec<Rule>,
     pub wwid: Vec<Rule>,
     pub device: Vec<DeviceRule>,
+    /// Regexes matched against the names of the device's udev properties.
+    pub property: Vec<Rule>,
 }
+
+/// The udev property that says udev identified the device (multipath-tools' default
+/// `uid_attribute` for SCSI): only then does a device lacking every excepted property
+/// count as blacklisted.
+pub const UID_PROPERTY: &str = "ID_SERIAL";
 
 impl Filter {
     pub fn is_empty(&self) -> bool {
-        self.devnode.is_empty() && self.wwid.is_empty() && self.device.is_empty()
+        self.devnode.is_empty()
+            && self.wwid.is_empty()
+            && self.device.is_empty()
+            && self.property.is_empty()
+    }
+
+    fn property_match<'r>(&'r self, names: &'r [String]) -> Option<(&'r Rule, &'r str)> {
+        self.property.iter().find_map(|r| {
+            names
+                .iter()
+                .find(|n| r.pattern.is_match(n))
+                .map(|n| (r, n.as_str()))
+        })
     }
 
     fn devnode_match(&self, devnode: &str) -> Option<&Rule> {
@@ -137,9 +159,37 @@ fn at(location: &str) -> String {
     }
 }
 
-/// multipath-tools' `filter_path` order: devnode, device, wwid; in each kind an
-/// exception wins over the blacklist.
+/// multipath-tools' `filter_path` order: property, devnode, device, wwid; in each kind
+/// an exception wins over the blacklist. Property rules, as multipath-tools'
+/// `filter_property`: with exceptions configured, a device udev identified
+/// ([`UID_PROPERTY`]) that has no excepted property is blacklisted.
 pub(crate) fn check(black: &Filter, except: &Filter, dev: &DeviceId<'_>) -> Verdict {
+    if let Some(names) = dev.properties
+        && except.property_match(names).is_none()
+    {
+        if let Some((r, name)) = black.property_match(names) {
+            return Verdict::Blacklisted {
+                reason: format!(
+                    "blacklist property {:?} matches {name}{}",
+                    r.as_str(),
+                    at(&r.location)
+                ),
+            };
+        }
+        if !except.property.is_empty() && names.iter().any(|n| n == UID_PROPERTY) {
+            let rules: Vec<String> = except
+                .property
+                .iter()
+                .map(|r| format!("{:?}{}", r.as_str(), at(&r.location)))
+                .collect();
+            return Verdict::Blacklisted {
+                reason: format!(
+                    "udev property missing: none matches blacklist_exceptions property {}",
+                    rules.join(", ")
+                ),
+            };
+        }
+    }
     if except.devnode_match(dev.devnode).is_none()
         && let Some(r) = black.devnode_match(dev.devnode)
     {

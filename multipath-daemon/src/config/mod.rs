@@ -1,10 +1,13 @@
 //! mpathd's configuration (TOML), multipath.conf import and check-config.
 //!
 //! The daemon reads one TOML file (`/etc/mpathd/mpathd.toml`, documented in
-//! `docs/config.md`, example in `packaging/mpathd.toml`) into a [`Config`]:
-//! policy [`Defaults`], per-WWID [`MultipathEntry`]s, and the blacklist and its
-//! exceptions ([`Filter`]). [`Config::settings_for`] merges the defaults with a map's
-//! entry; [`Config::filter`] decides whether a path device may be multipathed.
+//! `docs/config.md`, example in `packaging/mpathd.toml`) into a [`Config`]: daemon-wide
+//! [`Defaults`], per-map settings ([`Policy`]) at four levels (`[defaults]`,
+//! `[[devices]]`, `[overrides]`, per-WWID [`MultipathEntry`]s) plus the built-in device
+//! table ([`hwtable`]), and the blacklist and its exceptions ([`Filter`]).
+//! [`Config::settings_for`] merges the levels for a path in multipath-tools' order of
+//! precedence, [`Config::explain`] says where each value came from, and
+//! [`Config::filter`] decides whether a path device may be multipathed.
 //!
 //! Every error carries the file, line and column of the key or value at fault
 //! ([`Diagnostic`]), and all semantic errors of a file are reported at once
@@ -17,14 +20,25 @@
 pub mod bindings;
 mod ere;
 mod filter;
+pub mod hwtable;
 pub mod multipath_conf;
 mod schema;
+mod settings;
 mod text;
+mod values;
 
 pub use filter::{DeviceId, DeviceRule, Filter, Rule, Verdict};
+pub use settings::{
+    DEFAULT_CHECKER_TIMEOUT, Explained, Located, MapSettings, PathIdent, Policy, Source,
+    format_explained,
+};
 pub use text::{ConfigErrors, Diagnostic};
+pub use values::{
+    Failback, Features, FindMultipaths, GroupingPolicy, HW_HANDLERS, HardwareHandler, NoPathRetry,
+    PathChecker, PrioSource, QueueMode, RrWeight, SelectorKind, Weight, WeightKey,
+};
 
-use std::fmt;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,12 +57,22 @@ pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Longest device-mapper name (`DM_NAME_LEN` is 128 with the NUL).
 pub const DM_NAME_MAX: usize = 127;
 
+/// `polling_interval` when not set: seconds between two checks of a path.
+pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(5);
+/// `reinstate_checks` when not set: clean checks in a row before a failed path is used
+/// again.
+pub const DEFAULT_REINSTATE_CHECKS: u32 = 2;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
-    /// Policy for every map, and daemon-wide settings.
+    /// Daemon-wide settings, and the per-map settings of the lowest level.
     pub defaults: Defaults,
-    /// Per-WWID entries: alias and policy overrides.
+    /// Per-map settings above every device entry (multipath-tools' `overrides`).
+    pub overrides: Policy,
+    /// Per-hardware entries, by vendor/product/revision regexes, in file order.
+    pub devices: Vec<DeviceEntry>,
+    /// Per-WWID entries: alias and the per-map settings of the highest level.
     pub multipaths: Vec<MultipathEntry>,
     /// Devices never multipathed...
     pub blacklist: Filter,
@@ -56,24 +80,12 @@ pub struct Config {
     pub blacklist_exceptions: Filter,
 }
 
-/// `[defaults]`: the policy of every map unless its `[[multipaths]]` entry overrides it.
+/// `[defaults]`: daemon-wide settings, and per-map settings below the device tables.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Defaults {
-    /// How paths are grouped into priority groups. Default [`GroupingPolicy::Failover`].
-    pub path_grouping_policy: GroupingPolicy,
-    /// The kernel path selector in each group. Default [`SelectorKind::ServiceTime`].
-    pub path_selector: SelectorKind,
-    /// When to return to a higher priority group. Default [`Failback::Manual`].
-    pub failback: Failback,
-    /// What to do with IO when no path is left. Default [`NoPathRetry::Fail`]. This is
-    /// the resolved value: the TOML parser folds `queue_if_no_path = true` into it when
-    /// `no_path_retry` is not given.
-    pub no_path_retry: NoPathRetry,
-    /// `queue_if_no_path` as written (default false). `no_path_retry` wins when both are
-    /// set; see [`MapSettings::queue_if_no_path`] for the resolved flag.
-    pub queue_if_no_path: bool,
-    /// Where path priorities come from. Default [`PrioSource::Const`].
-    pub prio: PrioSource,
+    /// The per-map settings written in `[defaults]`; what is not set takes the built-in
+    /// default ([`MapSettings::default`]).
+    pub policy: Policy,
     /// Name maps `<alias_prefix><letters>` from the bindings file instead of by WWID.
     /// Default false.
     pub user_friendly_names: bool,
@@ -87,273 +99,61 @@ pub struct Defaults {
     pub wwids_file: PathBuf,
     /// The control socket. Default `/run/mpathd/mpathd.sock`.
     pub socket: PathBuf,
+    /// Time between two checks of a path. Default 5 s (multipath-tools' too).
+    pub polling_interval: Duration,
+    /// Clean checks in a row before a failed path is reinstated. Default 2.
+    pub reinstate_checks: u32,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
         Self {
-            path_grouping_policy: GroupingPolicy::Failover,
-            path_selector: SelectorKind::ServiceTime,
-            failback: Failback::Manual,
-            no_path_retry: NoPathRetry::Fail,
-            queue_if_no_path: false,
-            prio: PrioSource::Const,
+            policy: Policy::default(),
             user_friendly_names: false,
             alias_prefix: DEFAULT_ALIAS_PREFIX.to_string(),
             find_multipaths: FindMultipaths::Strict,
             bindings_file: PathBuf::from(DEFAULT_BINDINGS_FILE),
             wwids_file: PathBuf::from(DEFAULT_WWIDS_FILE),
             socket: PathBuf::from(DEFAULT_SOCKET),
+            polling_interval: DEFAULT_POLLING_INTERVAL,
+            reinstate_checks: DEFAULT_REINSTATE_CHECKS,
         }
     }
 }
 
-/// One `[[multipaths]]` entry: a WWID, its alias, and policy overrides (`None` = the
-/// default applies).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct MultipathEntry {
-    pub wwid: String,
-    pub alias: Option<String>,
-    pub path_grouping_policy: Option<GroupingPolicy>,
-    pub path_selector: Option<SelectorKind>,
-    pub failback: Option<Failback>,
-    pub no_path_retry: Option<NoPathRetry>,
-    pub queue_if_no_path: Option<bool>,
-    pub prio: Option<PrioSource>,
-    /// `file:line:col` of the entry, for messages (empty when built in code).
+/// One `[[devices]]` entry: which hardware (regexes matched anywhere in the value, as
+/// multipath-tools' `regexec`), and its per-map settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEntry {
+    pub vendor: Rule,
+    pub product: Rule,
+    /// `None` matches any revision.
+    pub revision: Option<Rule>,
+    pub policy: Policy,
+    /// `file:line:col` of the entry.
     pub location: String,
 }
 
-/// Settings for one map: defaults merged with its `multipaths` entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MapSettings {
-    /// The entry's alias, if it has one (user friendly names are the daemon's business:
-    /// see [`bindings::Bindings`]).
+impl DeviceEntry {
+    pub fn matches(&self, id: &PathIdent<'_>) -> bool {
+        self.vendor.pattern.is_match(id.vendor)
+            && self.product.pattern.is_match(id.product)
+            && self
+                .revision
+                .as_ref()
+                .is_none_or(|r| r.pattern.is_match(id.revision))
+    }
+}
+
+/// One `[[multipaths]]` entry: a WWID, its alias, and per-map settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MultipathEntry {
+    /// Normalised ([`normalize_wwid`]): blanks and underscore runs folded to one `_`.
+    pub wwid: String,
     pub alias: Option<String>,
-    pub path_grouping_policy: GroupingPolicy,
-    pub path_selector: SelectorKind,
-    pub failback: Failback,
-    /// The resolved policy when no path is left (`no_path_retry` wins over
-    /// `queue_if_no_path` at the same level; the entry's level wins over the defaults).
-    pub no_path_retry: NoPathRetry,
-    /// Whether the table starts with the `queue_if_no_path` feature: true unless
-    /// `no_path_retry` is [`NoPathRetry::Fail`] (with `Retries(n)` the daemon turns
-    /// queueing off after n retries, as multipathd does).
-    pub queue_if_no_path: bool,
-    pub prio: PrioSource,
-}
-
-/// `path_grouping_policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GroupingPolicy {
-    /// One path per priority group (`failover`).
-    Failover,
-    /// All paths in one group (`multibus`).
-    Multibus,
-    /// One group per distinct path priority (`group_by_prio`).
-    GroupByPrio,
-}
-
-impl GroupingPolicy {
-    pub const ALL: [GroupingPolicy; 3] = [Self::Failover, Self::Multibus, Self::GroupByPrio];
-
-    /// The spelling in the config file (the same as multipath.conf).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Failover => "failover",
-            Self::Multibus => "multibus",
-            Self::GroupByPrio => "group_by_prio",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == s)
-    }
-}
-
-impl fmt::Display for GroupingPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// `path_selector`: the device-mapper path selector of each priority group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SelectorKind {
-    RoundRobin,
-    QueueLength,
-    ServiceTime,
-}
-
-impl SelectorKind {
-    pub const ALL: [SelectorKind; 3] = [Self::RoundRobin, Self::QueueLength, Self::ServiceTime];
-
-    /// The kernel's name of the selector, also the spelling in the config file.
-    pub fn dm_name(&self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round-robin",
-            Self::QueueLength => "queue-length",
-            Self::ServiceTime => "service-time",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.dm_name() == s)
-    }
-}
-
-impl fmt::Display for SelectorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.dm_name())
-    }
-}
-
-/// `failback`: when IO returns to a better priority group after it comes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Failback {
-    /// As soon as a higher priority group has a usable path.
-    Immediate,
-    /// Never by itself (multipath-tools' default).
-    Manual,
-    /// Only when the first path of a group comes back (not when another node moved IO).
-    Followover,
-    /// This long after a higher priority group has a usable path.
-    After(Duration),
-}
-
-/// `no_path_retry`: what happens to IO when no path is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NoPathRetry {
-    /// Fail it at once.
-    Fail,
-    /// Queue it until a path comes back, however long that takes.
-    Queue,
-    /// Queue it for this many path checker intervals, then fail it.
-    Retries(u32),
-}
-
-/// `prio`: where each path's priority comes from (used by `group_by_prio`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum PrioSource {
-    /// Every path has priority 1.
-    Const,
-    /// From the target's ALUA port group state (optimized 50, non-optimized 10, ...).
-    Alua,
-    /// The first matching weight, as multipath-tools' `weightedpath`; 0 when none does.
-    Weighted(Vec<Weight>),
-}
-
-impl PrioSource {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Const => "const",
-            Self::Alua => "alua",
-            Self::Weighted(_) => "weighted",
-        }
-    }
-}
-
-/// One rule of [`PrioSource::Weighted`]: paths whose `key` fully matches `pattern` get
-/// `prio`.
-#[derive(Debug, Clone)]
-pub struct Weight {
-    pub key: WeightKey,
-    /// Compiled anchored (`^(?:...)$`): the whole value must match.
-    pub pattern: regex::Regex,
-    pub prio: u32,
-}
-
-impl Weight {
-    /// A weight from the pattern as written (it is anchored here).
-    pub fn new(key: WeightKey, pattern: &str, prio: u32) -> Result<Self, regex::Error> {
-        Ok(Self {
-            key,
-            pattern: compile_anchored(pattern)?,
-            prio,
-        })
-    }
-
-    /// The pattern as written, without the anchors this module adds.
-    pub fn source(&self) -> &str {
-        let s = self.pattern.as_str();
-        s.strip_prefix("^(?:")
-            .and_then(|s| s.strip_suffix(")$"))
-            .unwrap_or(s)
-    }
-
-    /// Whether this weight applies to a path with these identifiers.
-    pub fn matches(&self, devname: &str, hbtl: &str, portal: Option<&str>) -> bool {
-        match self.key {
-            WeightKey::Devname => self.pattern.is_match(devname),
-            WeightKey::Hbtl => self.pattern.is_match(hbtl),
-            WeightKey::Portal => portal.is_some_and(|p| self.pattern.is_match(p)),
-        }
-    }
-}
-
-impl PartialEq for Weight {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-            && self.prio == other.prio
-            && self.pattern.as_str() == other.pattern.as_str()
-    }
-}
-
-/// What a [`Weight`] pattern is matched against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WeightKey {
-    /// The kernel name of the path device, e.g. `sda`.
-    Devname,
-    /// SCSI `host:bus:target:lun`, e.g. `2:0:0:1`.
-    Hbtl,
-    /// The iSCSI portal of the path's session, `address:port`, e.g. `10.99.1.2:3260`.
-    Portal,
-}
-
-impl WeightKey {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Devname => "devname",
-            Self::Hbtl => "hbtl",
-            Self::Portal => "portal",
-        }
-    }
-}
-
-/// `find_multipaths`: which non-blacklisted devices get a map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FindMultipaths {
-    /// Only WWIDs listed in `[[multipaths]]` or in the wwids file.
-    Strict,
-    /// Those, and any WWID seen on two or more paths (`on`, `yes`).
-    On,
-    /// Like `on`; mpathd does not wait for a second path to appear (multipath-tools
-    /// holds a single path back for `find_multipaths_timeout`).
-    Smart,
-    /// Every non-blacklisted device (`greedy`, `off`, `no`).
-    Greedy,
-}
-
-impl FindMultipaths {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Strict => "strict",
-            Self::On => "on",
-            Self::Smart => "smart",
-            Self::Greedy => "greedy",
-        }
-    }
-
-    /// Our spellings and multipath-tools' (`yes`, `no`, `off`).
-    pub fn from_name(s: &str) -> Option<Self> {
-        Some(match s {
-            "strict" => Self::Strict,
-            "on" | "yes" => Self::On,
-            "smart" => Self::Smart,
-            "greedy" | "off" | "no" => Self::Greedy,
-            _ => return None,
-        })
-    }
+    pub policy: Policy,
+    /// `file:line:col` of the entry, for messages (empty when built in code).
+    pub location: String,
 }
 
 impl Config {
@@ -371,47 +171,6 @@ impl Config {
         check_file(path)
     }
 
-    /// The settings of the map of `wwid`: the defaults, overridden by its entry.
-    pub fn settings_for(&self, wwid: &str) -> MapSettings {
-        let d = &self.defaults;
-        let e = self.entry_for(wwid);
-        let no_path_retry = match e {
-            Some(MultipathEntry {
-                no_path_retry: Some(n),
-                ..
-            }) => *n,
-            Some(MultipathEntry {
-                queue_if_no_path: Some(q),
-                ..
-            }) => {
-                if *q {
-                    NoPathRetry::Queue
-                } else {
-                    NoPathRetry::Fail
-                }
-            }
-            _ => d.no_path_retry,
-        };
-        MapSettings {
-            alias: e.and_then(|e| e.alias.clone()),
-            path_grouping_policy: e
-                .and_then(|e| e.path_grouping_policy)
-                .unwrap_or(d.path_grouping_policy),
-            path_selector: e.and_then(|e| e.path_selector).unwrap_or(d.path_selector),
-            failback: e.and_then(|e| e.failback).unwrap_or(d.failback),
-            no_path_retry,
-            queue_if_no_path: no_path_retry != NoPathRetry::Fail,
-            prio: e
-                .and_then(|e| e.prio.clone())
-                .unwrap_or_else(|| d.prio.clone()),
-        }
-    }
-
-    /// The `[[multipaths]]` entry of `wwid`, if any.
-    pub fn entry_for(&self, wwid: &str) -> Option<&MultipathEntry> {
-        self.multipaths.iter().find(|e| e.wwid == wwid)
-    }
-
     /// The entry whose alias is `alias`, if any.
     pub fn entry_for_alias(&self, alias: &str) -> Option<&MultipathEntry> {
         self.multipaths
@@ -420,8 +179,8 @@ impl Config {
     }
 
     /// Whether a path device may be multipathed: the blacklist, then its exceptions,
-    /// kind by kind (devnode, then vendor/product, then WWID) as multipath-tools does: an
-    /// exception only lifts a blacklist rule of the same kind.
+    /// kind by kind (udev properties, devnode, vendor/product, WWID) as multipath-tools
+    /// does: an exception only lifts a blacklist rule of the same kind.
     pub fn filter(&self, dev: &DeviceId<'_>) -> Verdict {
         filter::check(&self.blacklist, &self.blacklist_exceptions, dev)
     }
@@ -509,15 +268,48 @@ pub fn dm_name_problem(name: &str) -> Option<String> {
     None
 }
 
-/// Why `wwid` is not a usable WWID, if it is not.
+/// Why `wwid` is not a usable WWID, if it is not. Blanks are fine: they are folded
+/// ([`normalize_wwid`]).
 pub fn wwid_problem(wwid: &str) -> Option<String> {
-    if wwid.is_empty() {
+    if wwid.trim().is_empty() {
         return Some("is empty".into());
     }
-    if let Some(c) = wwid.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Some(format!("contains {c:?} (no blanks or control characters)"));
+    if let Some(c) = wwid.chars().find(|c| c.is_control()) {
+        return Some(format!("contains {c:?} (no control characters)"));
     }
     None
+}
+
+/// A WWID as mpathd compares them: blanks at the ends trimmed, and every run of blanks
+/// and underscores inside folded into one `_`.
+///
+/// udev's `scsi_id -u` (and the `ID_SERIAL` property multipath-tools reads) replaces a
+/// run of blanks by one underscore; older tools printed the blanks (multipath 0.4.9:
+/// `1IET 00010001` where `scsi_id -gu` prints `1IET_00010001`) or one underscore per
+/// blank (`1DEC_____321816758474`). All of these fold to the same key, so a WWID copied
+/// from any of them finds the LUN.
+pub fn normalize_wwid(wwid: &str) -> Cow<'_, str> {
+    let t = wwid.trim();
+    if t.len() == wwid.len() && !t.contains("__") && !t.chars().any(char::is_whitespace) {
+        return Cow::Borrowed(wwid);
+    }
+    let mut out = String::with_capacity(t.len());
+    let mut gap = false;
+    for c in t.chars() {
+        if c.is_whitespace() || c == '_' {
+            gap = true;
+        } else {
+            if gap {
+                out.push('_');
+                gap = false;
+            }
+            out.push(c);
+        }
+    }
+    if gap {
+        out.push('_');
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -10,15 +10,17 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use super::text::{LineIndex, shorten};
 use super::{
-    Config, ConfigErrors, Defaults, DeviceRule, Diagnostic, Failback, Filter, FindMultipaths,
-    GroupingPolicy, MultipathEntry, NoPathRetry, PrioSource, Rule, SelectorKind, Weight, WeightKey,
-    dm_name_problem, wwid_problem,
+    Config, ConfigErrors, Defaults, DeviceEntry, DeviceRule, Diagnostic, Failback, Features,
+    Filter, FindMultipaths, GroupingPolicy, HardwareHandler, Located, MultipathEntry, NoPathRetry,
+    PathChecker, Policy, PrioSource, RrWeight, Rule, SelectorKind, Weight, WeightKey,
+    dm_name_problem, normalize_wwid, wwid_problem,
 };
 
 type Span = Option<Range<usize>>;
 
-/// Keys of `[defaults]`.
-pub(crate) const DEFAULTS_KEYS: &[&str] = &[
+/// Per-map keys: accepted in `[defaults]`, `[overrides]`, `[[devices]]` and
+/// `[[multipaths]]`.
+pub(crate) const POLICY_KEYS: &[&str] = &[
     "path_grouping_policy",
     "path_selector",
     "failback",
@@ -26,36 +28,47 @@ pub(crate) const DEFAULTS_KEYS: &[&str] = &[
     "queue_if_no_path",
     "prio",
     "prio_weights",
+    "hardware_handler",
+    "features",
+    "rr_weight",
+    "path_checker",
+    "checker_timeout",
+];
+
+/// Daemon-wide keys: only in `[defaults]`.
+pub(crate) const DAEMON_KEYS: &[&str] = &[
     "user_friendly_names",
     "alias_prefix",
     "find_multipaths",
     "bindings_file",
     "wwids_file",
     "socket",
-];
-
-/// Keys of a `[[multipaths]]` entry.
-pub(crate) const ENTRY_KEYS: &[&str] = &[
-    "wwid",
-    "alias",
-    "path_grouping_policy",
-    "path_selector",
-    "failback",
-    "no_path_retry",
-    "queue_if_no_path",
-    "prio",
-    "prio_weights",
+    "polling_interval",
+    "reinstate_checks",
 ];
 
 const TOP_KEYS: &[&str] = &[
     "defaults",
+    "overrides",
+    "devices",
     "multipaths",
     "blacklist",
     "blacklist_exceptions",
 ];
-const FILTER_KEYS: &[&str] = &["devnode", "wwid", "device"];
+const FILTER_KEYS: &[&str] = &["devnode", "wwid", "device", "property"];
 const DEVICE_KEYS: &[&str] = &["vendor", "product"];
 const WEIGHT_KEYS: &[&str] = &["devname", "hbtl", "portal", "prio"];
+
+/// Longest `polling_interval`, in seconds.
+const POLLING_INTERVAL_MAX: i64 = 3600;
+/// Most `reinstate_checks`.
+const REINSTATE_CHECKS_MAX: i64 = 1000;
+/// Longest `checker_timeout`, in seconds.
+const CHECKER_TIMEOUT_MAX: i64 = 3600;
+
+fn keys_with(first: &[&'static str], rest: &[&'static str]) -> Vec<&'static str> {
+    first.iter().chain(rest).copied().collect()
+}
 
 /// Longest alias prefix: leaves room for the letters in a 127-byte dm name.
 const ALIAS_PREFIX_MAX: usize = 64;
@@ -93,6 +106,12 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                     cfg.defaults = cx.defaults(t);
                 }
             }
+            "overrides" => {
+                if let Some(t) = cx.table(item, &key_span, "[overrides]") {
+                    cfg.overrides = cx.overrides(t);
+                }
+            }
+            "devices" => cfg.devices = cx.device_entries(item, &key_span),
             "multipaths" => cfg.multipaths = cx.multipaths(item, &key_span),
             "blacklist" => cfg.blacklist = cx.filter(item, &key_span, "blacklist"),
             "blacklist_exceptions" => {
@@ -110,15 +129,13 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// The policy keys shared by `[defaults]` and `[[multipaths]]` entries.
+/// The per-map keys of one table as read, before `prio` and `prio_weights` are combined
+/// and `queue_if_no_path` folded into `no_path_retry`.
 #[derive(Default)]
-struct Policy {
-    path_grouping_policy: Option<GroupingPolicy>,
-    path_selector: Option<SelectorKind>,
-    failback: Option<Failback>,
-    no_path_retry: Option<NoPathRetry>,
-    queue_if_no_path: Option<bool>,
-    prio: Option<PrioSource>,
+struct PolicySeen {
+    policy: Policy,
+    queue_if_no_path: Option<Located<bool>>,
+    weights: WeightsSeen,
 }
 
 struct Cx<'a> {
@@ -194,7 +211,7 @@ impl<'a> Cx<'a> {
     }
 
     fn unknown(&mut self, key: &str, span: &Span, place: &str, expected: &[&str]) {
-        let hint = if place.contains("multipaths") && DEFAULTS_KEYS.contains(&key) {
+        let hint = if !place.contains("[defaults]") && DAEMON_KEYS.contains(&key) {
             " (it can only be set in [defaults])".to_string()
         } else {
             format!(" (expected one of {})", expected.join(", "))
@@ -479,65 +496,159 @@ impl<'a> Cx<'a> {
         ok.then_some(out)
     }
 
-    /// Reads the policy keys of `t` (the caller's visitor passes the others).
-    fn policy_key(
-        &mut self,
-        p: &mut Policy,
-        k: &str,
-        item: &Item,
-        vs: &Span,
-        weights: &mut WeightsSeen,
-    ) {
+    /// Reads one per-map key of a table into `p` (the caller's visitor passes the
+    /// others).
+    fn policy_key(&mut self, p: &mut PolicySeen, k: &str, item: &Item, vs: &Span) {
+        let at = self.location(vs);
         match k {
             "path_grouping_policy" => {
                 let names = GroupingPolicy::ALL.map(|g| g.name());
-                p.path_grouping_policy =
-                    self.choice(item, vs, k, &names, GroupingPolicy::from_name);
+                p.policy.path_grouping_policy = self
+                    .choice(item, vs, k, &names, GroupingPolicy::from_name)
+                    .map(|v| Located::new(v, at.as_str()));
             }
             "path_selector" => {
                 let names = SelectorKind::ALL.map(|g| g.dm_name());
-                p.path_selector = self.choice(item, vs, k, &names, |s| {
-                    SelectorKind::from_name(s).or_else(|| {
-                        // multipath.conf's "service-time 0" spelling.
-                        s.strip_suffix(" 0").and_then(SelectorKind::from_name)
+                p.policy.path_selector = self
+                    .choice(item, vs, k, &names, |s| {
+                        SelectorKind::from_name(s).or_else(|| {
+                            // multipath.conf's "service-time 0" spelling.
+                            s.strip_suffix(" 0").and_then(SelectorKind::from_name)
+                        })
                     })
-                });
+                    .map(|v| Located::new(v, at.as_str()));
             }
-            "failback" => p.failback = self.failback(item, vs),
-            "no_path_retry" => p.no_path_retry = self.no_path_retry(item, vs),
-            "queue_if_no_path" => p.queue_if_no_path = self.boolean(item, vs, k),
+            "failback" => {
+                p.policy.failback = self
+                    .failback(item, vs)
+                    .map(|v| Located::new(v, at.as_str()))
+            }
+            "no_path_retry" => {
+                p.policy.no_path_retry = self
+                    .no_path_retry(item, vs)
+                    .map(|v| Located::new(v, at.as_str()))
+            }
+            "queue_if_no_path" => {
+                p.queue_if_no_path = self
+                    .boolean(item, vs, k)
+                    .map(|v| Located::new(v, at.as_str()))
+            }
+            "hardware_handler" => {
+                if let Some(s) = self.string(item, vs, k) {
+                    match HardwareHandler::parse(s) {
+                        Ok(h) => p.policy.hardware_handler = Some(Located::new(h, at.as_str())),
+                        Err(why) => {
+                            self.err(vs, format!("hardware_handler \"{}\" {why}", shorten(s, 64)))
+                        }
+                    }
+                }
+            }
+            "features" => {
+                if let Some(s) = self.string(item, vs, k) {
+                    match Features::parse(s) {
+                        Ok(f) => p.policy.features = Some(Located::new(f, at.as_str())),
+                        Err(why) => self.err(vs, format!("features \"{}\" {why}", shorten(s, 64))),
+                    }
+                }
+            }
+            "rr_weight" => {
+                let names = RrWeight::ALL.map(|r| r.name());
+                p.policy.rr_weight = self
+                    .choice(item, vs, k, &names, RrWeight::from_name)
+                    .map(|v| Located::new(v, at.as_str()));
+            }
+            "path_checker" => {
+                let names = PathChecker::ALL.map(|c| c.name());
+                p.policy.path_checker = self
+                    .choice(item, vs, k, &names, PathChecker::from_name)
+                    .map(|v| Located::new(v, at.as_str()));
+            }
+            "checker_timeout" => {
+                p.policy.checker_timeout = self
+                    .integer(item, vs, k, 1, CHECKER_TIMEOUT_MAX, "seconds")
+                    .map(|n| Located::new(Duration::from_secs(n as u64), at.as_str()));
+            }
             "prio" => {
-                weights.prio_span = vs.clone();
-                weights.prio_name = self
+                p.weights.prio_span = vs.clone();
+                p.weights.prio_name = self
                     .choice(item, vs, k, &["const", "alua", "weighted"], |s| {
                         ["const", "alua", "weighted"].into_iter().find(|n| *n == s)
                     })
                     .map(str::to_string);
-                if weights.prio_name.is_none() {
-                    weights.failed = true;
+                if p.weights.prio_name.is_none() {
+                    p.weights.failed = true;
                 }
             }
             "prio_weights" => {
-                weights.weights_span = vs.clone();
-                weights.weights = self.weights(item, vs);
-                if weights.weights.is_none() {
-                    weights.failed = true;
+                p.weights.weights_span = vs.clone();
+                p.weights.weights = self.weights(item, vs);
+                if p.weights.weights.is_none() {
+                    p.weights.failed = true;
                 }
             }
             _ => {}
         }
     }
 
-    /// Combines `prio` and `prio_weights` once the whole table is read.
-    fn finish_prio(&mut self, p: &mut Policy, w: WeightsSeen, place: &str) {
-        if w.failed {
-            return;
+    /// An integer from `min` to `max` (`unit` names it in the message).
+    fn integer(
+        &mut self,
+        item: &Item,
+        span: &Span,
+        what: &str,
+        min: i64,
+        max: i64,
+        unit: &str,
+    ) -> Option<i64> {
+        match item.as_integer() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.err(
+                    span,
+                    format!(
+                        "{what} must be a number of {unit} from {min} to {max}, found {}",
+                        describe_value(item)
+                    ),
+                );
+                None
+            }
         }
-        p.prio = match (w.prio_name.as_deref(), w.weights) {
+    }
+
+    /// The table's per-map settings once it is all read: `prio` and `prio_weights`
+    /// combined, `queue_if_no_path` folded into `no_path_retry` when that is not set.
+    fn finish_policy(&mut self, p: PolicySeen, place: &str) -> Policy {
+        let PolicySeen {
+            mut policy,
+            queue_if_no_path,
+            weights: w,
+        } = p;
+        if policy.no_path_retry.is_none()
+            && let Some(q) = queue_if_no_path
+        {
+            let n = if q.value {
+                NoPathRetry::Queue
+            } else {
+                NoPathRetry::Fail
+            };
+            policy.no_path_retry = Some(Located::new(n, q.at));
+        }
+        if w.failed {
+            return policy;
+        }
+        let at = |cx: &Self, sp: &Span| cx.location(sp);
+        policy.prio = match (w.prio_name.as_deref(), w.weights) {
             (None, None) => None,
-            (Some("const"), None) => Some(PrioSource::Const),
-            (Some("alua"), None) => Some(PrioSource::Alua),
-            (Some("weighted") | None, Some(ws)) => Some(PrioSource::Weighted(ws)),
+            (Some("const"), None) => Some(Located::new(PrioSource::Const, at(self, &w.prio_span))),
+            (Some("alua"), None) => Some(Located::new(PrioSource::Alua, at(self, &w.prio_span))),
+            (Some("weighted"), Some(ws)) => Some(Located::new(
+                PrioSource::Weighted(ws),
+                at(self, &w.prio_span),
+            )),
+            (None, Some(ws)) => Some(Located::new(
+                PrioSource::Weighted(ws),
+                at(self, &w.weights_span),
+            )),
             (Some("weighted"), None) => {
                 self.err(
                     &w.prio_span,
@@ -554,16 +665,17 @@ impl<'a> Cx<'a> {
             }
             (Some(_), None) => None,
         };
+        policy
     }
 
     fn defaults(&mut self, t: &dyn TableLike) -> Defaults {
         let mut d = Defaults::default();
-        let mut p = Policy::default();
-        let mut w = WeightsSeen::default();
+        let mut p = PolicySeen::default();
+        let allowed = keys_with(POLICY_KEYS, DAEMON_KEYS);
         self.keys(
             t,
             "in [defaults]",
-            DEFAULTS_KEYS,
+            &allowed,
             |cx, k, item, _ks, vs| match k {
                 "user_friendly_names" => {
                     if let Some(b) = cx.boolean(item, &vs, k) {
@@ -617,31 +729,94 @@ impl<'a> Cx<'a> {
                         d.socket = pb;
                     }
                 }
-                _ => cx.policy_key(&mut p, k, item, &vs, &mut w),
+                "polling_interval" => {
+                    if let Some(n) = cx.integer(item, &vs, k, 1, POLLING_INTERVAL_MAX, "seconds") {
+                        d.polling_interval = Duration::from_secs(n as u64);
+                    }
+                }
+                "reinstate_checks" => {
+                    if let Some(n) = cx.integer(item, &vs, k, 1, REINSTATE_CHECKS_MAX, "checks") {
+                        d.reinstate_checks = n as u32;
+                    }
+                }
+                _ => cx.policy_key(&mut p, k, item, &vs),
             },
         );
-        self.finish_prio(&mut p, w, "in [defaults]");
-        if let Some(v) = p.path_grouping_policy {
-            d.path_grouping_policy = v;
-        }
-        if let Some(v) = p.path_selector {
-            d.path_selector = v;
-        }
-        if let Some(v) = p.failback {
-            d.failback = v;
-        }
-        if let Some(q) = p.queue_if_no_path {
-            d.queue_if_no_path = q;
-        }
-        d.no_path_retry = match (p.no_path_retry, p.queue_if_no_path) {
-            (Some(n), _) => n,
-            (None, Some(true)) => NoPathRetry::Queue,
-            (None, _) => NoPathRetry::Fail,
-        };
-        if let Some(v) = p.prio {
-            d.prio = v;
-        }
+        d.policy = self.finish_policy(p, "in [defaults]");
         d
+    }
+
+    fn overrides(&mut self, t: &dyn TableLike) -> Policy {
+        let mut p = PolicySeen::default();
+        self.keys(t, "in [overrides]", POLICY_KEYS, |cx, k, item, _ks, vs| {
+            cx.policy_key(&mut p, k, item, &vs)
+        });
+        self.finish_policy(p, "in [overrides]")
+    }
+
+    fn device_entries(&mut self, item: &Item, key: &Span) -> Vec<DeviceEntry> {
+        let tables = self.tables_of(
+            item,
+            key,
+            "devices entries must be tables",
+            "devices must be an array of tables ([[devices]])",
+        );
+        let allowed = keys_with(&["vendor", "product", "revision"], POLICY_KEYS);
+        let mut out = Vec::new();
+        for (t, tspan) in tables {
+            let mut p = PolicySeen::default();
+            let mut ids: [Option<Rule>; 3] = [None, None, None];
+            let mut bad = false;
+            self.keys(t, "in [[devices]]", &allowed, |cx, k, item, _ks, vs| {
+                let slot = match k {
+                    "vendor" => 0,
+                    "product" => 1,
+                    "revision" => 2,
+                    _ => return cx.policy_key(&mut p, k, item, &vs),
+                };
+                let Some(s) = cx.string(item, &vs, &format!("devices.{k}")) else {
+                    bad = true;
+                    return;
+                };
+                match Rule::new(s) {
+                    Ok(r) => ids[slot] = Some(r.at(cx.location(&vs))),
+                    Err(e) => {
+                        cx.err(
+                            &vs,
+                            format!("devices.{k}: invalid regex: {}", regex_msg(&e)),
+                        );
+                        bad = true;
+                    }
+                }
+            });
+            let policy = self.finish_policy(p, "in [[devices]]");
+            let [vendor, product, revision] = ids;
+            match (vendor, product) {
+                (Some(vendor), Some(product)) if !bad => out.push(DeviceEntry {
+                    vendor,
+                    product,
+                    revision,
+                    policy,
+                    location: self.location(&tspan),
+                }),
+                (v, p) if !bad => {
+                    let missing = match (v.is_none(), p.is_none()) {
+                        (true, true) => "vendor and product",
+                        (true, false) => "vendor",
+                        _ => "product",
+                    };
+                    self.err(
+                        &tspan,
+                        format!(
+                            "this [[devices]] entry has no {missing} (both are required; \
+                             \".*\" matches anything)"
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     /// The tables of an array of tables (`[[x]]`) or of an array of inline tables
@@ -688,6 +863,7 @@ impl<'a> Cx<'a> {
             "multipaths entries must be tables",
             "multipaths must be an array of tables ([[multipaths]])",
         );
+        let allowed = keys_with(&["wwid", "alias"], POLICY_KEYS);
         let mut out = Vec::new();
         let mut wwids: HashMap<String, String> = HashMap::new();
         let mut aliases: HashMap<String, String> = HashMap::new();
@@ -696,20 +872,23 @@ impl<'a> Cx<'a> {
                 location: self.location(&tspan),
                 ..Default::default()
             };
-            let mut p = Policy::default();
-            let mut w = WeightsSeen::default();
+            let mut p = PolicySeen::default();
             let mut wwid_span = None;
+            let mut written = String::new();
             let mut alias_span = None;
             self.keys(
                 t,
                 "in [[multipaths]]",
-                ENTRY_KEYS,
+                &allowed,
                 |cx, k, item, _ks, vs| match k {
                     "wwid" => {
                         if let Some(s) = cx.string(item, &vs, k) {
                             match wwid_problem(s) {
                                 Some(why) => cx.err(&vs, format!("wwid {why}")),
-                                None => e.wwid = s.to_string(),
+                                None => {
+                                    e.wwid = normalize_wwid(s).into_owned();
+                                    written = s.to_string();
+                                }
                             }
                         }
                         wwid_span = Some(vs);
@@ -727,26 +906,25 @@ impl<'a> Cx<'a> {
                             }
                         }
                     }
-                    _ => cx.policy_key(&mut p, k, item, &vs, &mut w),
+                    _ => cx.policy_key(&mut p, k, item, &vs),
                 },
             );
-            self.finish_prio(&mut p, w, "in [[multipaths]]");
-            e.path_grouping_policy = p.path_grouping_policy;
-            e.path_selector = p.path_selector;
-            e.failback = p.failback;
-            e.no_path_retry = p.no_path_retry;
-            e.queue_if_no_path = p.queue_if_no_path;
-            e.prio = p.prio;
+            e.policy = self.finish_policy(p, "in [[multipaths]]");
             match wwid_span {
                 None => self.err(&tspan, "this [[multipaths]] entry has no wwid"),
                 Some(ws) if !e.wwid.is_empty() => {
                     let here = self.location(&ws);
                     if let Some(first) = wwids.get(&e.wwid) {
+                        let folded = if written == e.wwid {
+                            String::new()
+                        } else {
+                            format!(" (folded: {})", shorten(&e.wwid, 80))
+                        };
                         self.err(
                             &ws,
                             format!(
-                                "wwid \"{}\" already has an entry at {first}",
-                                shorten(&e.wwid, 80)
+                                "wwid \"{}\"{folded} already has an entry at {first}",
+                                shorten(&written, 80)
                             ),
                         );
                     } else {
@@ -816,6 +994,7 @@ impl<'a> Cx<'a> {
             |cx, k, item, _ks, vs| match k {
                 "devnode" => f.devnode = cx.regex_list(item, &vs, &format!("{name}.devnode")),
                 "wwid" => f.wwid = cx.regex_list(item, &vs, &format!("{name}.wwid")),
+                "property" => f.property = cx.regex_list(item, &vs, &format!("{name}.property")),
                 _ => f.device = cx.devices(item, &vs, name),
             },
         );

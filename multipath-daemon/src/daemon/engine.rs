@@ -18,8 +18,8 @@ use crate::{
     actions::{DmDone, DmOp, Lane, fail_path, reinstate_path, rescue::Ledger},
     checker::CheckerKind,
     config::{
-        Config, DeviceId, Failback, FindMultipaths, GroupingPolicy, NoPathRetry, PrioSource,
-        SelectorKind, Verdict, WeightKey,
+        Config, DeviceId, Failback, FindMultipaths, MapSettings, NoPathRetry, PrioSource,
+        Verdict, WeightKey,
         bindings::{Bindings, WwidsFile},
     },
     control::Request,
@@ -27,7 +27,7 @@ use crate::{
         MapInfo, Message, MultipathStatus, MultipathTable, PathState as DmPathState, UUID_PREFIX,
     },
     health::{Action, Decision, Health, HealthConfig, Input, Ns, PathInfo, PathState, Rescue},
-    maps::{self, Candidate, Grouping, LiveMap, MapPolicy, Rules, SelectorName, Step},
+    maps::{self, Candidate, Grouping, LiveMap, MapPolicy, Rules, Step},
     model::{Conn, DevT},
     topology::{IscsiPath, ScsiDisk},
 };
@@ -125,19 +125,25 @@ pub struct MapState {
     pub expired: bool,
 }
 
-/// What the checker's interval checks, per path.
+/// What the checker's interval checks, per path, and how (its map's `path_checker` and
+/// `checker_timeout`, unless the command line overrides them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckTarget {
     pub dev: DevT,
     pub node: PathBuf,
+    pub kind: CheckerKind,
+    pub timeout: Duration,
 }
 
 /// Options of the engine not in the config file.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
+    /// `reinstate_checks` comes from the config's `[defaults]`.
     pub health: HealthConfig,
-    pub checker: CheckerKind,
-    pub checker_timeout: Duration,
+    /// Overrides every map's `path_checker`.
+    pub checker: Option<CheckerKind>,
+    /// Overrides every map's `checker_timeout`.
+    pub checker_timeout: Option<Duration>,
     /// The recovery timeout given to an iSCSI session whose maps all have another usable
     /// path (`None`: never change it).
     pub fast_recovery_tmo: Option<u32>,
@@ -147,8 +153,8 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             health: HealthConfig::default(),
-            checker: CheckerKind::Tur,
-            checker_timeout: Duration::from_secs(5),
+            checker: None,
+            checker_timeout: None,
             fast_recovery_tmo: Some(0),
         }
     }
@@ -175,6 +181,9 @@ pub struct Engine {
     ledger: Ledger,
     /// Recovery timeout writes asked for and not yet done, by session.
     tmo_asked: BTreeMap<String, u32>,
+    /// The last disk seen of each WWID: a map whose paths all left sysfs keeps the
+    /// settings its vendor and product gave it (the device table still applies).
+    last_disk: BTreeMap<String, ScsiDisk>,
 }
 
 impl Engine {
@@ -183,9 +192,11 @@ impl Engine {
     pub fn new(cfg: Config, opts: EngineOptions, ledger: Ledger) -> anyhow::Result<Self> {
         let bindings = Bindings::load(&cfg.defaults.bindings_file)?;
         let wwids = WwidsFile::load(&cfg.defaults.wwids_file)?;
+        let mut hcfg = opts.health.clone();
+        hcfg.reinstate_checks = cfg.defaults.reinstate_checks;
         Ok(Self {
             cfg,
-            health: Health::new(opts.health.clone()),
+            health: Health::new(hcfg),
             opts,
             bindings,
             wwids,
@@ -198,6 +209,7 @@ impl Engine {
             busy: BTreeMap::new(),
             ledger,
             tmo_asked: BTreeMap::new(),
+            last_disk: BTreeMap::new(),
         })
     }
 
@@ -221,6 +233,9 @@ impl Engine {
     pub fn set_config(&mut self, cfg: Config) -> anyhow::Result<()> {
         self.bindings = Bindings::load(&cfg.defaults.bindings_file)?;
         self.wwids = WwidsFile::load(&cfg.defaults.wwids_file)?;
+        let mut hcfg = self.health.config().clone();
+        hcfg.reinstate_checks = cfg.defaults.reinstate_checks;
+        self.health.set_config(hcfg);
         self.cfg = cfg;
         self.removed.clear();
         self.skipped.clear();
@@ -243,7 +258,14 @@ impl Engine {
             ..Summary::default()
         };
         match snap.disks {
-            Ok(d) => self.disks = d,
+            Ok(d) => {
+                for disk in &d {
+                    if let Some(w) = &disk.wwid {
+                        self.last_disk.insert(w.clone(), disk.clone());
+                    }
+                }
+                self.disks = d
+            }
             Err(e) => {
                 // Keep the previous scan: better stale paths than dropping them all.
                 warn!("scanning paths: {e}; keeping the previous scan");
@@ -276,6 +298,7 @@ impl Engine {
                 wwid: d.wwid.as_deref(),
                 vendor: &d.vendor,
                 product: &d.model,
+                properties: None,
             };
             if let Verdict::Blacklisted { reason } = self.cfg.filter(&id) {
                 skipped.insert(d.name.clone(), format!("blacklisted: {reason}"));
@@ -479,10 +502,7 @@ impl Engine {
             let Some(wwid) = m.info.wwid() else { continue };
             let known = self.maps.contains_key(&m.info.name);
             let expired_at_start = !known
-                && matches!(
-                    self.cfg.settings_for(wwid).no_path_retry,
-                    NoPathRetry::Retries(_)
-                )
+                && matches!(self.settings(wwid).no_path_retry, NoPathRetry::Retries(_))
                 && !m.table.queue_if_no_path()
                 && m.status.as_ref().is_some_and(|s| s.active_paths() == 0);
             let e = self
@@ -614,7 +634,7 @@ impl Engine {
         let Some(m) = self.maps.get(map) else {
             return Vec::new();
         };
-        let policy = self.cfg.settings_for(&m.wwid).failback;
+        let policy = self.settings(&m.wwid).failback;
         let Some(best) = self.best_usable_group(m) else {
             return Vec::new();
         };
@@ -827,10 +847,12 @@ impl Engine {
     /// (`fail_if_no_path`), and the expiry is part of the desired table until a path is
     /// back, so no reload turns queueing on again behind the count's back.
     fn no_path_retry(&mut self, map: &str, st: &MultipathStatus) -> Vec<Command> {
-        let Some(m) = self.maps.get_mut(map) else {
+        let Some(wwid) = self.maps.get(map).map(|m| m.wwid.clone()) else {
             return Vec::new();
         };
-        let NoPathRetry::Retries(n) = self.cfg.settings_for(&m.wwid).no_path_retry else {
+        let retry = self.settings(&wwid).no_path_retry;
+        let m = self.maps.get_mut(map).expect("looked up above");
+        let NoPathRetry::Retries(n) = retry else {
             m.no_path_ticks = 0;
             m.expired = false;
             return Vec::new();
@@ -1007,24 +1029,28 @@ impl Engine {
     pub fn check_targets(&self) -> Vec<CheckTarget> {
         let by_dev: BTreeMap<String, &ScsiDisk> =
             self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
-        self.maps
-            .values()
-            .flat_map(|m| m.table.path_devs())
-            .filter_map(|d| by_dev.get(d))
-            .filter(|d| self.health.state(d.dev) != Some(PathState::AdminFailed))
-            .map(|d| CheckTarget {
-                dev: d.dev,
-                node: PathBuf::from("/dev").join(&d.name),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for m in self.maps.values() {
+            let s = self.settings(&m.wwid);
+            let kind = self.opts.checker.unwrap_or(s.path_checker);
+            let timeout = self.opts.checker_timeout.unwrap_or(s.checker_timeout);
+            for d in m.table.path_devs().filter_map(|d| by_dev.get(d)) {
+                if self.health.state(d.dev) != Some(PathState::AdminFailed) {
+                    out.push(CheckTarget {
+                        dev: d.dev,
+                        node: PathBuf::from("/dev").join(&d.name),
+                        kind,
+                        timeout,
+                    });
+                }
+            }
+        }
+        out
     }
 
-    /// The device node to check a path through.
-    pub fn node_of(&self, dev: DevT) -> Option<PathBuf> {
-        self.disks
-            .iter()
-            .find(|d| d.dev == dev)
-            .map(|d| PathBuf::from("/dev").join(&d.name))
+    /// How to check one path now (a sibling's answer may corroborate a stall).
+    pub fn check_target(&self, dev: DevT) -> Option<CheckTarget> {
+        self.check_targets().into_iter().find(|t| t.dev == dev)
     }
 
     /// An admin request that changes something. Returns the work to run and the message
@@ -1159,17 +1185,26 @@ impl Engine {
     /// Whether any map's prio weighs paths by their iSCSI portal.
     fn uses_portal_prio(&self) -> bool {
         let portal = |p: &PrioSource| matches!(p, PrioSource::Weighted(ws) if ws.iter().any(|w| w.key == WeightKey::Portal));
-        portal(&self.cfg.defaults.prio)
-            || self
-                .cfg
-                .multipaths
-                .iter()
-                .any(|e| e.prio.as_ref().is_some_and(portal))
+        self.cfg.prio_sources().any(portal)
+    }
+
+    /// A map's merged settings, from its WWID and what its paths report (vendor,
+    /// product, ALUA support).
+    pub fn settings(&self, wwid: &str) -> MapSettings {
+        let mut paths = self
+            .disks
+            .iter()
+            .filter(|d| d.wwid.as_deref() == Some(wwid))
+            .peekable();
+        if paths.peek().is_none() {
+            let last = self.last_disk.get(wwid);
+            return self.cfg.settings_for(&maps::map_ident(wwid, last));
+        }
+        self.cfg.settings_for(&maps::map_ident(wwid, paths))
     }
 
     fn prio_of(&self, d: &ScsiDisk) -> u32 {
-        let wwid = d.wwid.as_deref().unwrap_or("");
-        match self.cfg.settings_for(wwid).prio {
+        match self.cfg.settings_for(&maps::path_ident(d)).prio {
             PrioSource::Const => 1,
             // multipath-tools' alua prio values, so group_by_prio orders the same.
             PrioSource::Alua => match d.access_state.as_deref() {
@@ -1214,24 +1249,16 @@ struct EngineRules<'a> {
 }
 
 impl Rules for EngineRules<'_> {
-    fn policy(&self, wwid: &str) -> MapPolicy {
-        let s = self.cfg.settings_for(wwid);
-        let demoted = self.demoted.contains(wwid);
-        MapPolicy {
-            grouping: match s.path_grouping_policy {
-                GroupingPolicy::Failover => Grouping::Failover,
-                GroupingPolicy::Multibus if demoted => Grouping::GroupByPrio,
-                GroupingPolicy::Multibus => Grouping::Multibus,
-                GroupingPolicy::GroupByPrio => Grouping::GroupByPrio,
-            },
-            selector: match s.path_selector {
-                SelectorKind::RoundRobin => SelectorName::RoundRobin,
-                SelectorKind::QueueLength => SelectorName::QueueLength,
-                SelectorKind::ServiceTime => SelectorName::ServiceTime,
-            },
-            queue_if_no_path: s.queue_if_no_path && !self.expired.contains(wwid),
-            failback_immediate: s.failback == Failback::Immediate,
+    fn policy(&self, wwid: &str, paths: &[&Candidate]) -> MapPolicy {
+        let id = maps::map_ident(wwid, paths.iter().map(|c| &c.disk));
+        let mut p = MapPolicy::from_settings(&self.cfg.settings_for(&id));
+        if self.demoted.contains(wwid) && p.grouping == Grouping::Multibus {
+            p.grouping = Grouping::GroupByPrio;
         }
+        if self.expired.contains(wwid) {
+            p.queue_if_no_path = false;
+        }
+        p
     }
 
     fn wants_map(&self, wwid: &str, paths: usize) -> bool {

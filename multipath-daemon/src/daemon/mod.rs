@@ -68,8 +68,9 @@ pub struct Options {
     pub socket: Option<PathBuf>,
     /// Rescan even without udev events this often (udev may not run, or miss events).
     pub rescan_interval: Duration,
-    /// The path checker's interval (and the poll of the maps' status).
-    pub check_interval: Duration,
+    /// The path checker's interval (and the poll of the maps' status); `None`: the
+    /// config's `polling_interval`.
+    pub check_interval: Option<Duration>,
     /// Gathers udev events for this long before a rescan.
     pub debounce: Duration,
     /// Decide and log, but change nothing: no map created or reloaded, no path failed,
@@ -91,7 +92,7 @@ impl Options {
             config,
             socket: None,
             rescan_interval: Duration::from_secs(30),
-            check_interval: Duration::from_secs(5),
+            check_interval: None,
             debounce: Duration::from_millis(100),
             observe: false,
             engine: EngineOptions::default(),
@@ -153,6 +154,8 @@ enum Event {
         decision: Box<Decision>,
         conn: Conn,
         result: std::io::Result<()>,
+        /// From the command to the blocking thread starting it, and the destroy itself.
+        waited: Duration,
         took: Duration,
     },
     Config(Box<Result<Config>>, Option<oneshot::Sender<Response>>),
@@ -270,7 +273,11 @@ pub async fn serve<D: DmBackend + 'static>(
     let mut hup = signal(SignalKind::hangup())?;
     let mut rescan = tokio::time::interval(d.opts.rescan_interval);
     rescan.tick().await;
-    let mut check = tokio::time::interval(d.opts.check_interval);
+    let interval = d
+        .opts
+        .check_interval
+        .unwrap_or(d.engine.config().defaults.polling_interval);
+    let mut check = tokio::time::interval(interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
     let mut health_tick = tokio::time::interval(Duration::from_millis(50));
@@ -552,12 +559,14 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 decision,
                 conn,
                 result,
+                waited,
                 took,
             } => match result {
                 Ok(()) => info!(
                     path = %decision.name,
                     conn = %conn,
                     since_signal_ms = monotonic_ns().saturating_sub(decision.signal_ns) as f64 / 1e6,
+                    waited_ms = waited.as_secs_f64() * 1000.0,
                     took_ms = took.as_secs_f64() * 1000.0,
                     "rescue: the dead connection's socket destroyed; its I/O goes back to device-mapper"
                 ),
@@ -765,8 +774,10 @@ impl<D: DmBackend + 'static> Daemon<D> {
                     }
                     let set_tmo = self.engine.fast_tmo_for_rescue(&rescue.session);
                     let (root, tx) = (self.opts.sysfs_root.clone(), self.events.clone());
+                    let asked = Instant::now();
                     tokio::task::spawn_blocking(move || {
                         let t = Instant::now();
+                        let waited = t - asked;
                         // recovery_tmo must be 0 while the session is still logged in,
                         // before the socket goes, or the I/O waits the old timeout.
                         if let Some(secs) = set_tmo {
@@ -777,11 +788,13 @@ impl<D: DmBackend + 'static> Daemon<D> {
                                 result: r,
                             });
                         }
+                        let t = Instant::now();
                         let result = rescue::destroy_socket(&rescue.conn);
                         let _ = tx.send(Event::Rescued {
                             decision,
                             conn: rescue.conn,
                             result,
+                            waited,
                             took: t.elapsed(),
                         });
                     });
@@ -802,8 +815,8 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 }
                 Command::CheckNow(devs) => {
                     for dev in devs {
-                        if let Some(node) = self.engine.node_of(dev) {
-                            self.check_one(dev, node);
+                        if let Some(t) = self.engine.check_target(dev) {
+                            self.check_one(t);
                         }
                     }
                 }
@@ -819,14 +832,10 @@ impl<D: DmBackend + 'static> Daemon<D> {
         }
     }
 
-    fn check_one(&self, dev: crate::model::DevT, node: PathBuf) {
+    fn check_one(&self, t: engine::CheckTarget) {
         let (pool, tx) = (self.pool.clone(), self.events.clone());
-        let (kind, timeout) = (
-            self.engine.options().checker,
-            self.engine.options().checker_timeout,
-        );
         tokio::spawn(async move {
-            let r = pool.check(dev, node, kind, timeout).await;
+            let r = pool.check(t.dev, t.node, t.kind, t.timeout).await;
             let _ = tx.send(Event::Checked(r));
         });
     }
@@ -834,7 +843,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
     /// The checker's interval: check every path, read the maps' status and sessions.
     fn check_all(&mut self) {
         for t in self.engine.check_targets() {
-            self.check_one(t.dev, t.node);
+            self.check_one(t);
         }
         let (maps, paths) = self.engine.poll_targets();
         let (sysfs, dm, tx) = (self.sysfs.clone(), self.dm.clone(), self.events.clone());

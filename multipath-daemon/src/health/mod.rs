@@ -834,15 +834,17 @@ impl Health {
             .filter(|p| p.info.conn == Some(conn))
             .map(|p| p.info.dev)
             .collect();
+        // The connection is gone already: its socket needs no rescue (the session's
+        // recovery timeout decides how fast its I/O comes back).
         match signal {
             ConnSignal::Reset => {
                 for dev in devs {
-                    self.fail(now, dev, Reason::ConnReset, at_ns, true, out);
+                    self.fail(now, dev, Reason::ConnReset, at_ns, false, out);
                 }
             }
             ConnSignal::Left { new_state } => {
                 for dev in devs {
-                    self.fail(now, dev, Reason::ConnLeft { new_state }, at_ns, true, out);
+                    self.fail(now, dev, Reason::ConnLeft { new_state }, at_ns, false, out);
                 }
             }
             ConnSignal::Retransmits { .. } => {
@@ -1046,8 +1048,8 @@ impl Health {
         }
     }
 
-    /// Fails `dev` unless it is failed already. `hard`: a signal that the path's
-    /// connection or transport is gone, which may rescue the I/O stuck on it.
+    /// Fails `dev` unless it is failed already. `hard`: the path's connection is dead but
+    /// still open, so the I/O stuck on it may be rescued.
     fn fail(
         &mut self,
         now: Ns,

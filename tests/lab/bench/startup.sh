@@ -93,15 +93,19 @@ blacklist {
 EOF
 rm -f /etc/multipath/bindings /etc/multipath/wwids
 
+# mpathd has the same built-in LIO-ORG entry above [defaults]: the same overrides.
 cat >"$B/mpathd.toml" <<EOF
 [defaults]
-path_grouping_policy = "multibus"
-path_selector = "service-time"
 user_friendly_names = true
 find_multipaths = "greedy"
-no_path_retry = "fail"
 bindings_file = "$B/bindings"
 wwids_file = "$B/wwids"
+
+[overrides]
+path_grouping_policy = "multibus"
+path_selector = "service-time"
+prio = "const"
+no_path_retry = "fail"
 EOF
 cp /etc/multipath.conf "$LAB_OUT/multipath.conf"
 cp "$B/mpathd.toml" "$LAB_OUT/mpathd.toml"

@@ -40,6 +40,7 @@ lab__watching() { [ "$(grep -c 'watching iSCSI connection' "$LAB_OUT/mpathd.log"
 lab_setup
 lab_step "failover map made by mpathd, probes on both paths"
 lab_mpathd_config 'find_multipaths = "strict"
+[overrides]
 path_grouping_policy = "failover"
 no_path_retry = "queue"'
 lab_mpathd_start

@@ -7,7 +7,9 @@ lab_udev_start
 lab_setup
 
 lab_step "multibus map made by mpathd"
+# [overrides]: the built-in LIO entry (group_by_prio, no_path_retry 12) beats [defaults].
 lab_mpathd_config 'find_multipaths = "strict"
+[overrides]
 path_grouping_policy = "multibus"
 path_selector = "round-robin"
 no_path_retry = "queue"'
@@ -53,6 +55,7 @@ lab_io_check errors=0 mismatches=0 min_ops=100
 
 lab_step "reconfigure to failover, verified IO again"
 lab_mpathd_config 'find_multipaths = "strict"
+[overrides]
 path_grouping_policy = "failover"
 no_path_retry = "queue"'
 lab_mpathd reconfigure

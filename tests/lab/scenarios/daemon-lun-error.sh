@@ -9,6 +9,7 @@ lab__watching() { [ "$(grep -c 'watching iSCSI connection' "$LAB_OUT/mpathd.log"
 lab_setup
 lab_step "multibus map made by mpathd, probes on both paths"
 lab_mpathd_config 'find_multipaths = "strict"
+[overrides]
 path_grouping_policy = "multibus"
 no_path_retry = "fail"'
 lab_mpathd_start

@@ -31,6 +31,7 @@ lab_event info "vol1: ${D[1,1]} (portal 1) ${D[1,2]} (portal 2); vol2: ${D[2,1]}
 lab_step "two maps made by mpathd; probes and rescue off, so the dead path's IO stays stuck"
 conf() { # conf SELECTOR: vol1's path selector (a change makes mpathd reload vol1)
 	LAB_NO_ALIAS=1 LAB_WWID=${W[1]} lab_mpathd_config "find_multipaths = \"strict\"
+[overrides]
 path_grouping_policy = \"group_by_prio\"
 no_path_retry = \"queue\"
 [[multipaths]]

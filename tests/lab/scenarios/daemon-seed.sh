@@ -9,7 +9,12 @@ lab_setup
 W=$(lab_wwid)
 
 lab_step "a blacklisted path is left alone"
+# failover (two groups, for switchgroup below) and no queueing in [overrides]: the
+# built-in LIO entry (group_by_prio, no_path_retry 12) beats [defaults].
 lab_mpathd_config "find_multipaths = \"strict\"
+[overrides]
+path_grouping_policy = \"failover\"
+no_path_retry = \"fail\"
 [blacklist]
 devnode = [\"^${LAB_DEV[2]}\$\"]"
 lab_mpathd_start
@@ -27,7 +32,10 @@ print('blacklisted ${LAB_DEV[2]} is in no map:', b['note'])
 " || lab_fail "show paths does not show the blacklisted path"
 
 lab_step "reconfigure without the blacklist: the second path joins"
-lab_mpathd_config 'find_multipaths = "strict"'
+lab_mpathd_config 'find_multipaths = "strict"
+[overrides]
+path_grouping_policy = "failover"
+no_path_retry = "fail"'
 lab_mpathd reconfigure
 lab_wait_map_paths sanvol1 2 10
 lab_expect_log "reloaded map.*paths added: ${LAB_DEVT[2]}"

@@ -200,7 +200,11 @@ impl Driver {
 
 #[test]
 fn the_seed_alias_makes_one_map_of_both_paths_and_a_restart_adopts_it() {
-    let seed = format!("\n[[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n");
+    // [overrides]: the built-in LIO entry (group_by_prio) beats [defaults].
+    let seed = format!(
+        "\n[overrides]\npath_grouping_policy = \"failover\"\n\
+         [[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n"
+    );
     let mut d = Driver::new(&seed);
     let s = d.reconcile();
     assert_eq!(s.created, ["sanvol1"], "{s:?}");
@@ -336,7 +340,7 @@ fn a_checker_failure_fails_an_idle_path_in_its_map() {
 fn group_by_prio_with_weights_by_portal_puts_the_preferred_portal_first() {
     // sdb's session goes to portal 10.99.2.2 in the recorded tree.
     let mut d = Driver::new(
-        "find_multipaths = \"greedy\"\npath_grouping_policy = \"group_by_prio\"\n\
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"group_by_prio\"\n\
          prio_weights = [{ portal = '10\\.99\\.2\\.2:3260', prio = 50 }, { portal = '.*', prio = 10 }]\n",
     );
     assert_eq!(d.reconcile().created, [WWID]);
@@ -352,7 +356,7 @@ fn group_by_prio_with_weights_by_portal_puts_the_preferred_portal_first() {
 
 #[test]
 fn no_path_retry_n_holds_across_reconciles_and_restarts_and_ends_when_a_path_is_back() {
-    let cfg = "find_multipaths = \"greedy\"\nno_path_retry = 2\n";
+    let cfg = "find_multipaths = \"greedy\"\n[overrides]\nno_path_retry = 2\n";
     let mut d = Driver::new(cfg);
     d.reconcile();
     assert!(
@@ -395,7 +399,9 @@ fn no_path_retry_n_holds_across_reconciles_and_restarts_and_ends_when_a_path_is_
 
 #[test]
 fn a_reload_fails_paths_known_down_first_and_again_after() {
-    let mut d = Driver::new("find_multipaths = \"greedy\"\npath_grouping_policy = \"multibus\"\n");
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"multibus\"\n",
+    );
     d.reconcile();
     d.input(Input::Check {
         dev: SDA,
@@ -408,7 +414,7 @@ fn a_reload_fails_paths_known_down_first_and_again_after() {
         Config::from_toml_str(
             &format!(
                 "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
-                 find_multipaths = \"greedy\"\npath_grouping_policy = \"failover\"\n",
+                 find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
                 d.dir.display()
             ),
             "test.toml",
@@ -519,7 +525,9 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
 
 #[test]
 fn a_degraded_path_is_moved_to_a_group_of_its_own_and_back() {
-    let mut d = Driver::new("find_multipaths = \"greedy\"\npath_grouping_policy = \"multibus\"\n");
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"multibus\"\n",
+    );
     d.reconcile();
     assert_eq!(d.dm.table(WWID).unwrap().groups.len(), 1);
     d.dm.clear_log();
@@ -559,7 +567,8 @@ fn a_degraded_path_is_moved_to_a_group_of_its_own_and_back() {
 fn failback_immediate_returns_io_to_the_best_group_and_manual_does_not() {
     for (policy, want_switch) in [("immediate", true), ("manual", false)] {
         let mut d = Driver::new(&format!(
-            "find_multipaths = \"greedy\"\nfailback = \"{policy}\"\n"
+            "find_multipaths = \"greedy\"\n[overrides]\nfailback = \"{policy}\"\n\
+             path_grouping_policy = \"failover\"\n"
         ));
         d.reconcile();
         d.input(Input::Check {
@@ -580,7 +589,9 @@ fn failback_immediate_returns_io_to_the_best_group_and_manual_does_not() {
 
 #[test]
 fn switchgroup_checks_the_group_and_remove_refuses_an_open_map() {
-    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
+    );
     d.reconcile();
     let r = d.request(Request::SwitchGroup {
         map: WWID.into(),
