@@ -169,7 +169,8 @@ fn loop_directio_reads_the_device_and_an_io_error_is_down() {
     assert_eq!(
         r.outcome,
         CheckOutcome::Down {
-            why: "read of block 0: Input/output error (os error 5)".into()
+            why: "read of block 0: Input/output error (os error 5)".into(),
+            ambiguous: true,
         }
     );
     assert_eq!(pool.outstanding(), 0);
@@ -372,7 +373,7 @@ fn lab_checker_watch() {
                             .unwrap()
                             .as_secs_f64();
                         let why = match &r.outcome {
-                            CheckOutcome::Down { why } | CheckOutcome::Unsupported { why } => {
+                            CheckOutcome::Down { why, .. } | CheckOutcome::Unsupported { why } => {
                                 why.as_str()
                             }
                             _ => "-",

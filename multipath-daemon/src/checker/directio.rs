@@ -51,11 +51,14 @@ impl Checker for Directio {
         let mut buf = AlignedBlock::new(lbs);
         match f.read_at(buf.as_mut(), 0) {
             Ok(n) if n == lbs => CheckOutcome::Up,
+            // The LUN answered: with an error it may give on every path.
             Ok(n) => CheckOutcome::Down {
                 why: format!("read of block 0: {n} of {lbs} bytes"),
+                ambiguous: true,
             },
             Err(e) => CheckOutcome::Down {
                 why: format!("read of block 0: {e}"),
+                ambiguous: true,
             },
         }
     }
@@ -100,7 +103,7 @@ mod tests {
             Path::new("/dev/mpathd-no-such-disk"),
             Duration::from_secs(1),
         );
-        let CheckOutcome::Down { why } = out else {
+        let CheckOutcome::Down { why, .. } = out else {
             panic!("expected Down, got {out:?}")
         };
         assert!(

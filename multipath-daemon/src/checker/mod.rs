@@ -89,7 +89,9 @@ pub enum CheckOutcome {
     /// Up but passive (ALUA standby or unavailable): usable only when nothing better is.
     Ghost,
     /// The device or its transport said no (an errno, a SCSI status, sense or host byte).
-    Down { why: String },
+    /// `ambiguous`: the LUN itself answered with the error (an EIO on a read, a sense
+    /// key), which it may give on every path; otherwise the path's transport failed.
+    Down { why: String, ambiguous: bool },
     /// No answer within the timeout.
     Timeout,
     /// No verdict: a previous check of this path is still outstanding (it timed out
@@ -117,7 +119,7 @@ impl CheckOutcome {
 impl std::fmt::Display for CheckOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CheckOutcome::Down { why } | CheckOutcome::Unsupported { why } => {
+            CheckOutcome::Down { why, .. } | CheckOutcome::Unsupported { why } => {
                 write!(f, "{}: {why}", self.name())
             }
             _ => f.write_str(self.name()),
@@ -154,6 +156,7 @@ fn not_a_block_device(node: &Path) -> Option<CheckOutcome> {
     match std::fs::metadata(node) {
         Err(e) => Some(CheckOutcome::Down {
             why: format!("{}: {e}", node.display()),
+            ambiguous: false,
         }),
         Ok(m) if !m.file_type().is_block_device() => Some(CheckOutcome::Unsupported {
             why: format!("{} is not a block device", node.display()),
@@ -183,6 +186,7 @@ fn open_failed(node: &Path, e: &std::io::Error) -> CheckOutcome {
     };
     CheckOutcome::Down {
         why: format!("opening {}: {e}{hint}", node.display()),
+        ambiguous: false,
     }
 }
 
@@ -220,6 +224,7 @@ mod tests {
     fn outcomes_print_their_reason() {
         let down = CheckOutcome::Down {
             why: "TUR: host byte DID_NO_CONNECT (0x01)".into(),
+            ambiguous: false,
         };
         assert_eq!(
             down.to_string(),

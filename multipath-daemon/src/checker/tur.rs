@@ -56,6 +56,7 @@ impl Checker for Tur {
                 Err(e) => {
                     return CheckOutcome::Down {
                         why: format!("TUR: SG_IO on {}: {e}", node.display()),
+                        ambiguous: false,
                     };
                 }
             };
@@ -64,10 +65,22 @@ impl Checker for Tur {
                 TurVerdict::Ghost => return CheckOutcome::Ghost,
                 TurVerdict::Transitioning => return CheckOutcome::Pending,
                 TurVerdict::Timeout => return CheckOutcome::Timeout,
-                TurVerdict::Down(why) => return CheckOutcome::Down { why },
+                TurVerdict::Down(why) => {
+                    return CheckOutcome::Down {
+                        why,
+                        ambiguous: false,
+                    };
+                }
+                TurVerdict::DeviceDown(why) => {
+                    return CheckOutcome::Down {
+                        why,
+                        ambiguous: true,
+                    };
+                }
                 TurVerdict::Retry(why) if attempt >= MAX_ATTEMPTS => {
                     return CheckOutcome::Down {
                         why: format!("{why}, {attempt} times in a row"),
+                        ambiguous: false,
                     };
                 }
                 TurVerdict::Retry(_) => {}
@@ -168,7 +181,11 @@ pub(crate) enum TurVerdict {
     Transitioning,
     /// The command timed out in the kernel.
     Timeout,
+    /// The transport or the target port is gone (a host byte): the path is down.
     Down(String),
+    /// The LUN itself answered with an error (sense, status): it may say the same on
+    /// every path, so this alone does not show the path is at fault.
+    DeviceDown(String),
     /// Worth asking again at once (UNIT ATTENTION, a transient host or driver error);
     /// the reason is what to report if the retries run out.
     Retry(String),
@@ -327,7 +344,7 @@ pub(crate) fn decode_tur(status: u8, host: u16, driver: u16, sense: &[u8]) -> Tu
         GOOD | CONDITION_MET if sense.is_empty() => TurVerdict::Up,
         GOOD | CONDITION_MET | CHECK_CONDITION => {
             let Some((key, asc, ascq)) = sense_key(sense) else {
-                return TurVerdict::Down(format!(
+                return TurVerdict::DeviceDown(format!(
                     "TUR: CHECK CONDITION with sense data in no known format ({} bytes, first 0x{:02x})",
                     sense.len(),
                     sense.first().copied().unwrap_or(0)
@@ -341,7 +358,7 @@ pub(crate) fn decode_tur(status: u8, host: u16, driver: u16, sense: &[u8]) -> Tu
                 (NOT_READY, 0x04, 0x0a) => TurVerdict::Transitioning,
                 // Sense that reports nothing, beside a good status.
                 (0, _, _) if status != CHECK_CONDITION => TurVerdict::Up,
-                _ => TurVerdict::Down(describe_sense(key, asc, ascq)),
+                _ => TurVerdict::DeviceDown(describe_sense(key, asc, ascq)),
             }
         }
         BUSY | TASK_SET_FULL => TurVerdict::Retry(format!(
@@ -352,7 +369,7 @@ pub(crate) fn decode_tur(status: u8, host: u16, driver: u16, sense: &[u8]) -> Tu
                 "TASK SET FULL"
             }
         )),
-        _ => TurVerdict::Down(format!("TUR: SCSI status 0x{status:02x}")),
+        _ => TurVerdict::DeviceDown(format!("TUR: SCSI status 0x{status:02x}")),
     }
 }
 
@@ -445,21 +462,21 @@ mod tests {
     fn other_not_ready_and_unmapped_luns_are_down_with_the_sense_spelled_out() {
         assert_eq!(
             decode_tur(CC, 0, DRIVER_SENSE, &fixed(0x2, 0x04, 0x03)),
-            TurVerdict::Down(
+            TurVerdict::DeviceDown(
                 "TUR: NOT READY (ASC/ASCQ 04/03: logical unit not ready, manual intervention required)"
                     .into()
             )
         );
         assert_eq!(
             decode_tur(CC, 0, DRIVER_SENSE, &descriptor(0x5, 0x25, 0x00)),
-            TurVerdict::Down(
+            TurVerdict::DeviceDown(
                 "TUR: ILLEGAL REQUEST (ASC/ASCQ 25/00: logical unit not supported)".into()
             )
         );
         // An ASC/ASCQ without a text here still names its numbers.
         assert_eq!(
             decode_tur(CC, 0, DRIVER_SENSE, &fixed(0x4, 0x44, 0x00)),
-            TurVerdict::Down("TUR: HARDWARE ERROR (ASC/ASCQ 44/00)".into())
+            TurVerdict::DeviceDown("TUR: HARDWARE ERROR (ASC/ASCQ 44/00)".into())
         );
     }
 
@@ -467,12 +484,15 @@ mod tests {
     fn sense_in_no_known_format_is_down() {
         assert_eq!(
             decode_tur(CC, 0, DRIVER_SENSE, &[0x70, 0, 6]),
-            TurVerdict::Down(
+            TurVerdict::DeviceDown(
                 "TUR: CHECK CONDITION with sense data in no known format (3 bytes, first 0x70)"
                     .into()
             )
         );
-        assert!(matches!(decode_tur(CC, 0, 0, &[]), TurVerdict::Down(_)));
+        assert!(matches!(
+            decode_tur(CC, 0, 0, &[]),
+            TurVerdict::DeviceDown(_)
+        ));
     }
 
     #[test]
@@ -527,7 +547,7 @@ mod tests {
         // An unknown status is down, by number.
         assert_eq!(
             decode_tur(0x40, 0, 0, &[]),
-            TurVerdict::Down("TUR: SCSI status 0x40".into())
+            TurVerdict::DeviceDown("TUR: SCSI status 0x40".into())
         );
     }
 

@@ -164,8 +164,11 @@ pub enum CheckVerdict {
     Up {
         took: Duration,
     },
+    /// `ambiguous`: the LUN answered with an error it may give on every path (an EIO, a
+    /// sense key); the path fails only once a sibling shows the LUN serves I/O.
     Down {
         why: String,
+        ambiguous: bool,
     },
     Timeout,
 }
@@ -177,6 +180,8 @@ pub struct Reading {
     pub last_complete_ns: Ns,
     pub inflight: u64,
     pub completions: u64,
+    /// Completions without an error: only these show the LUN serves I/O.
+    pub ok_completions: u64,
     /// Smoothed completion latency (the larger of reads and writes), 0 if unknown.
     pub ewma: Duration,
     /// Smoothed RTT of the path's connection, 0 if none or unknown.
@@ -522,9 +527,17 @@ struct Path {
     retrans_runs: Vec<Ns>,
     last_retrans_ns: Option<Ns>,
     stall: Option<Stall>,
-    /// A generic error waiting for a sibling to show the LUN is fine.
+    /// A generic error (errno; 0 for a checker's) waiting for a sibling to show the LUN
+    /// is fine.
     generic_error: Option<(Ns, i32)>,
+    /// The checker's words for it, when it came from the checker.
+    generic_why: Option<String>,
     reading: Reading,
+    /// When the previous reading was taken.
+    reading_ns: Ns,
+    /// A time by which the path had completed I/O without error (a lower bound: the
+    /// reading before the one that showed it, or a clean check).
+    last_ok_ns: Ns,
     /// The path's own latency when healthy (smoothed over readings), 0 until learned.
     baseline: Duration,
     rtt_baseline: Duration,
@@ -608,7 +621,10 @@ impl Health {
                             last_retrans_ns: None,
                             stall: None,
                             generic_error: None,
+                            generic_why: None,
                             reading: Reading::default(),
+                            reading_ns: 0,
+                            last_ok_ns: 0,
                             baseline: Duration::ZERO,
                             rtt_baseline: Duration::ZERO,
                             lun_errors: 0,
@@ -885,13 +901,31 @@ impl Health {
             None => return,
         };
         match verdict {
-            CheckVerdict::Down { why } => {
-                self.fail(now, dev, Reason::CheckerDown { why }, now, false, out)
+            CheckVerdict::Down {
+                why,
+                ambiguous: true,
+            } => {
+                let p = self.paths.get_mut(&dev).expect("checked above");
+                p.clean_checks = 0;
+                if p.state.usable() {
+                    if p.generic_error.is_none() {
+                        p.generic_error = Some((now, 0));
+                        p.generic_why = Some(why);
+                        out.check_now.extend(self.siblings(dev));
+                    }
+                } else if p.state == PathState::Probation {
+                    self.fail(now, dev, Reason::CheckerDown { why }, now, false, out);
+                }
             }
+            CheckVerdict::Down {
+                why,
+                ambiguous: false,
+            } => self.fail(now, dev, Reason::CheckerDown { why }, now, false, out),
             CheckVerdict::Timeout => self.fail(now, dev, Reason::CheckerTimeout, now, false, out),
             CheckVerdict::Up { took } => {
                 let p = self.paths.get_mut(&dev).expect("checked above");
-                // A sibling answering shows the LUN serves I/O.
+                // A sibling answering shows the LUN serves I/O; the path itself answered.
+                p.last_ok_ns = p.last_ok_ns.max(now);
                 p.reading.last_complete_ns = p.reading.last_complete_ns.max(now);
                 match p.state {
                     PathState::Failed => {
@@ -957,6 +991,11 @@ impl Health {
             return;
         };
         let progressed = r.last_complete_ns > p.reading.last_complete_ns;
+        if r.ok_completions > p.reading.ok_completions && p.reading_ns != 0 {
+            // Done after the previous reading, at the latest now.
+            p.last_ok_ns = p.last_ok_ns.max(p.reading_ns);
+        }
+        p.reading_ns = now;
         // Learn the baseline only from a healthy path doing I/O: a slow path must not
         // teach the engine that slow is normal.
         if p.state == PathState::Active
@@ -1174,9 +1213,10 @@ impl Health {
             }
             let map = p.info.map.clone();
             if let Some((at, errno)) = p.generic_error {
-                let sibling_ok = self.paths.values().any(|q| {
-                    q.info.map == map && q.info.dev != dev && q.reading.last_complete_ns > at
-                });
+                let sibling_ok = self
+                    .paths
+                    .values()
+                    .any(|q| q.info.map == map && q.info.dev != dev && q.last_ok_ns > at);
                 let sibling_err = self
                     .paths
                     .values()
@@ -1184,12 +1224,19 @@ impl Health {
                 if sibling_err {
                     // The same error on another path: the LUN, not this path.
                     for q in self.paths.values_mut().filter(|q| q.info.map == map) {
-                        q.generic_error = None;
-                        q.lun_errors += 1;
+                        if q.generic_error.take().is_some() {
+                            q.lun_errors += 1;
+                        }
+                        q.generic_why = None;
                     }
                     continue;
                 } else if sibling_ok {
-                    self.fail(now, dev, Reason::GenericError { errno }, at, true, out);
+                    let reason = match self.paths[&dev].generic_why.clone() {
+                        Some(why) => Reason::CheckerDown { why },
+                        None => Reason::GenericError { errno },
+                    };
+                    let hard = errno != 0;
+                    self.fail(now, dev, reason, at, hard, out);
                     continue;
                 } else if now.saturating_sub(at) > ns(self.cfg.quiet) {
                     self.paths.get_mut(&dev).expect("listed").generic_error = None;
@@ -1223,7 +1270,7 @@ impl Health {
             } else if stalled >= sibling_need
                 && usable
                     .iter()
-                    .any(|q| q.info.dev != dev && q.reading.last_complete_ns > stall.began_ns)
+                    .any(|q| q.info.dev != dev && q.last_ok_ns > stall.began_ns)
             {
                 Some("a sibling path completing I/O")
             } else {

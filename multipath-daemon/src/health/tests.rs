@@ -72,6 +72,7 @@ fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
                 last_complete_ns: at,
                 inflight: 1,
                 completions: at / MS,
+                ok_completions: at / MS,
                 ewma: Duration::from_millis(2),
                 srtt: Duration::ZERO,
             },
@@ -171,10 +172,11 @@ fn a_connection_reset_fails_every_path_it_carries_in_every_map_in_one_batch() {
     assert_eq!(maps, ["a", "b"]);
     assert!(o.decisions.iter().all(|d| d.signal_ns == 5 * S - MS));
     // The reset closed the socket already: nothing to rescue.
-    assert!(o
-        .decisions
-        .iter()
-        .all(|d| d.action == Action::Fail { rescue: None }));
+    assert!(
+        o.decisions
+            .iter()
+            .all(|d| d.action == Action::Fail { rescue: None })
+    );
     assert_eq!(h.state(dev(16)), Some(PathState::Active));
     // Now portal 2 resets too: no map keeps a usable path elsewhere, so no rescue.
     let o = h.handle(
@@ -456,6 +458,7 @@ fn the_checker_fails_an_idle_path_and_reinstates_it_after_n_clean_checks() {
             dev: dev(32),
             verdict: CheckVerdict::Down {
                 why: "TUR: host byte DID_TRANSPORT_FAILFAST".into(),
+                ambiguous: false,
             },
         },
     );
@@ -687,6 +690,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     last_complete_ns: i * S,
                     inflight: 1,
                     completions: i * 100,
+                    ok_completions: i * 100,
                     ewma: Duration::from_millis(40),
                     srtt: Duration::from_millis(20),
                 },
@@ -721,6 +725,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     last_complete_ns: i * S,
                     inflight: 1,
                     completions: i * 100,
+                    ok_completions: i * 100,
                     ewma: Duration::from_secs(1),
                     srtt: Duration::from_millis(500),
                 },
@@ -743,4 +748,52 @@ fn every_state_has_a_name_and_only_active_and_degraded_are_usable() {
         serde_json::to_string(&PathState::AdminFailed).unwrap(),
         "\"admin-failed\""
     );
+}
+
+#[test]
+fn an_ambiguous_checker_error_on_every_path_is_the_luns_and_fails_nothing() {
+    let down = |h: &mut Health, now: Ns, minor: u32| {
+        h.handle(
+            now,
+            Input::Check {
+                dev: dev(minor),
+                verdict: CheckVerdict::Down {
+                    why: "read of block 0: Input/output error (os error 5)".into(),
+                    ambiguous: true,
+                },
+            },
+        )
+    };
+    // Both paths of map a read back EIO (the LUN's backend fails): nothing fails.
+    let mut h = two_maps();
+    let o = down(&mut h, 10 * S, 0);
+    assert!(o.decisions.is_empty());
+    assert_eq!(o.check_now, [dev(16)]);
+    let o = down(&mut h, 10 * S + MS, 16);
+    assert!(failed_devs(&o).is_empty(), "{o:?}");
+    assert!(failed_devs(&h.tick(20 * S)).is_empty());
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
+    assert_eq!(h.state(dev(16)), Some(PathState::Active));
+    // Only sda errs and sdb serves its check: sda fails, with the checker's words.
+    let mut h = two_maps();
+    down(&mut h, 10 * S, 0);
+    let o = up(&mut h, 10 * S + 5 * MS, 16);
+    assert_eq!(failed_devs(&o), [dev(0)]);
+    assert!(
+        matches!(&o.decisions[0].reason, Reason::CheckerDown { why } if why.contains("os error 5")),
+        "{o:?}"
+    );
+    // A transport failure needs no sibling.
+    let mut h = two_maps();
+    let o = h.handle(
+        S,
+        Input::Check {
+            dev: dev(0),
+            verdict: CheckVerdict::Down {
+                why: "opening /dev/sda: No such device or address".into(),
+                ambiguous: false,
+            },
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(0)]);
 }

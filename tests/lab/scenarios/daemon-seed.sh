@@ -87,6 +87,20 @@ lab_mpathd switchgroup sanvol1 2
 dmsetup status sanvol1
 lab_mpathd switchgroup sanvol1 9 && lab_fail "switchgroup to a group that does not exist was accepted"
 dd if=/tmp/mnt/sanvol1/data of=/dev/null bs=1M iflag=direct status=none || lab_fail "reading after switchgroup"
+# The switch took: group 2 is the one I/O goes to, and it is active after the reads.
+st=$(dmsetup status sanvol1)
+python3 -c '
+import sys
+w = sys.argv[1].split()[3:]
+i = 0; nf = int(w[i]); i += 1 + nf
+nh = int(w[i]); i += 1 + nh
+ng, nxt = int(w[i]), int(w[i + 1]); i += 2
+states = []
+for _ in range(ng):
+    states.append(w[i]); i += 1
+    ns = int(w[i]); i += 1 + ns
+    np_, na = int(w[i]), int(w[i + 1]); i += 2 + np_ * (3 + na)
+sys.exit(0 if nxt == 2 and states[1] == "A" else 1)' "$st" || lab_fail "switchgroup 2 did not switch: $st"
 
 lab_step "remove is refused while mounted"
 lab_mpathd remove sanvol1 && lab_fail "a mounted map was removed"
