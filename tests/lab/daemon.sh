@@ -141,3 +141,50 @@ lab_logout() {
 	lab_do iscsiadm -m node -T "$LAB_IQN" -p "10.99.$1.2" --logout
 	lab_event iscsi "logged out of portal $1 (${LAB_DEV[$1]} removed)"
 }
+
+# lab_mpathd_wait_probes [N]: until the daemon's probes watch N iSCSI connections (2 by
+# default). Loading the programs takes seconds under emulation: faults wait for it.
+lab_mpathd_wait_probes() {
+	lab_wait 120 "mpathd's probes on ${1:-2} connections" lab__watching "${1:-2}"
+}
+lab__watching() { [ "$(grep -c 'watching iSCSI connection' "$LAB_OUT/mpathd.log")" -ge "$1" ]; }
+
+# lab_active_path [MAP]: the path number I whose group is active in dm (the first active
+# path of the active group).
+lab_active_path() {
+	local i g
+	g=$(dmsetup status "${1:-$LAB_MAP}" | python3 -c '
+import sys
+w = sys.stdin.read().split()[3:]
+i = 0; nf = int(w[i]); i += 1 + nf
+nh = int(w[i]); i += 1 + nh
+ng = int(w[i]); i += 2
+for _ in range(ng):
+    st = w[i]; i += 1
+    ns = int(w[i]); i += 1 + ns
+    np_, na = int(w[i]), int(w[i + 1]); i += 2
+    for _ in range(np_):
+        if st == "A" and w[i + 1] == "A":
+            print(w[i]); sys.exit()
+        i += 3 + na')
+	for i in $(seq "$LAB_PORTALS"); do
+		[ "${LAB_DEVT[i]}" = "$g" ] && { echo "$i"; return; }
+	done
+	echo 1
+}
+
+# lab_tmo_is SECS: every iSCSI session's recovery_tmo is SECS.
+lab_tmo_is() {
+	local f
+	for f in /sys/class/iscsi_session/session*/recovery_tmo; do
+		[ "$(cat "$f")" = "$1" ] || return 1
+	done
+}
+lab_tmo() { cat /sys/class/iscsi_session/session*/recovery_tmo | tr '\n' ' '; }
+
+# lab_decisions KIND [SINCE_LINE]: how many decision lines of KIND (fail_path,
+# reinstate_path, demote, restore) the daemon logged, from line SINCE_LINE of its log.
+lab_decisions() {
+	tail -n +"${2:-1}" "$LAB_OUT/mpathd.log" | grep -cE "mpathd::daemon: $1: "
+}
+lab_log_lines() { wc -l <"$LAB_OUT/mpathd.log"; }

@@ -24,7 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Boot the built-in lab, start mpathd, cut a portal during IO and show the failover.
+    /// Boot the lab and cut the active portal's link during verified IO twice: with the
+    /// kernel alone (a map made by dmsetup), then with mpathd managing the map; print both
+    /// timelines and the longest IO stalls side by side.
     Demo,
     /// Run every test: fmt, clippy, unit tests, host-kernel eBPF tests (root), short fuzz
     /// runs, lab scenarios.

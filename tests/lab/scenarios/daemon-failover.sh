@@ -5,37 +5,7 @@
 
 # Longest IO stall allowed per fault (the kernel alone: 15 s for silent loss and link
 # cut, 5 s for a reset). Override to measure without failing.
-: "${LAB_MAX_STALL:=20}"
-
-# lab__active_path: the path number I whose group is active in dm (failover: 1 path/group).
-lab__active_path() {
-	local i g
-	g=$(dmsetup status sanvol1 | python3 -c '
-import sys
-w = sys.stdin.read().split()[3:]
-i = 0; nf = int(w[i]); i += 1 + nf
-nh = int(w[i]); i += 1 + nh
-ng = int(w[i]); i += 2
-for _ in range(ng):
-    st = w[i]; i += 1
-    ns = int(w[i]); i += 1 + ns
-    np_, na = int(w[i]), int(w[i + 1]); i += 2
-    for _ in range(np_):
-        if st == "A": print(w[i])
-        i += 3 + na')
-	for i in $(seq "$LAB_PORTALS"); do
-		[ "${LAB_DEVT[i]}" = "$g" ] && { echo "$i"; return; }
-	done
-	echo 1
-}
-lab__tmo_is() {
-	local f
-	for f in /sys/class/iscsi_session/session*/recovery_tmo; do
-		[ "$(cat "$f")" = "$1" ] || return 1
-	done
-}
-
-lab__watching() { [ "$(grep -c 'watching iSCSI connection' "$LAB_OUT/mpathd.log")" -ge "$1" ]; }
+: "${LAB_MAX_STALL:=1.0}"
 
 lab_setup
 lab_step "failover map made by mpathd, probes on both paths"
@@ -48,16 +18,16 @@ LAB_MAP=sanvol1
 lab_wait_map_paths sanvol1 2 10
 lab_dm_watch_start
 # Both sessions get a recovery timeout of 0 while the other path is usable.
-lab_wait 15 "recovery_tmo 0 on both sessions" lab__tmo_is 0
-lab_event info "recovery_tmo: $(cat /sys/class/iscsi_session/session*/recovery_tmo | tr '\n' ' ')"
+lab_wait 15 "recovery_tmo 0 on both sessions" lab_tmo_is 0
+lab_event info "recovery_tmo: $(lab_tmo)"
 # Loading the probes takes seconds under emulation: faults wait for them.
-lab_wait 90 "the probes on both connections" lab__watching 2
+lab_mpathd_wait_probes
 
 # fault NAME INJECT RESTORE: verified IO; the fault on the active path; mpathd must fail
 # it fast and IO must go on; then the fault is removed and the path comes back.
 fault() {
 	local name=$1 inject=$2 restore=$3 a t
-	a=$(lab__active_path)
+	a=$(lab_active_path)
 	lab_step "$name on the active path $a (${LAB_DEV[a]})"
 	lab_io_start
 	sleep 3
@@ -80,9 +50,9 @@ fault "target-side TCP reset" lab_tcp_reset lab_tcp_reset_clear
 fault "link cut" lab_link_down lab_link_up
 
 lab_step "sessions back to fast recovery, state consistent"
-lab_wait 15 "recovery_tmo 0 on both sessions again" lab__tmo_is 0
+lab_wait 15 "recovery_tmo 0 on both sessions again" lab_tmo_is 0
 lab_mpathd show paths
 lab_mpathd_stop
 # On exit the original timeouts come back.
-lab__tmo_is "$LAB_RECOVERY_TMO" || lab_fail "recovery_tmo not restored on exit: $(cat /sys/class/iscsi_session/session*/recovery_tmo | tr '\n' ' ')"
+lab_tmo_is "$LAB_RECOVERY_TMO" || lab_fail "recovery_tmo not restored on exit: $(lab_tmo)"
 lab_done

@@ -4,8 +4,6 @@ LAB_LUN_BACKEND=dm
 . "$LAB_LIB"
 . "${LAB_LIB%/*}/daemon.sh"
 
-lab__watching() { [ "$(grep -c 'watching iSCSI connection' "$LAB_OUT/mpathd.log")" -ge "$1" ]; }
-
 lab_setup
 lab_step "multibus map made by mpathd, probes on both paths"
 lab_mpathd_config 'find_multipaths = "strict"
@@ -16,7 +14,7 @@ lab_mpathd_start
 LAB_MAP=sanvol1
 lab_wait_map_paths sanvol1 2 10
 lab_dm_watch_start
-lab_wait 90 "the probes on both connections" lab__watching 2
+lab_mpathd_wait_probes
 
 lab_step "the LUN fails every IO for 5 s, on every path"
 lab_io_start

@@ -60,12 +60,12 @@ io1=$!
 sleep 3
 # The control socket is asked every 100 ms by one long-lived client (a new CLI process per
 # request would measure process start-up under TCG, not the daemon).
-python3 - "$LAB_SOCK" 14 >"$LAB_OUT/control-latency.txt" <<'PY' &
+lab__poll_socket() { # lab__poll_socket SECONDS OUT: show_paths every 100 ms; latencies to OUT
+	python3 - "$LAB_SOCK" "$1" >"$2" <<'PY'
 import json, socket, sys, time
 path, secs = sys.argv[1], float(sys.argv[2])
 end = time.time() + secs
-worst = 0.0
-n = 0
+lat = []
 while time.time() < end:
     t = time.time()
     s = socket.socket(socket.AF_UNIX)
@@ -79,13 +79,18 @@ while time.time() < end:
             break
         buf += chunk
     s.close()
-    dt = time.time() - t
+    lat.append(time.time() - t)
     assert "paths" in json.loads(buf), buf[:200]
-    worst = max(worst, dt)
-    n += 1
     time.sleep(0.1)
-print("requests=%d worst=%.3f" % (n, worst))
+lat.sort()
+q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))]
+print("requests=%d p50=%.3f p90=%.3f p99=%.3f worst=%.3f" % (len(lat), q(0.5), q(0.9), q(0.99), lat[-1]))
 PY
+}
+# The same load without the fault first: what answering costs in this guest.
+lab__poll_socket 5 "$LAB_OUT/control-latency-before.txt" || lab_fail "the control-socket poller failed"
+lab_event info "control socket under IO, no fault: $(cat "$LAB_OUT/control-latency-before.txt")"
+lab__poll_socket 14 "$LAB_OUT/control-latency.txt" &
 poller=$!
 lab_drop_net 1
 sleep 1

@@ -104,29 +104,28 @@ impl Report {
         ))
     }
 
-    /// Events of the given kinds, relative to the first fault (or the first event).
-    pub fn print_timeline(&self, kinds: &[&str]) {
-        let zero = self
+    /// Events of the given kinds between the step event `marker` and the next
+    /// `phase:` step, relative to the phase's first fault.
+    pub fn print_phase_timeline(&self, marker: &str, kinds: &[&str]) {
+        let Some(start) = self
             .timeline
+            .iter()
+            .position(|e| e.kind == "step" && e.msg.starts_with(marker))
+        else {
+            println!("  (no such phase in the timeline)");
+            return;
+        };
+        let end = self.timeline[start + 1..]
+            .iter()
+            .position(|e| e.kind == "step" && e.msg.starts_with("phase:"))
+            .map_or(self.timeline.len(), |i| start + 1 + i);
+        let phase = &self.timeline[start..end];
+        let zero = phase
             .iter()
             .find(|e| e.kind == "fault")
-            .or(self.timeline.first())
-            .map_or(0.0, |e| e.t);
-        for e in self
-            .timeline
-            .iter()
-            .filter(|e| kinds.contains(&e.kind.as_str()))
-        {
+            .map_or(phase[0].t, |e| e.t);
+        for e in phase.iter().filter(|e| kinds.contains(&e.kind.as_str())) {
             println!("  {:>+9.3} s  {:<8} {}", e.t - zero, e.kind, e.msg);
-        }
-    }
-
-    pub fn print_verifier(&self) {
-        match self.labio_summary() {
-            Some(s) => println!(
-                "Verifier (labio, O_DIRECT, checksummed 4 KiB blocks, final re-read of every block): {s}"
-            ),
-            None => println!("Verifier: no result (see {})", self.console_log),
         }
     }
 }
