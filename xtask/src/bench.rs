@@ -28,6 +28,12 @@ const BENCHES: &[(&str, &str)] = &[
         "start-up with many paths in the lab: 128 LUNs x 2 iSCSI portals, time from start to \
          all maps live, `multipath -r` (multipath-tools) against `mpathd daemon`, same VM",
     ),
+    (
+        "failover",
+        "each fault on the active path during verified IO (link cut, silent loss, target \
+         reset, 150 ms delay, 5% loss, flapping), with the kernel alone and with mpathd, \
+         same VM: longest stall, latency, errors, detection and action times",
+    ),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {
@@ -35,6 +41,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         "probes" => cargo_bench(root, "probes", "probes.json").map(|_| ()),
         "tcp" => tcp(root),
         "startup" => startup(root),
+        "failover" => failover(root),
         _ => {
             let list: Vec<String> = BENCHES
                 .iter()
@@ -177,12 +184,33 @@ const STARTUP_TARGET_S: f64 = 2.0;
 /// the lab with it, and summarizes the rounds into target/bench/startup.json.
 fn startup(root: &Path) -> Result<()> {
     let t0 = std::time::Instant::now();
+    let target = target_dir(root);
+    let mpathd = release_mpathd(root, "startup")?;
+    eprintln!("bench startup: lab part ({STARTUP_SCRIPT}; 128 LUNs x 2 portals under TCG)");
+    let out = run_lab_bench(root, &target, STARTUP_SCRIPT, "startup", &mpathd)?;
+    let raw = std::fs::read_to_string(out.join("startup-raw.jsonl"))
+        .context("reading startup-raw.jsonl of the lab run")?;
+    let mut v = startup_summary(&raw)?;
+    v["lab_dir"] = json!(out);
+    v["wall_s"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    let file = target.join("bench/startup.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&v)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    eprintln!("wrote {}", file.display());
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let target = target.canonicalize().unwrap_or(target);
-    // The debug mpathd the lab builds is not what a host runs: time a release build.
-    eprintln!("bench startup: building a release mpathd");
+    target.canonicalize().unwrap_or(target)
+}
+
+/// The debug mpathd the lab builds is not what a host runs: benchmarks time a release
+/// build.
+fn release_mpathd(root: &Path, bench: &str) -> Result<PathBuf> {
+    eprintln!("bench {bench}: building a release mpathd");
     let st = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -199,34 +227,94 @@ fn startup(root: &Path) -> Result<()> {
     if !st.success() {
         bail!("building the release mpathd failed ({st}); its output is above");
     }
-    let mpathd = target.join("release/mpathd");
-    // The lab passes no environment of ours into the guest: a copy of the script with the
-    // binary to time set at its top (after the header lines the harness reads).
-    let script = std::fs::read_to_string(root.join(STARTUP_SCRIPT))
-        .with_context(|| format!("reading {STARTUP_SCRIPT}"))?;
-    let dir = target.join("bench/startup-lab");
+    Ok(target_dir(root).join("release/mpathd"))
+}
+
+/// Runs a lab bench script with BENCH_MPATHD set to `mpathd`: the lab passes no
+/// environment of ours into the guest, so a copy of the script gets it at its top (after
+/// the header lines the harness reads). Returns the run's output dir.
+fn run_lab_bench(
+    root: &Path,
+    target: &Path,
+    script: &str,
+    name: &str,
+    mpathd: &Path,
+) -> Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(root.join(script)).with_context(|| format!("reading {script}"))?;
+    let dir = target.join(format!("bench/{name}-lab"));
     std::fs::create_dir_all(&dir)?;
-    let copy = dir.join("startup.sh");
-    let (header, body) = split_header(&script);
+    let copy = dir.join(format!("{name}.sh"));
+    let (header, body) = split_header(&text);
     std::fs::write(
         &copy,
         format!(
-            "{header}BENCH_MPATHD='{}' # set by cargo xtask bench startup\n{body}",
+            "{header}BENCH_MPATHD='{}' # set by cargo xtask bench {name}\n{body}",
             mpathd.display()
         ),
     )?;
-    eprintln!("bench startup: lab part ({STARTUP_SCRIPT}; 128 LUNs x 2 portals under TCG)");
-    let out = crate::lab::run_builtin(root, &copy.to_string_lossy())?;
-    let raw = std::fs::read_to_string(out.join("startup-raw.jsonl"))
-        .context("reading startup-raw.jsonl of the lab run")?;
-    let mut v = startup_summary(&raw)?;
+    crate::lab::run_builtin(root, &copy.to_string_lossy())
+}
+
+/// The lab script of the failover benchmark.
+const FAILOVER_SCRIPT: &str = "tests/lab/bench/failover.sh";
+
+/// Each fault on the active path, with the kernel alone and with mpathd, in one VM:
+/// target/bench/failover.json has per fault the longest IO stall with and without
+/// mpathd, the application's latency, errors, mismatches, and mpathd's detection and
+/// action times.
+fn failover(root: &Path) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let target = target_dir(root);
+    let mpathd = release_mpathd(root, "failover")?;
+    eprintln!("bench failover: lab part ({FAILOVER_SCRIPT}; every fault twice, under TCG)");
+    let out = run_lab_bench(root, &target, FAILOVER_SCRIPT, "failover", &mpathd)?;
+    let raw = std::fs::read_to_string(out.join("failover-raw.jsonl"))
+        .context("reading failover-raw.jsonl of the lab run")?;
+    let mut v = failover_summary(&raw)?;
     v["lab_dir"] = json!(out);
     v["wall_s"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
-    let file = target.join("bench/startup.json");
+    let file = target.join("bench/failover.json");
     std::fs::write(&file, serde_json::to_string_pretty(&v)? + "\n")?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     eprintln!("wrote {}", file.display());
     Ok(())
+}
+
+/// Pairs the kernel's and mpathd's rows of each fault.
+fn failover_summary(raw: &str) -> Result<Value> {
+    let rows: Vec<Value> = raw
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("a line of failover-raw.jsonl is not JSON")?;
+    let mut faults: Vec<String> = Vec::new();
+    for r in &rows {
+        if let Some(f) = r["fault"].as_str()
+            && !faults.iter().any(|x| x == f)
+        {
+            faults.push(f.to_string());
+        }
+    }
+    let pick = |daemon: &str, fault: &str| {
+        rows.iter()
+            .find(|r| r["daemon"] == daemon && r["fault"] == fault)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let scenarios: Vec<Value> = faults
+        .iter()
+        .map(|f| {
+            let (k, m) = (pick("kernel", f), pick("mpathd", f));
+            let ratio = match (k["longest_stall_s"].as_f64(), m["longest_stall_s"].as_f64()) {
+                (Some(a), Some(b)) if b > 0.0 => json!(round3(a / b)),
+                _ => Value::Null,
+            };
+            json!({ "fault": f, "kernel": k, "mpathd": m, "stall_kernel_over_mpathd": ratio })
+        })
+        .collect();
+    Ok(json!({ "bench": "failover", "scenarios": scenarios }))
 }
 
 /// The script's leading comment lines (the harness reads `# lab:` headers there) and the rest.
@@ -361,6 +449,22 @@ fn startup_summary(raw: &str) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_pairs_each_faults_rows() {
+        let raw = r#"{"daemon":"kernel","fault":"link_cut","longest_stall_s":15.3,"errors":0}
+{"daemon":"kernel","fault":"silent_loss","longest_stall_s":15.0,"errors":0}
+{"daemon":"mpathd","fault":"link_cut","longest_stall_s":0.5,"errors":0,"fault_to_action_s":0.4}
+"#;
+        let v = failover_summary(raw).unwrap();
+        let s = v["scenarios"].as_array().unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0]["fault"], "link_cut");
+        assert_eq!(s[0]["mpathd"]["fault_to_action_s"], 0.4);
+        assert_eq!(s[0]["stall_kernel_over_mpathd"], 30.6);
+        assert!(s[1]["mpathd"].is_null(), "no mpathd row for silent_loss");
+        assert!(failover_summary("not json").is_err());
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -45,8 +45,9 @@ enum Cmd {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// The benchmark to run: probes (eBPF block probe cost, IOPS with and without them,
-    /// event latency), tcp (TCP probe cost; fault-to-event times in the lab) or startup
-    /// (128 LUNs x 2 paths in the lab: mpathd daemon against multipath -r).
+    /// event latency), tcp (TCP probe cost; fault-to-event times in the lab), startup
+    /// (128 LUNs x 2 paths in the lab: mpathd daemon against multipath -r) or failover
+    /// (every fault with the kernel alone and with mpathd, in the lab).
     name: String,
 }
 
