@@ -101,6 +101,8 @@ pub enum Command {
     },
     /// A decision that needs no action, to be logged and counted.
     Note(Box<Decision>),
+    /// Read the maps' status now (a table was just loaded).
+    Poll,
 }
 
 /// What came of a piece of work, for the pass summary.
@@ -546,7 +548,9 @@ impl Engine {
                 if let Some(m) = self.maps.get_mut(&d.map) {
                     m.table = table.clone();
                     m.info = info.clone();
+                    m.status = None;
                 }
+                out.commands.push(Command::Poll);
                 if let Some(w) = wwid
                     && self.wwids.add(&w)
                     && let Err(e) = self.wwids.save()
@@ -562,7 +566,9 @@ impl Engine {
                 }
                 if let Some(m) = self.maps.get_mut(&d.map) {
                     m.table = table.clone();
+                    m.status = None;
                 }
+                out.commands.push(Command::Poll);
                 out.reloaded = Some(d.map.clone());
                 out.commands.extend(self.refail(&d.map, table));
                 // A demoted path's group moved last: send I/O to the best group now.
@@ -586,11 +592,13 @@ impl Engine {
                 }
                 info!(map = %d.map, "map removed by admin");
             }
-            (DmOp::Message(Message::ReinstatePath(dev)), Ok(_)) => {
-                out.commands
-                    .extend(self.failback_after_reinstate(&d.map, *dev));
+            (DmOp::Message(msg), Ok(_)) => {
+                self.note_message(&d.map, msg);
+                if let Message::ReinstatePath(dev) = msg {
+                    out.commands
+                        .extend(self.failback_after_reinstate(&d.map, *dev));
+                }
             }
-            (_, Ok(_)) => {}
             (op, Err(e)) => {
                 let what = op.kind();
                 match op {
@@ -608,6 +616,41 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Keeps the copy of a map's status and table in step with a message the kernel
+    /// took, so `show` reflects it before the next poll.
+    fn note_message(&mut self, map: &str, msg: &Message) {
+        let Some(m) = self.maps.get_mut(map) else {
+            return;
+        };
+        match msg {
+            Message::FailPath(dev) | Message::ReinstatePath(dev) => {
+                let fail = matches!(msg, Message::FailPath(_));
+                let dev = dev.to_string();
+                if let Some(st) = &mut m.status {
+                    for g in &mut st.groups {
+                        for p in g.paths.iter_mut().filter(|p| p.dev == dev) {
+                            if fail && p.state == DmPathState::Active {
+                                p.fail_count += 1;
+                            }
+                            p.state = if fail {
+                                DmPathState::Failed
+                            } else {
+                                DmPathState::Active
+                            };
+                        }
+                    }
+                }
+            }
+            Message::SwitchGroup(n) => {
+                if let Some(st) = &mut m.status {
+                    st.next_pg = *n;
+                }
+            }
+            Message::QueueIfNoPath => m.table.set_queue_if_no_path(true),
+            Message::FailIfNoPath => m.table.set_queue_if_no_path(false),
+        }
     }
 
     /// A new table starts every path active: fail again what the daemon holds down.
@@ -1148,6 +1191,17 @@ impl Engine {
     /// A copy of what `show` commands need.
     pub fn view_ctx(&self) -> ViewCtx {
         ViewCtx {
+            maps: self
+                .maps
+                .values()
+                .filter_map(|m| {
+                    Some(super::views::MapCopy {
+                        info: m.info.clone()?,
+                        table: m.table.clone(),
+                        status: m.status.clone(),
+                    })
+                })
+                .collect(),
             disks: self.disks.clone(),
             iscsi: self.iscsi.clone(),
             prio: self.prio.clone(),

@@ -696,15 +696,16 @@ impl<D: DmBackend + 'static> Daemon<D> {
     fn on_request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         match req {
             Request::ShowTopology | Request::ShowPaths | Request::ShowMaps => {
+                // From the daemon's copy of the maps: no device-mapper call, so a map stuck
+                // in a suspend delays no answer. A blocking thread for the few sysfs reads
+                // (write protection, sessions of unmapped paths).
                 let ctx = self.engine.view_ctx();
-                let (dm, sysfs) = (self.dm.clone(), self.sysfs.clone());
+                let sysfs = self.sysfs.clone();
                 tokio::task::spawn_blocking(move || {
                     let r = match req {
-                        Request::ShowTopology => {
-                            Response::Topology(views::topology(&*dm, &sysfs, &ctx))
-                        }
-                        Request::ShowPaths => Response::Paths(views::paths(&*dm, &sysfs, &ctx)),
-                        _ => Response::Maps(views::maps(&*dm)),
+                        Request::ShowTopology => Response::Topology(views::topology(&sysfs, &ctx)),
+                        Request::ShowPaths => Response::Paths(views::paths(&sysfs, &ctx)),
+                        _ => Response::Maps(views::maps(&ctx)),
                     };
                     let _ = reply.send(r);
                 });
@@ -830,6 +831,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                     }
                 }
                 Command::Replan => self.start_pass(None),
+                Command::Poll => self.poll_now(),
                 Command::FailbackLater { map, after } => {
                     let tx = self.events.clone();
                     tokio::spawn(async move {
@@ -854,6 +856,11 @@ impl<D: DmBackend + 'static> Daemon<D> {
         for t in self.engine.check_targets() {
             self.check_one(t);
         }
+        self.poll_now();
+    }
+
+    /// Reads the managed maps' status and their paths' sessions, off the loop.
+    fn poll_now(&mut self) {
         let (maps, paths) = self.engine.poll_targets();
         let (sysfs, dm, tx) = (self.sysfs.clone(), self.dm.clone(), self.events.clone());
         tokio::task::spawn_blocking(move || {

@@ -1,12 +1,14 @@
-//! What `mpathd show` answers, built off the event loop: device-mapper's tables and
-//! status read fresh, with the daemon's own state ([`ViewCtx`], a copy taken on the loop)
-//! for each path's mpathd state, priority and why it is in no map.
+//! What `mpathd show` answers, from the daemon's own state ([`ViewCtx`], a copy taken on
+//! the loop): each map's table and status as last read or changed by the daemon (the
+//! checker's interval reads every status; every message the daemon sends updates its
+//! copy), each path's mpathd state, priority and why it is in no map. Nothing here waits
+//! on device-mapper, so an answer never waits behind a map stuck in a suspend.
 
 use std::collections::BTreeMap;
 
 use crate::{
     control::{GroupView, IscsiView, MapSummary, MapView, PathView, Topology},
-    dm::{DmBackend, MapInfo, MultipathTable, PathState as DmPathState, PgState},
+    dm::{MapInfo, MultipathStatus, MultipathTable, PathState as DmPathState, PgState},
     health::PathHealthView,
     model::DevT,
     topology::{IscsiPath, ScsiDisk, Sysfs},
@@ -22,23 +24,24 @@ pub struct ViewCtx {
     /// Paths left out of every map, with why.
     pub skipped: BTreeMap<String, String>,
     pub health: BTreeMap<DevT, PathHealthView>,
+    /// The managed maps, by name.
+    pub maps: Vec<MapCopy>,
 }
 
-pub fn topology<D: DmBackend + ?Sized>(dm: &D, sysfs: &Sysfs, ctx: &ViewCtx) -> Topology {
+/// A managed map as the daemon last knew it.
+#[derive(Clone, Debug)]
+pub struct MapCopy {
+    pub info: MapInfo,
+    pub table: MultipathTable,
+    pub status: Option<MultipathStatus>,
+}
+
+pub fn topology(sysfs: &Sysfs, ctx: &ViewCtx) -> Topology {
     let mut maps = Vec::new();
-    let Ok(list) = dm.list() else {
-        return Topology::default();
-    };
     let by_dev: BTreeMap<String, &ScsiDisk> =
         ctx.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
-    for info in list {
-        if info.wwid().is_none() {
-            continue;
-        }
-        let (Ok(t), st) = (dm.table(&info.name), dm.status(&info.name)) else {
-            continue;
-        };
-        let st = st.ok();
+    for m in &ctx.maps {
+        let (info, t, st) = (m.info.clone(), &m.table, m.status.clone());
         let mut groups = Vec::new();
         for (gi, g) in t.groups.iter().enumerate() {
             let gst = st.as_ref().and_then(|s| s.groups.get(gi));
@@ -76,7 +79,7 @@ pub fn topology<D: DmBackend + ?Sized>(dm: &D, sysfs: &Sysfs, ctx: &ViewCtx) -> 
             .iter()
             .flat_map(|g| g.paths.iter())
             .find(|p| !p.vendor.is_empty());
-        let (features, hw_handler) = feature_and_handler_words(&t);
+        let (features, hw_handler) = feature_and_handler_words(t);
         let sysfs_name = format!("dm-{}", info.dev.minor);
         maps.push(MapView {
             wwid: info.wwid().unwrap_or("-").to_string(),
@@ -101,8 +104,8 @@ pub fn topology<D: DmBackend + ?Sized>(dm: &D, sysfs: &Sysfs, ctx: &ViewCtx) -> 
     Topology { maps }
 }
 
-pub fn paths<D: DmBackend + ?Sized>(dm: &D, sysfs: &Sysfs, ctx: &ViewCtx) -> Vec<PathView> {
-    let topo = topology(dm, sysfs, ctx);
+pub fn paths(sysfs: &Sysfs, ctx: &ViewCtx) -> Vec<PathView> {
+    let topo = topology(sysfs, ctx);
     let mut in_maps: BTreeMap<String, PathView> = BTreeMap::new();
     for m in topo.maps {
         for g in m.groups {
@@ -124,25 +127,18 @@ pub fn paths<D: DmBackend + ?Sized>(dm: &D, sysfs: &Sysfs, ctx: &ViewCtx) -> Vec
     out
 }
 
-pub fn maps<D: DmBackend + ?Sized>(dm: &D) -> Vec<MapSummary> {
-    let Ok(list) = dm.list() else {
-        return Vec::new();
-    };
-    list.into_iter()
-        .filter(|i| i.wwid().is_some())
-        .map(|info: MapInfo| {
-            let t = dm.table(&info.name).ok();
-            let st = dm.status(&info.name).ok();
-            MapSummary {
-                wwid: info.wwid().unwrap_or("-").to_string(),
-                sysfs_name: format!("dm-{}", info.dev.minor),
-                paths: t.as_ref().map(|t| t.path_devs().count()).unwrap_or(0),
-                active_paths: st.as_ref().map(|s| s.active_paths()).unwrap_or(0),
-                queue_if_no_path: t.as_ref().is_some_and(|t| t.queue_if_no_path()),
-                open_count: info.open_count,
-                size_bytes: info.size_sectors.saturating_mul(512),
-                name: info.name,
-            }
+pub fn maps(ctx: &ViewCtx) -> Vec<MapSummary> {
+    ctx.maps
+        .iter()
+        .map(|m| MapSummary {
+            wwid: m.info.wwid().unwrap_or("-").to_string(),
+            sysfs_name: format!("dm-{}", m.info.dev.minor),
+            paths: m.table.path_devs().count(),
+            active_paths: m.status.as_ref().map(|s| s.active_paths()).unwrap_or(0),
+            queue_if_no_path: m.table.queue_if_no_path(),
+            open_count: m.info.open_count,
+            size_bytes: m.info.size_sectors.saturating_mul(512),
+            name: m.info.name.clone(),
         })
         .collect()
 }

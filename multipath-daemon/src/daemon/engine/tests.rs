@@ -133,6 +133,11 @@ impl Driver {
                     errors.extend(o.error);
                     q.extend(o.commands);
                 }
+                Command::Poll => {
+                    let (maps, paths) = self.e.poll_targets();
+                    let p = gather::poll(&self.sysfs, &self.dm, &maps, &paths);
+                    q.extend(self.e.poll(p, self.now));
+                }
                 Command::Replan => {
                     self.other.push(Command::Replan);
                     let snap = gather::snapshot(&self.sysfs, &self.dm, true);
@@ -185,11 +190,9 @@ impl Driver {
     fn request(&mut self, req: Request) -> Response {
         let ctx = self.e.view_ctx();
         match req {
-            Request::ShowTopology => {
-                Response::Topology(views::topology(&self.dm, &self.sysfs, &ctx))
-            }
-            Request::ShowPaths => Response::Paths(views::paths(&self.dm, &self.sysfs, &ctx)),
-            Request::ShowMaps => Response::Maps(views::maps(&self.dm)),
+            Request::ShowTopology => Response::Topology(views::topology(&self.sysfs, &ctx)),
+            Request::ShowPaths => Response::Paths(views::paths(&self.sysfs, &ctx)),
+            Request::ShowMaps => Response::Maps(views::maps(&ctx)),
             other => match self.e.admin(&other, self.now) {
                 Ok((cmds, message)) => {
                     let errors = self.run(cmds, None);
