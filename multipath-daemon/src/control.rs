@@ -43,6 +43,8 @@ pub enum Request {
     },
     /// Re-read the config and rescan.
     Reconfigure,
+    /// Each managed map's merged settings and where each came from.
+    ShowConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,7 +54,66 @@ pub enum Response {
     Topology(Topology),
     Paths(Vec<PathView>),
     Maps(Vec<MapSummary>),
+    Config(Vec<MapConfig>),
     Error { message: String },
+}
+
+/// One map's merged settings (`mpathd show config`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapConfig {
+    pub map: String,
+    pub wwid: String,
+    pub vendor: String,
+    pub product: String,
+    pub settings: Vec<SettingRow>,
+}
+
+/// One setting: its value, where it came from (`file:line:col [level]`, `built-in:
+/// ENTRY` or `default`) and why it differs from what that level wrote, if it does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SettingRow {
+    pub setting: String,
+    pub value: String,
+    pub source: String,
+    pub note: Option<String>,
+}
+
+/// `show config`: a block per map, the settings aligned as `format_explained` prints them.
+pub fn format_config(maps: &[MapConfig]) -> String {
+    let mut out = String::new();
+    for (i, m) in maps.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} ({}) {},{}\n",
+            m.map, m.wwid, m.vendor, m.product
+        ));
+        let w_set = m
+            .settings
+            .iter()
+            .map(|r| r.setting.len())
+            .max()
+            .unwrap_or(0);
+        let w_val = m
+            .settings
+            .iter()
+            .map(|r| r.value.chars().count())
+            .max()
+            .unwrap_or(0);
+        for r in &m.settings {
+            let line = format!("  {:<w_set$}  {:<w_val$}  {}", r.setting, r.value, r.source);
+            out.push_str(line.trim_end());
+            out.push('\n');
+            if let Some(n) = &r.note {
+                out.push_str(&format!("  {:w_set$}  note: {n}\n", ""));
+            }
+        }
+    }
+    if maps.is_empty() {
+        out.push_str("no maps managed\n");
+    }
+    out
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -50,7 +50,8 @@ enum Cmd {
     /// as udev reports them, reinstate paths that come back, answer the control socket.
     /// Logs "ready maps=N paths=M" once the first pass is done.
     Daemon(DaemonArgs),
-    /// Ask the running daemon: `topology` (like `multipath -ll`), `paths` or `maps`.
+    /// Ask the running daemon: `topology` (like `multipath -ll`), `paths`, `maps`, or
+    /// `config` (each map's merged settings and where each came from).
     Show {
         what: ShowWhat,
         /// Print JSON instead of text.
@@ -86,6 +87,7 @@ enum ShowWhat {
     Topology,
     Paths,
     Maps,
+    Config,
 }
 
 #[derive(clap::Args)]
@@ -196,6 +198,7 @@ fn try_main() -> Result<()> {
                 ShowWhat::Topology => Request::ShowTopology,
                 ShowWhat::Paths => Request::ShowPaths,
                 ShowWhat::Maps => Request::ShowMaps,
+                ShowWhat::Config => Request::ShowConfig,
             };
             client(socket, req, json)
         }
@@ -250,6 +253,7 @@ fn client(socket: Option<PathBuf>, req: Request, json: bool) -> Result<()> {
             Response::Topology(t) => serde_json::to_value(t)?,
             Response::Paths(p) => serde_json::to_value(p)?,
             Response::Maps(m) => serde_json::to_value(m)?,
+            Response::Config(c) => serde_json::to_value(c)?,
             Response::Ok { message } => serde_json::json!({ "message": message }),
             Response::Error { message } => bail!("{message}"),
         };
@@ -261,6 +265,7 @@ fn client(socket: Option<PathBuf>, req: Request, json: bool) -> Result<()> {
         Response::Topology(t) => print!("{}", control::format_topology(&t)),
         Response::Paths(p) => print!("{}", control::format_paths(&p)),
         Response::Maps(m) => print!("{}", control::format_maps(&m)),
+        Response::Config(c) => print!("{}", control::format_config(&c)),
         Response::Error { message } => bail!("{message}"),
     }
     Ok(())

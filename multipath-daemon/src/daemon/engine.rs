@@ -1188,6 +1188,43 @@ impl Engine {
             .ok_or_else(|| format!("{arg} is in no multipath map"))
     }
 
+    /// Each managed map's merged settings and where each came from (`show config`).
+    pub fn config_view(&self) -> Vec<crate::control::MapConfig> {
+        self.maps
+            .iter()
+            .map(|(name, m)| {
+                let paths: Vec<&ScsiDisk> = self
+                    .disks
+                    .iter()
+                    .filter(|d| d.wwid.as_deref() == Some(m.wwid.as_str()))
+                    .collect();
+                let paths: Vec<&ScsiDisk> = if paths.is_empty() {
+                    self.last_disk.get(&m.wwid).into_iter().collect()
+                } else {
+                    paths
+                };
+                let id = maps::map_ident(&m.wwid, paths.iter().copied());
+                crate::control::MapConfig {
+                    map: name.clone(),
+                    wwid: m.wwid.clone(),
+                    vendor: id.vendor.to_string(),
+                    product: id.product.to_string(),
+                    settings: self
+                        .cfg
+                        .explain(&id)
+                        .into_iter()
+                        .map(|e| crate::control::SettingRow {
+                            setting: e.setting.to_string(),
+                            value: e.value,
+                            source: e.source.to_string(),
+                            note: e.note,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
     /// A copy of what `show` commands need.
     pub fn view_ctx(&self) -> ViewCtx {
         ViewCtx {

@@ -711,6 +711,9 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 });
             }
             Request::Reconfigure => self.reconfigure(Some(reply)),
+            Request::ShowConfig => {
+                let _ = reply.send(Response::Config(self.engine.config_view()));
+            }
             other => match self.engine.admin(&other, monotonic_ns()) {
                 Err(message) => {
                     let _ = reply.send(Response::Error { message });

@@ -641,3 +641,28 @@ fn switchgroup_checks_the_group_and_remove_refuses_an_open_map() {
     // Not made again behind the admin's back.
     assert!(d.reconcile().created.is_empty());
 }
+
+#[test]
+fn show_config_says_where_each_setting_of_a_map_came_from() {
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
+    );
+    d.reconcile();
+    let maps = d.e.config_view();
+    let [m] = maps.as_slice() else {
+        panic!("{maps:?}")
+    };
+    assert_eq!((m.wwid.as_str(), m.vendor.as_str()), (WWID, "LIO-ORG"));
+    let row = |name: &str| m.settings.iter().find(|r| r.setting == name).unwrap();
+    let g = row("path_grouping_policy");
+    assert_eq!(g.value, "failover");
+    assert!(g.source.contains("[overrides]"), "{g:?}");
+    // The built-in LIO entry supplies what no level of the file sets.
+    let n = row("no_path_retry");
+    assert!(n.source.starts_with("built-in"), "{n:?}");
+    let text = crate::control::format_config(&maps);
+    assert!(
+        text.starts_with(&format!("{WWID} ({WWID}) LIO-ORG,FILEIO\n")),
+        "{text}"
+    );
+}
