@@ -102,7 +102,14 @@ wait "$poller" || lab_fail "the control-socket poller failed: $(cat "$LAB_OUT/co
 lat=$(cat "$LAB_OUT/control-latency.txt")
 lab_event info "control socket during the stuck reload: $lat"
 worst=${lat##*worst=}
-awk -v w="$worst" 'BEGIN{exit !(w < 0.2)}' || lab_fail "show paths took ${worst}s at worst while vol1's reload waited (want < 0.2 s)"
+before=$(cat "$LAB_OUT/control-latency-before.txt")
+base=${before##*worst=}
+# 200 ms, or twice what the same requests took without the fault when this guest is so
+# loaded that even that is slower (under TCG on a busy host): a loop blocked behind the
+# suspend would answer nothing for as long as the reload waits (seconds).
+limit=$(awk -v b="$base" 'BEGIN{l = 2 * b; printf "%.3f", (l > 0.2 ? l : 0.2)}')
+awk -v w="$worst" -v l="$limit" 'BEGIN{exit !(w < l)}' \
+	|| lab_fail "show paths took ${worst}s at worst while vol1's reload waited (want < ${limit}s; ${base}s without the fault)"
 
 lab_step "the fault ends; the reload completes; vol2 never stalled"
 lab_undrop_net 1
