@@ -885,17 +885,22 @@ impl<D: DmBackend + 'static> Daemon<D> {
             .watched_paths()
             .into_iter()
             .map(|(dev, name, conn)| {
-                let (latency_limit, rtt_limit) =
-                    h.limits(dev).unwrap_or((cfg.latency_floor, cfg.rtt_floor));
+                let l = h.limits(dev).unwrap_or(crate::health::Limits {
+                    latency: cfg.latency_floor,
+                    rtt: cfg.rtt_floor,
+                    stall: cfg.stall_limit,
+                });
                 WatchSpec {
                     dev,
                     name,
                     conn,
                     path: PathThresholds {
-                        latency_limit,
-                        slow_count: 3,
-                        slow_window: Duration::from_secs(2),
-                        stall_limit: cfg.stall_limit,
+                        latency_limit: l.latency,
+                        // A burst of a few late completions is a busy host or a hiccup;
+                        // a slow path makes many.
+                        slow_count: 8,
+                        slow_window: Duration::from_secs(1),
+                        stall_limit: l.stall,
                         event_gap: Duration::from_millis(100),
                     },
                     tcp: ConnThresholds {
@@ -904,7 +909,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         // healthy link): with a stall it means no ACK progress;
                         // repeated, it is loss.
                         retrans_limit: 2,
-                        rtt_limit,
+                        rtt_limit: l.rtt,
                         event_gap: Duration::from_millis(100),
                     },
                 }

@@ -472,7 +472,7 @@ impl Default for HealthConfig {
             stall_sibling: Duration::from_millis(500),
             latency_floor: Duration::from_millis(100),
             latency_factor: 8,
-            rtt_floor: Duration::from_millis(50),
+            rtt_floor: Duration::from_millis(100),
             rtt_factor: 8,
             loss_events: 3,
             loss_window: Duration::from_secs(2),
@@ -485,6 +485,18 @@ impl Default for HealthConfig {
             rescue: true,
         }
     }
+}
+
+fn stall_limit(cfg: &HealthConfig, p: &Path) -> Duration {
+    cfg.stall_limit.max(p.srtt * 3)
+}
+
+/// A path's limits, learned from its own baseline with the configured floors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub latency: Duration,
+    pub rtt: Duration,
+    pub stall: Duration,
 }
 
 /// One state change, kept per path (the last [`HISTORY`]).
@@ -524,6 +536,11 @@ struct Path {
     hold_until: Ns,
     degraded_since: Ns,
     last_soft_ns: Ns,
+    /// The last slow-completion signal (a map whose every path is slow at once is the
+    /// LUN, or the host, not a path).
+    last_slow_ns: Option<Ns>,
+    /// The connection's smoothed RTT as last seen: a slow network stretches every time.
+    srtt: Duration,
     retrans_runs: Vec<Ns>,
     last_retrans_ns: Option<Ns>,
     stall: Option<Stall>,
@@ -617,6 +634,8 @@ impl Health {
                             hold_until: 0,
                             degraded_since: 0,
                             last_soft_ns: 0,
+                            last_slow_ns: None,
+                            srtt: Duration::ZERO,
                             retrans_runs: Vec::new(),
                             last_retrans_ns: None,
                             stall: None,
@@ -672,10 +691,26 @@ impl Health {
             .collect()
     }
 
-    /// The latency and RTT limits learned for a path, to write into the probes.
-    pub fn limits(&self, dev: DevT) -> Option<(Duration, Duration)> {
+    /// The limits learned for a path, to write into the probes.
+    pub fn limits(&self, dev: DevT) -> Option<Limits> {
         let p = self.paths.get(&dev)?;
-        Some((self.latency_limit(p), self.rtt_limit(p)))
+        Some(Limits {
+            latency: self.latency_limit(p),
+            rtt: self.rtt_limit(p),
+            stall: self.stall_limit(p),
+        })
+    }
+
+    /// No completion for this long with I/O in flight is a stall: the configured limit,
+    /// or three round trips of the path's connection when it is slow.
+    fn stall_limit(&self, p: &Path) -> Duration {
+        stall_limit(&self.cfg, p)
+    }
+
+    /// After a retransmission, this long with still no completion means no ACK progress:
+    /// the configured grace, or two round trips.
+    fn retrans_grace(&self, p: &Path) -> Duration {
+        self.cfg.retrans_grace.max(p.srtt * 2)
     }
 
     fn latency_limit(&self, p: &Path) -> Duration {
@@ -820,7 +855,24 @@ impl Health {
                 }
             }
             BlockSignal::Slow { latency, .. } => {
-                self.soft(now, dev, Reason::Slow { latency }, at_ns, out)
+                p.last_slow_ns = Some(now);
+                // Every other usable path of the map slow too: the LUN, the array or the
+                // host, not this path; moving I/O would help nothing.
+                let window = ns(self.cfg.loss_window);
+                let map = p.info.map.clone();
+                let others: Vec<&Path> = self
+                    .paths
+                    .values()
+                    .filter(|q| q.info.map == map && q.info.dev != dev && q.state.usable())
+                    .collect();
+                let all_slow = !others.is_empty()
+                    && others.iter().all(|q| {
+                        q.last_slow_ns
+                            .is_some_and(|t| now.saturating_sub(t) < window)
+                    });
+                if !all_slow {
+                    self.soft(now, dev, Reason::Slow { latency }, at_ns, out)
+                }
             }
             BlockSignal::Stalled {
                 oldest,
@@ -828,7 +880,8 @@ impl Health {
                 ..
             } => {
                 let quiet = since_completion.map_or(oldest, |s| s.min(oldest));
-                if quiet < self.cfg.stall_limit {
+                let limit = stall_limit(&self.cfg, p);
+                if quiet < limit {
                     // One request stuck while the path completes others: the path works,
                     // that request does not; prefer other paths.
                     self.soft(now, dev, Reason::StuckRequest { oldest }, at_ns, out);
@@ -889,6 +942,9 @@ impl Health {
             }
             ConnSignal::SlowRtt { srtt } => {
                 for dev in devs {
+                    if let Some(p) = self.paths.get_mut(&dev) {
+                        p.srtt = srtt;
+                    }
                     self.soft(now, dev, Reason::SlowRtt { srtt }, at_ns, out);
                 }
             }
@@ -1007,6 +1063,9 @@ impl Health {
             } else {
                 (p.baseline * 7 + r.ewma) / 8
             };
+        }
+        if r.srtt > Duration::ZERO {
+            p.srtt = r.srtt;
         }
         if p.state == PathState::Active && r.srtt > Duration::ZERO {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
@@ -1198,7 +1257,6 @@ impl Health {
 
     /// Judges every pending stall and generic error.
     fn corroborate(&mut self, now: Ns, out: &mut Output) {
-        let grace = ns(self.cfg.retrans_grace);
         let sibling_need = ns(self.cfg.stall_sibling);
         let devs: Vec<DevT> = self
             .paths
@@ -1262,6 +1320,7 @@ impl Health {
                 }
                 continue;
             }
+            let grace = ns(self.retrans_grace(p));
             let by = if let Some(r) = p.last_retrans_ns
                 && r >= stall.began_ns
                 && now.saturating_sub(r) >= grace

@@ -679,7 +679,7 @@ fn the_kernel_failing_a_path_is_followed_without_a_message() {
 fn limits_are_learned_from_a_healthy_baseline_with_floors() {
     let mut h = two_maps();
     let floor = h.config().latency_floor;
-    assert_eq!(h.limits(dev(0)).unwrap().0, floor);
+    assert_eq!(h.limits(dev(0)).unwrap().latency, floor);
     // A path whose healthy latency is 40 ms gets a limit of 8 x 40 ms.
     for i in 1..200u64 {
         h.handle(
@@ -697,7 +697,9 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
             },
         );
     }
-    let (lat, rtt) = h.limits(dev(0)).unwrap();
+    let Limits {
+        latency: lat, rtt, ..
+    } = h.limits(dev(0)).unwrap();
     assert!(
         lat > Duration::from_millis(300) && lat <= Duration::from_millis(320),
         "{lat:?}"
@@ -732,7 +734,10 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
             },
         );
     }
-    assert_eq!(h.limits(dev(0)).unwrap(), (lat, rtt));
+    let l = h.limits(dev(0)).unwrap();
+    assert_eq!((l.latency, l.rtt), (lat, rtt));
+    // The stall limit follows the connection's RTT now: three round trips of 500 ms.
+    assert_eq!(l.stall, Duration::from_millis(1500));
 }
 
 #[test]
@@ -796,4 +801,56 @@ fn an_ambiguous_checker_error_on_every_path_is_the_luns_and_fails_nothing() {
         },
     );
     assert_eq!(failed_devs(&o), [dev(0)]);
+}
+
+#[test]
+fn slow_completions_on_every_path_of_a_map_are_not_a_path_problem() {
+    let slow = BlockSignal::Slow {
+        latency: Duration::from_millis(180),
+        count: 8,
+    };
+    // sdb alone slow: demoted.
+    let mut h = two_maps();
+    let o = block(&mut h, 10 * S, 16, slow);
+    assert_eq!(o.decisions[0].to, PathState::Degraded);
+    // sdd slow, then sdc within the window: sdd could not be told apart yet, but sdc
+    // shows the whole map is slow (the host, the LUN) and stays in use.
+    let mut h = two_maps();
+    assert_eq!(block(&mut h, 9 * S, 48, slow).decisions.len(), 1);
+    let o = block(&mut h, 9 * S + 100 * MS, 32, slow);
+    assert!(o.decisions.is_empty(), "{o:?}");
+    assert_eq!(h.state(dev(32)), Some(PathState::Active));
+}
+
+#[test]
+fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
+    let mut h = two_maps();
+    // sda's connection has a 150 ms RTT (a slow network, a long link).
+    h.handle(
+        S,
+        Input::Reading {
+            dev: dev(0),
+            reading: Reading {
+                last_complete_ns: S,
+                inflight: 2,
+                completions: 10,
+                ok_completions: 10,
+                ewma: Duration::from_millis(160),
+                srtt: Duration::from_millis(150),
+            },
+        },
+    );
+    assert_eq!(h.limits(dev(0)).unwrap().stall, Duration::from_millis(450));
+    // A 300 ms gap with a retransmission is that network's normal, not a dead path.
+    h.handle(
+        2 * S,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: 2 * S,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    let o = block(&mut h, 2 * S + 300 * MS, 0, stalled(300));
+    assert!(failed_devs(&o).is_empty(), "{o:?}");
+    assert!(failed_devs(&h.tick(2 * S + 400 * MS)).is_empty());
 }
