@@ -246,6 +246,10 @@ pub enum Reason {
     ConnLeft {
         new_state: u32,
     },
+    /// The connection retransmitted this many times in a row without an ACK.
+    ConnSilent {
+        retransmits: u32,
+    },
     /// Stalled, corroborated by `by`.
     Stall {
         stalled: Duration,
@@ -299,6 +303,10 @@ impl fmt::Display for Reason {
                 -errno
             ),
             Self::ConnReset => f.write_str("TCP reset"),
+            Self::ConnSilent { retransmits } => write!(
+                f,
+                "TCP connection silent: {retransmits} retransmissions in a row without an ACK"
+            ),
             Self::ConnLeft { new_state } => write!(
                 f,
                 "TCP connection left ESTABLISHED (state {})",
@@ -339,6 +347,7 @@ impl Reason {
             Self::PathError { .. } => "path_error",
             Self::GenericError { .. } => "generic_error",
             Self::ConnReset => "tcp_reset",
+            Self::ConnSilent { .. } => "tcp_silent",
             Self::ConnLeft { .. } => "tcp_closed",
             Self::Stall { .. } => "stall",
             Self::SessionDown => "session_down",
@@ -446,6 +455,11 @@ pub struct HealthConfig {
     /// Least RTT limit; the learned limit is `rtt_factor` x the connection's baseline.
     pub rtt_floor: Duration,
     pub rtt_factor: u32,
+    /// A connection that retransmitted this many times in a row without any ACK (about
+    /// 3 s of silence with the kernel's timeout backoff at this count) is dead: its paths
+    /// fail even with no I/O stalled on them (an idle map, or I/O in flight since before
+    /// the daemon watched).
+    pub dead_retrans: u32,
     /// This many retransmission runs within `loss_window` are a soft signal.
     pub loss_events: u32,
     pub loss_window: Duration,
@@ -474,6 +488,7 @@ impl Default for HealthConfig {
             latency_factor: 8,
             rtt_floor: Duration::from_millis(100),
             rtt_factor: 8,
+            dead_retrans: 5,
             loss_events: 3,
             loss_window: Duration::from_secs(2),
             soft_persist: Duration::from_secs(60),
@@ -914,6 +929,25 @@ impl Health {
             ConnSignal::Left { new_state } => {
                 for dev in devs {
                     self.fail(now, dev, Reason::ConnLeft { new_state }, at_ns, false, out);
+                }
+            }
+            ConnSignal::Retransmits { consecutive }
+                if self.cfg.dead_retrans > 0 && consecutive >= self.cfg.dead_retrans =>
+            {
+                for dev in devs {
+                    if let Some(p) = self.paths.get_mut(&dev) {
+                        p.last_retrans_ns = Some(at_ns);
+                    }
+                    self.fail(
+                        now,
+                        dev,
+                        Reason::ConnSilent {
+                            retransmits: consecutive,
+                        },
+                        at_ns,
+                        true,
+                        out,
+                    );
                 }
             }
             ConnSignal::Retransmits { .. } => {

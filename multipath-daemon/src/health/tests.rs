@@ -854,3 +854,36 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
     assert!(failed_devs(&o).is_empty(), "{o:?}");
     assert!(failed_devs(&h.tick(2 * S + 400 * MS)).is_empty());
 }
+
+#[test]
+fn a_connection_silent_for_five_retransmissions_fails_its_idle_paths() {
+    let mut h = two_maps();
+    let c = conn(40001, 1);
+    // Idle maps: no I/O stalls; only the connection's NOP-outs go unanswered.
+    for (i, n) in [2u32, 3, 4].into_iter().enumerate() {
+        let at = 10 * S + i as u64 * 400 * MS;
+        let o = h.handle(
+            at,
+            Input::Conn {
+                conn: c,
+                at_ns: at,
+                signal: ConnSignal::Retransmits { consecutive: n },
+            },
+        );
+        assert!(failed_devs(&o).is_empty(), "{n}: {o:?}");
+    }
+    let o = h.handle(
+        13 * S,
+        Input::Conn {
+            conn: c,
+            at_ns: 13 * S,
+            signal: ConnSignal::Retransmits { consecutive: 5 },
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(0), dev(32)]);
+    assert_eq!(o.decisions[0].reason, Reason::ConnSilent { retransmits: 5 });
+    assert!(matches!(
+        o.decisions[0].action,
+        Action::Fail { rescue: Some(_) }
+    ));
+}
