@@ -754,6 +754,43 @@ fn remove_is_refused_while_open() {
 
 #[test]
 #[ignore = "needs device-mapper: runs in the lab scenario dm-kernel"]
+fn rename_while_open_moves_the_node_and_keeps_the_table() {
+    let dm = dm();
+    let loops = Loops::new("ren", 2, true);
+    let (old, new) = ("dmk-ren-a", "dmk-ren-b");
+    let _c = Cleanup(&dm, old.into());
+    let _c2 = Cleanup(&dm, new.into());
+    let t = MultipathTable::failover(loops.all());
+    let info = dm.create(old, "mpath-dmk-ren", SECTORS, &t).unwrap();
+    check_node(old, info.dev);
+    // Held open (a mount would): a rename is allowed, a remove would not be.
+    let f = File::open(PathBuf::from("/dev/mapper").join(old)).unwrap();
+    dm.rename(old, new).unwrap();
+    assert!(dm.info(old).unwrap().is_none());
+    let got = dm.info(new).unwrap().expect("renamed map");
+    assert_eq!((got.dev, got.open_count), (info.dev, 1));
+    assert_eq!(got.wwid(), Some("dmk-ren"));
+    assert!(tables_match(&t, &dm.table(new).unwrap()));
+    check_node(new, info.dev);
+    if !udev_running() {
+        no_node(old);
+    }
+    // The name is taken: a second rename onto it is refused, the map stays.
+    let other = dm
+        .create(
+            old,
+            "mpath-dmk-ren2",
+            SECTORS,
+            &MultipathTable::failover([loops.dev(0)]),
+        )
+        .unwrap();
+    assert!(matches!(dm.rename(old, new), Err(DmError::Exists(_))));
+    assert_eq!(dm.info(old).unwrap().unwrap().dev, other.dev);
+    drop(f);
+}
+
+#[test]
+#[ignore = "needs device-mapper: runs in the lab scenario dm-kernel"]
 fn failed_creates_leave_nothing_behind() {
     let dm = dm();
     let loops = Loops::new("fail", 2, false);

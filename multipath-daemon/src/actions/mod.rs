@@ -44,6 +44,8 @@ pub enum DmOp {
         table: MultipathTable,
     },
     Remove,
+    /// Rename the map to this name.
+    Rename(String),
     Message(Message),
 }
 
@@ -54,6 +56,7 @@ impl DmOp {
             Self::Create { .. } => "create",
             Self::Reload { .. } => "reload",
             Self::Remove => "remove",
+            Self::Rename(_) => "rename",
             Self::Message(Message::FailPath(_)) => "fail_path",
             Self::Message(Message::ReinstatePath(_)) => "reinstate_path",
             Self::Message(Message::SwitchGroup(_)) => "switch_group",
@@ -67,7 +70,7 @@ impl DmOp {
     fn deadline(&self) -> Duration {
         match self {
             Self::Message(_) => Duration::from_secs(1),
-            Self::Create { .. } | Self::Remove => Duration::from_secs(5),
+            Self::Create { .. } | Self::Remove | Self::Rename(_) => Duration::from_secs(5),
             Self::Reload { .. } => Duration::from_secs(2),
         }
     }
@@ -233,6 +236,7 @@ pub(crate) fn run<D: DmBackend + ?Sized>(
             table,
         } => dm.reload(map, *size_sectors, table).map(|()| None),
         DmOp::Remove => dm.remove(map).map(|()| None),
+        DmOp::Rename(to) => dm.rename(map, to).map(|()| None),
         DmOp::Message(m) => dm.message(map, m).map(|()| None),
     }
 }
@@ -299,6 +303,9 @@ mod tests {
         }
         fn remove(&self, name: &str) -> Result<(), DmError> {
             self.sim.remove(name)
+        }
+        fn rename(&self, name: &str, new_name: &str) -> Result<(), DmError> {
+            self.sim.rename(name, new_name)
         }
         fn message(&self, name: &str, msg: &Message) -> Result<(), DmError> {
             self.sim.message(name, msg)

@@ -186,6 +186,10 @@ pub struct Engine {
     /// The last disk seen of each WWID: a map whose paths all left sysfs keeps the
     /// settings its vendor and product gave it (the device table still applies).
     last_disk: BTreeMap<String, ScsiDisk>,
+    /// Maps to rename (live name -> new name): their alias or binding changed in a
+    /// reconfigure. Names are changed only then, never at start-up: a restarted daemon
+    /// adopts maps under the names they have.
+    renames: BTreeMap<String, String>,
 }
 
 impl Engine {
@@ -212,6 +216,7 @@ impl Engine {
             ledger,
             tmo_asked: BTreeMap::new(),
             last_disk: BTreeMap::new(),
+            renames: BTreeMap::new(),
         })
     }
 
@@ -231,9 +236,22 @@ impl Engine {
         &self.opts
     }
 
-    /// Swaps in a new config (already checked) and forgets admin removals.
+    /// Swaps in a new config (already checked) and forgets admin removals. A map whose
+    /// alias (or bound name) the change gives another name is renamed by the next pass.
     pub fn set_config(&mut self, cfg: Config) -> anyhow::Result<()> {
-        self.bindings = Bindings::load(&cfg.defaults.bindings_file)?;
+        let bindings = Bindings::load(&cfg.defaults.bindings_file)?;
+        for (name, m) in &self.maps {
+            let before = desired_name(&self.cfg, &self.bindings, &m.wwid);
+            let after = desired_name(&cfg, &bindings, &m.wwid);
+            if let Some(new) = after
+                && before.as_deref() != Some(new.as_str())
+                && &new != name
+            {
+                info!(map = %name, "renamed by the new config to {new}");
+                self.renames.insert(name.clone(), new);
+            }
+        }
+        self.bindings = bindings;
         self.wwids = WwidsFile::load(&cfg.defaults.wwids_file)?;
         let mut hcfg = self.health.config().clone();
         hcfg.reinstate_checks = cfg.defaults.reinstate_checks;
@@ -378,6 +396,30 @@ impl Engine {
             self.disks.iter().map(|d| (d.name.as_str(), d)).collect();
         let mut infos = Vec::new();
         let mut works = Vec::new();
+        let live_names: BTreeSet<&str> = live.iter().map(|m| m.info.name.as_str()).collect();
+        let mut renaming = BTreeSet::new();
+        for (from, to) in std::mem::take(&mut self.renames) {
+            if !live_names.contains(from.as_str()) {
+                continue;
+            }
+            if live_names.contains(to.as_str()) {
+                warn!(map = %from, "not renamed to {to}: a map of that name exists");
+                continue;
+            }
+            if self.busy.get(&from).copied().unwrap_or(0) > 0 {
+                // A table operation runs on it: next pass.
+                self.renames.insert(from.clone(), to);
+                sum.deferred.push(from);
+                continue;
+            }
+            works.push(Work {
+                map: from.clone(),
+                lane: Lane::Table,
+                op: DmOp::Rename(to),
+                why: Why::Admin,
+            });
+            renaming.insert(from);
+        }
         for step in plan.steps {
             let want = match &step {
                 Step::Create(w) | Step::Keep(w) | Step::Reload { want: w, .. } => w,
@@ -416,6 +458,11 @@ impl Engine {
                 }
             }
             if matches!(step, Step::Keep(_)) {
+                continue;
+            }
+            // Renamed first; the pass after it handles the table.
+            if renaming.contains(&want.name) {
+                sum.deferred.push(want.name.clone());
                 continue;
             }
             if self.busy.get(&want.name).copied().unwrap_or(0) > 0 {
@@ -585,6 +632,14 @@ impl Engine {
                         why: Why::Demotion,
                     }));
                 }
+            }
+            (DmOp::Rename(to), Ok(_)) => {
+                if let Some(m) = self.maps.remove(&d.map) {
+                    self.maps.insert(to.clone(), m);
+                }
+                self.health.rename_map(&d.map, to);
+                info!(map = %to, "map renamed from {} (no reload, I/O goes on)", d.map);
+                out.commands.push(Command::Replan);
             }
             (DmOp::Remove, Ok(_)) => {
                 if let Some(m) = self.maps.remove(&d.map) {
@@ -1323,6 +1378,18 @@ fn save_ledger(l: &Ledger) {
             l.path().display()
         );
     }
+}
+
+/// The name the config gives a map: its `[[multipaths]]` alias, else (with
+/// user_friendly_names) its bound name; `None` when neither names it (it keeps its name).
+fn desired_name(cfg: &Config, bindings: &Bindings, wwid: &str) -> Option<String> {
+    if let Some(a) = cfg.entry_for(wwid).and_then(|e| e.alias.clone()) {
+        return Some(a);
+    }
+    if cfg.defaults.user_friendly_names {
+        return bindings.lookup(wwid).map(String::from);
+    }
+    None
 }
 
 /// The planner's questions, answered from the config, the bindings and the wwids file.

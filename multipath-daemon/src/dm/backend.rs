@@ -118,6 +118,8 @@ pub trait DmBackend: Send + Sync {
     fn reload(&self, name: &str, size_sectors: u64, table: &MultipathTable) -> Result<(), DmError>;
     /// Removes the map; refuses with [`DmError::Busy`] while it is open.
     fn remove(&self, name: &str) -> Result<(), DmError>;
+    /// Renames the map (allowed while it is open: no reload, no I/O interruption).
+    fn rename(&self, name: &str, new_name: &str) -> Result<(), DmError>;
     fn message(&self, name: &str, msg: &Message) -> Result<(), DmError>;
 }
 
@@ -409,6 +411,23 @@ impl DmBackend for SimDm {
         }
         g.maps.remove(name);
         g.log.push(format!("remove {name}"));
+        Ok(())
+    }
+
+    fn rename(&self, name: &str, new_name: &str) -> Result<(), DmError> {
+        let mut g = self.inner.lock().unwrap();
+        if g.maps.contains_key(new_name) {
+            return Err(DmError::Exists(new_name.to_string()));
+        }
+        let m = g
+            .maps
+            .remove(name)
+            .ok_or_else(|| DmError::NotFound(name.to_string()))?;
+        g.maps.insert(new_name.to_string(), m);
+        if let Some(o) = g.opens.remove(name) {
+            g.opens.insert(new_name.to_string(), o);
+        }
+        g.log.push(format!("rename {name} {new_name}"));
         Ok(())
     }
 

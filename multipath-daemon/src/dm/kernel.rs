@@ -637,6 +637,31 @@ impl DmBackend for KernelDm {
         Ok(())
     }
 
+    fn rename(&self, name: &str, new_name: &str) -> Result<(), DmError> {
+        let dname = dm_name(name)?;
+        let new = dm_name(new_name)?;
+        let info = self
+            .info(name)?
+            .ok_or_else(|| DmError::NotFound(name.to_string()))?;
+        if self.info(new_name)?.is_some() {
+            return Err(DmError::Exists(new_name.to_string()));
+        }
+        self.dm
+            .device_rename(dname, &DevId::Name(new))
+            .map_err(|e| Self::map_err(name, "rename", &e))?;
+        // Without udevd the /dev/mapper node is ours (see the module docs); with it, the
+        // change event of the rename moves udev's link.
+        if let Err(e) = ensure_node(new_name, info.dev) {
+            tracing::warn!("{new_name}: renamed, but /dev/mapper/{new_name} is missing: {e}");
+        }
+        if !udev_running()
+            && let Err(e) = remove_node(name, info.dev)
+        {
+            tracing::warn!("{new_name}: renamed from {name}, but the old node stays: {e}");
+        }
+        Ok(())
+    }
+
     fn remove(&self, name: &str) -> Result<(), DmError> {
         let dname = dm_name(name)?;
         let mut info = self

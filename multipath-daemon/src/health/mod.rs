@@ -669,6 +669,13 @@ impl Health {
         }
     }
 
+    /// A map was renamed: its paths follow.
+    pub fn rename_map(&mut self, from: &str, to: &str) {
+        for p in self.paths.values_mut().filter(|p| p.info.map == from) {
+            p.info.map = to.to_string();
+        }
+    }
+
     pub fn state(&self, dev: DevT) -> Option<PathState> {
         self.paths.get(&dev).map(|p| p.state)
     }

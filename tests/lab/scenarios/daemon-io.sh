@@ -1,4 +1,4 @@
-# lab: mpathd keeps verified IO going: multibus map, a third portal added during IO, a path logged out during IO, the daemon restarted during IO (map adopted, no reload), then failover after reconfigure
+# lab: mpathd keeps verified IO going: multibus map, a third portal added during IO, a path logged out during IO, the daemon restarted during IO (map adopted, no reload), failover after reconfigure, and a new alias renames the map during IO
 # lab-timeout: 420
 . "$LAB_LIB"
 . "${LAB_LIB%/*}/daemon.sh"
@@ -66,5 +66,23 @@ sleep 6
 lab_io_stop
 lab_io_check errors=0 mismatches=0 min_ops=50
 lab_mpathd show topology
+
+lab_step "a new alias in the config renames the map during IO: no reload, no IO error"
+lab_io_start /dev/mapper/sanvol1
+sleep 3
+before=$(dmsetup table sanvol1)
+mark=$(lab_log_lines)
+sed -i 's/^alias = "sanvol1"/alias = "data01"/' "$LAB_MPATHD_CONF"
+lab_mpathd reconfigure
+lab_wait 10 "the map renamed" dmsetup info data01
+lab_wait 10 "/dev/mapper/data01" test -b /dev/mapper/data01
+dmsetup info sanvol1 >/dev/null 2>&1 && lab_fail "sanvol1 is still there after the rename"
+[ "$(dmsetup table data01)" = "$before" ] || lab_fail "the rename changed the table: $(dmsetup table data01)"
+tail -n +"$mark" "$LAB_OUT/mpathd.log" | grep -q "reloaded map" && lab_fail "the rename reloaded the map"
+lab_event dm "map renamed sanvol1 -> data01"
+sleep 3
+lab_io_stop
+lab_io_check errors=0 mismatches=0 min_ops=50
+lab_mpathd show maps | grep -q '^data01 ' || lab_fail "show maps does not show data01: $(lab_mpathd show maps)"
 lab_mpathd_stop
 lab_done

@@ -666,3 +666,49 @@ fn show_config_says_where_each_setting_of_a_map_came_from() {
         "{text}"
     );
 }
+
+#[test]
+fn a_changed_alias_renames_the_live_map_on_reconfigure_without_a_reload() {
+    let conf = |alias: &str| {
+        format!(
+            "find_multipaths = \"strict\"\n[overrides]\npath_grouping_policy = \"failover\"\n\
+             [[multipaths]]\nwwid = \"{WWID}\"\nalias = \"{alias}\"\n"
+        )
+    };
+    let mut d = Driver::new(&conf("sanvol1"));
+    assert_eq!(d.reconcile().created, ["sanvol1"]);
+    d.input(Input::Check {
+        dev: SDB,
+        verdict: CheckVerdict::Timeout,
+    });
+    d.dm.set_open("sanvol1", 1);
+    d.dm.clear_log();
+    let toml = format!(
+        "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n{1}",
+        d.dir.display(),
+        conf("data01")
+    );
+    d.e.set_config(Config::from_toml_str(&toml, "test.toml").unwrap())
+        .unwrap();
+    let s = d.reconcile();
+    assert!(s.reloaded.is_empty() && s.created.is_empty(), "{s:?}");
+    assert_eq!(d.dm.log(), ["rename sanvol1 data01"], "a rename, no reload");
+    assert!(d.dm.info("sanvol1").unwrap().is_none());
+    assert_eq!(
+        d.dm.info("data01").unwrap().unwrap().open_count,
+        1,
+        "renamed while open"
+    );
+    // The path known down stays down, under the new name too.
+    assert_eq!(d.e.health().held_down("data01"), [SDB]);
+    let Response::Maps(m) = d.request(Request::ShowMaps) else {
+        panic!()
+    };
+    assert_eq!(m[0].name, "data01");
+    // A restarted daemon with a config naming it otherwise keeps the live name.
+    let dm = std::mem::take(&mut d.dm);
+    let mut d2 = Driver::on(&conf("other"), dm, tmpdir());
+    let s = d2.reconcile();
+    assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
+    assert!(d2.dm.info("data01").unwrap().is_some());
+}
