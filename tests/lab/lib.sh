@@ -575,7 +575,7 @@ lab_probe_none() {
 		bad = [e for e in evs if e["device"] == dev and since <= e["wall"] <= until
 		       and (not kinds or e["kind"] in kinds)]
 		for b in bad:
-		    print("probe: unexpected event: " + b)
+		    print("probe: unexpected event: " + json.dumps(b))
 		sys.exit(1 if bad else 0)
 	PY
 }

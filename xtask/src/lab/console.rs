@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::vcpu::HostView;
+
 /// What the guest kernel reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,6 +112,8 @@ pub struct KernelAlarm {
     pub host_loadavg: Option<String>,
     /// The host's CPU pressure (/proc/pressure/cpu "some" line) at the same moment.
     pub host_cpu_pressure: Option<String>,
+    /// How much host CPU QEMU's vCPU threads got over the stall the kernel reported.
+    pub host_vcpus: Option<HostView>,
 }
 
 /// Lines kept from before an alarm, for context.
@@ -176,6 +180,7 @@ impl Watch {
                         host_loadavg: read_trimmed("/proc/loadavg"),
                         host_cpu_pressure: read_trimmed("/proc/pressure/cpu")
                             .and_then(|p| p.lines().next().map(str::to_string)),
+                        host_vcpus: None,
                     },
                     now,
                 ));
@@ -205,6 +210,13 @@ impl Watch {
                 Verdict::Done
             }
             _ => Verdict::Fine,
+        }
+    }
+
+    /// Adds what the host saw of the vCPUs to the alarm being captured.
+    pub fn set_host_view(&mut self, v: Option<HostView>) {
+        if let Some((a, _)) = &mut self.alarm {
+            a.host_vcpus = v;
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod console;
 mod report;
+mod vcpu;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -404,11 +405,17 @@ fn run_scenario(
     let failure = if let Some(a) = &res.alarm {
         // The kernel's word first: a scenario step that failed after it is a consequence.
         Some(format!(
-            "guest kernel {} at {:.1} s, in step '{step}': {} (host load {}; stacks in report.json kernel_alarm.excerpt)",
+            "guest kernel {} at {:.1} s, in step '{step}': {} (host: {}; stacks in report.json kernel_alarm.excerpt)",
             a.kind.describe(),
             a.at_s,
             a.line.trim(),
-            a.host_loadavg.as_deref().unwrap_or("unknown"),
+            a.host_vcpus
+                .as_ref()
+                .map(|v| v.verdict.clone())
+                .unwrap_or_else(|| format!(
+                    "load {}",
+                    a.host_loadavg.as_deref().unwrap_or("unknown")
+                )),
         ))
     } else if res.timed_out {
         Some(format!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::console::{AlarmKind, KernelAlarm, Verdict, Watch};
+use super::vcpu::{Sampler, stuck_for};
 
 /// The guest's PID 1; a change to it rebuilds the initramfs (its hash is in the file name).
 const INIT: &str = include_str!("init.sh");
@@ -258,6 +259,9 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
         "1024",
         "-nographic",
         "-no-reboot",
+        // Names the vCPU threads ("CPU 0/TCG") so the harness can see what the host gave them.
+        "-name",
+        "lab,debug-threads=on",
         "-nic",
         "none",
     ])
@@ -296,6 +300,7 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
+    let mut vcpus = Sampler::new(child.id());
     let qemu = Qemu { child };
     let (tx, rx) = mpsc::channel::<String>();
     let tx2 = tx.clone();
@@ -354,6 +359,7 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
             sysrq(&mut stdin, b"9lw");
             dumping_since = Some(Instant::now());
         }
+        vcpus.maybe_sample(Instant::now());
         if watch.tick(Instant::now()) == Verdict::Done {
             break;
         }
@@ -375,6 +381,16 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
                         eprintln!(
                             "lab: reading the stacks from the console (sysrq l, w), then stopping the VM"
                         );
+                        // The stall the kernel reports, else its usual thresholds.
+                        let window = stuck_for(&line).unwrap_or(match kind {
+                            AlarmKind::HungTask => Duration::from_secs(60),
+                            _ => Duration::from_secs(21),
+                        });
+                        let view = vcpus.view(Instant::now(), window);
+                        if let Some(v) = &view {
+                            eprintln!("lab: host side: {}", v.verdict);
+                        }
+                        watch.set_host_view(view);
                         // After a panic the kernel takes no more input.
                         if kind != AlarmKind::Panic {
                             sysrq(&mut stdin, b"9lw");
