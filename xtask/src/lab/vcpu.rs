@@ -118,9 +118,16 @@ fn judge(secs: f64, begin: &[Counters], end: &[Counters]) -> HostView {
         format!(
             "a vCPU ran {most:.1} s of the {secs:.1} s: the guest was executing, a real hang or spin in the guest"
         )
+    } else if wait >= 0.25 * secs {
+        format!(
+            "no vCPU ran more than {most:.1} s of the {secs:.1} s and one waited {wait:.1} s for a host CPU: \
+             the busy host starved the VM, so the lockup report may be no guest bug"
+        )
     } else {
         format!(
-            "no vCPU ran more than {most:.1} s of the {secs:.1} s (one waited {wait:.1} s for a host CPU): the host starved the VM, so a lockup report here may be no guest bug"
+            "no vCPU ran more than {most:.1} s of the {secs:.1} s, nor waited for a host CPU: \
+             the vCPU threads were blocked inside QEMU (its global lock, or host IO behind the 9p root), \
+             so the lockup report may be no guest bug"
         )
     };
     HostView {
@@ -204,6 +211,13 @@ mod tests {
         );
         assert!(v.verdict.contains("starved"), "{}", v.verdict);
         assert!(v.verdict.contains("waited 15.0 s"), "{}", v.verdict);
+        // Neither running nor runnable: blocked in QEMU.
+        let v = judge(
+            22.0,
+            &[c("CPU 0/TCG", 100.0, 5.0)],
+            &[c("CPU 0/TCG", 100.5, 5.5)],
+        );
+        assert!(v.verdict.contains("blocked inside QEMU"), "{}", v.verdict);
     }
 
     #[test]
