@@ -81,9 +81,20 @@ lab_wait() { # lab_wait SECONDS WHAT CMD...: poll CMD every 0.1 s
 	shift 2
 	end=$(awk -v t="$EPOCHREALTIME" -v s="$secs" 'BEGIN{printf "%.3f", t+s}')
 	until "$@" >/dev/null 2>&1; do
-		awk -v t="$EPOCHREALTIME" -v e="$end" 'BEGIN{exit !(t>e)}' && lab_fail "timed out after ${secs}s waiting for $what"
+		if awk -v t="$EPOCHREALTIME" -v e="$end" 'BEGIN{exit !(t>e)}'; then
+			lab_kernel_stacks
+			lab_fail "timed out after ${secs}s waiting for $what"
+		fi
 		sleep 0.1
 	done
+}
+
+# lab_kernel_stacks: the kernel's backtrace of every CPU and the stacks of the blocked (D
+# state) tasks, into the kernel log (saved as dmesg.txt); so a step that times out shows
+# where the kernel was stuck.
+lab_kernel_stacks() {
+	echo l >/proc/sysrq-trigger 2>/dev/null
+	echo w >/proc/sysrq-trigger 2>/dev/null
 }
 
 lab_sleep_since() { # lab_sleep_since EPOCH SECONDS: sleep until SECONDS after EPOCH
@@ -564,7 +575,7 @@ lab_probe_none() {
 		bad = [e for e in evs if e["device"] == dev and since <= e["wall"] <= until
 		       and (not kinds or e["kind"] in kinds)]
 		for b in bad:
-		    print("probe: unexpected event: " + b)
+		    print("probe: unexpected event: " + json.dumps(b))
 		sys.exit(1 if bad else 0)
 	PY
 }

@@ -6,7 +6,9 @@
 //! binaries (labio, mpathd) at their host paths, and writes its results to
 //! target/lab/<name>/ through a writable share. report.rs turns them into report.json.
 
+mod console;
 mod report;
+mod vcpu;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -309,6 +311,23 @@ impl ScenarioRun {
             self.wall.as_secs_f64(),
             self.one_line()
         );
+        if let Some(a) = &self.report.kernel_alarm {
+            eprintln!(
+                "lab: guest console around the {} (host load {}, {}):",
+                a.kind.describe(),
+                a.host_loadavg.as_deref().unwrap_or("unknown"),
+                a.host_cpu_pressure
+                    .as_deref()
+                    .unwrap_or("cpu pressure unknown")
+            );
+            print_excerpt(&a.excerpt);
+        } else if !self.report.timeout_dump.is_empty() {
+            eprintln!("lab: guest console after sysrq l, w at the timeout:");
+            print_excerpt(&self.report.timeout_dump);
+        }
+        for w in &self.report.kernel_warnings {
+            eprintln!("lab: kernel warning: {w}");
+        }
         eprintln!("lab: report {}", self.out_dir.join("report.json").display());
     }
 
@@ -416,11 +435,27 @@ fn run_scenario(
             eprintln!("  | {line}");
         }
     })?;
-    let failure = if res.timed_out {
+    let step = last_step.as_deref().unwrap_or("boot");
+    let failure = if let Some(a) = &res.alarm {
+        // The kernel's word first: a scenario step that failed after it is a consequence.
+        Some(format!(
+            "guest kernel {} at {:.1} s, in step '{step}': {} (host: {}; stacks in report.json kernel_alarm.excerpt)",
+            a.kind.describe(),
+            a.at_s,
+            a.line.trim(),
+            a.host_vcpus
+                .as_ref()
+                .map(|v| v.verdict.clone())
+                .unwrap_or_else(|| format!(
+                    "load {}",
+                    a.host_loadavg.as_deref().unwrap_or("unknown")
+                )),
+        ))
+    } else if res.timed_out {
         Some(format!(
             "timed out after {} s in step '{}'{}",
             timeout.as_secs(),
-            last_step.as_deref().unwrap_or("boot"),
+            step,
             fail_line
                 .as_deref()
                 .map(|f| format!(" ({f})"))
@@ -448,6 +483,18 @@ fn run_scenario(
         report,
         out_dir,
     })
+}
+
+/// The console lines of a kernel alarm, cut to what a terminal shows (report.json and
+/// console.log have them all).
+fn print_excerpt(lines: &[String]) {
+    const MAX: usize = 120;
+    for l in lines.iter().take(MAX) {
+        eprintln!("  | {l}");
+    }
+    if lines.len() > MAX {
+        eprintln!("  | ... {} more lines in report.json", lines.len() - MAX);
+    }
 }
 
 fn is_progress(line: &str) -> bool {

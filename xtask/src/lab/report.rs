@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Scenario;
+use super::console::KernelAlarm;
 use super::vm::VmResult;
 
 #[derive(Serialize)]
@@ -18,6 +19,14 @@ pub struct Report {
     pub failure: Option<String>,
     pub exit_code: Option<i32>,
     pub timed_out: bool,
+    /// The guest kernel's soft lockup, RCU stall, hung task, BUG, Oops or panic, with the
+    /// console lines (stacks) around it.
+    pub kernel_alarm: Option<KernelAlarm>,
+    /// `WARNING: CPU: ...` lines; they did not stop the scenario.
+    pub kernel_warnings: Vec<String>,
+    /// On a timeout, the console after sysrq asked for every CPU's backtrace and the
+    /// blocked tasks.
+    pub timeout_dump: Vec<String>,
     pub wall_s: f64,
     /// QEMU start to the scenario script starting.
     pub boot_s: Option<f64>,
@@ -75,6 +84,9 @@ impl Report {
             failure,
             exit_code: res.exit_code,
             timed_out: res.timed_out,
+            kernel_alarm: res.alarm.clone(),
+            kernel_warnings: res.warnings.clone(),
+            timeout_dump: res.timeout_dump.clone(),
             wall_s: res.wall.as_secs_f64(),
             boot_s: res.boot_s,
             console_log: out_dir.join("console.log").display().to_string(),
@@ -154,6 +166,9 @@ mod tests {
         let res = VmResult {
             exit_code: Some(0),
             timed_out: false,
+            alarm: None,
+            warnings: Vec::new(),
+            timeout_dump: Vec::new(),
             boot_s: Some(3.0),
             wall: Duration::from_secs(9),
         };

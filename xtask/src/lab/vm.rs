@@ -4,12 +4,16 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::ChildStdin;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use super::console::{AlarmKind, KernelAlarm, Verdict, Watch};
+use super::vcpu::{Sampler, stuck_for};
 
 /// The guest's PID 1; a change to it rebuilds the initramfs (its hash is in the file name).
 const INIT: &str = include_str!("init.sh");
@@ -215,6 +219,14 @@ pub struct VmResult {
     /// The guest script's exit code, None if the VM ended without reporting one.
     pub exit_code: Option<i32>,
     pub timed_out: bool,
+    /// The kernel reported a lockup, stall, hung task, BUG, Oops or panic: the VM was
+    /// stopped once its stacks were read.
+    pub alarm: Option<KernelAlarm>,
+    /// Kernel warnings (`WARNING: CPU: ...`) that did not stop the VM.
+    pub warnings: Vec<String>,
+    /// On a timeout: what the guest printed after sysrq asked it for every CPU's
+    /// backtrace and the blocked tasks.
+    pub timeout_dump: Vec<String>,
     /// Seconds from QEMU start to the guest's init handing over to the scenario.
     pub boot_s: Option<f64>,
     pub wall: Duration,
@@ -247,6 +259,9 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
         "1024",
         "-nographic",
         "-no-reboot",
+        // Names the vCPU threads ("CPU 0/TCG") so the harness can see what the host gave them.
+        "-name",
+        "lab,debug-threads=on",
         "-nic",
         "none",
     ])
@@ -263,11 +278,10 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
         "local,path={out},mount_tag=labout,security_model=none,multidevs=remap"
     ))
     .arg("-append")
-    .arg(format!(
-        "console=ttyS0 quiet loglevel=4 panic=-1 lab.out={out}"
-    ))
-    // No tty on stdin, so QEMU leaves the terminal alone.
-    .stdin(Stdio::null())
+    .arg(format!("{KERNEL_ARGS} lab.out={out}"))
+    // A pipe, not a tty, so QEMU leaves the terminal alone; through it the harness sends
+    // the serial break + key that make a magic sysrq in the guest (see sysrq()).
+    .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
@@ -283,8 +297,10 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
     let mut child = cmd
         .spawn()
         .context("starting qemu-system-x86_64: install qemu-system-x86 (cargo xtask bootstrap)")?;
+    let mut stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
+    let mut vcpus = Sampler::new(child.id());
     let qemu = Qemu { child };
     let (tx, rx) = mpsc::channel::<String>();
     let tx2 = tx.clone();
@@ -309,9 +325,16 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
     let mut res = VmResult {
         exit_code: None,
         timed_out: false,
+        alarm: None,
+        warnings: Vec::new(),
+        timeout_dump: Vec::new(),
         boot_s: None,
         wall: Duration::ZERO,
     };
+    let mut watch = Watch::new(Instant::now());
+    // Set once the timeout has passed and sysrq asked the guest for its stacks.
+    let mut dumping_since: Option<Instant> = None;
+    let mut last_line = Instant::now();
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
             drop(qemu);
@@ -320,13 +343,64 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
                 spec.console_log.display()
             );
         }
-        if t0.elapsed() > spec.timeout {
+        if let Some(since) = dumping_since {
+            let quiet = last_line.elapsed() >= TIMEOUT_DUMP_QUIET;
+            if since.elapsed() >= TIMEOUT_DUMP_MAX
+                || (quiet && since.elapsed() >= TIMEOUT_DUMP_QUIET)
+            {
+                break;
+            }
+        } else if t0.elapsed() > spec.timeout && watch.alarm().is_none() {
             res.timed_out = true;
+            eprintln!(
+                "lab: timed out after {} s; asking the guest kernel for its stacks (sysrq l, w) before stopping it",
+                spec.timeout.as_secs()
+            );
+            sysrq(&mut stdin, b"9lw");
+            dumping_since = Some(Instant::now());
+        }
+        vcpus.maybe_sample(Instant::now());
+        if watch.tick(Instant::now()) == Verdict::Done {
             break;
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 writeln!(log, "{line}")?;
+                last_line = Instant::now();
+                if dumping_since.is_some() && res.timeout_dump.len() < TIMEOUT_DUMP_LINES {
+                    res.timeout_dump.push(line.clone());
+                }
+                match watch.line(&line, last_line, t0.elapsed().as_secs_f64()) {
+                    Verdict::Fine => {}
+                    Verdict::Started(kind) => {
+                        eprintln!(
+                            "lab: guest kernel {} at {:.1} s: {line}",
+                            kind.describe(),
+                            t0.elapsed().as_secs_f64()
+                        );
+                        eprintln!(
+                            "lab: reading the stacks from the console (sysrq l, w), then stopping the VM"
+                        );
+                        // The stall the kernel reports, else its usual thresholds.
+                        let window = stuck_for(&line).unwrap_or(match kind {
+                            AlarmKind::HungTask => Duration::from_secs(60),
+                            _ => Duration::from_secs(21),
+                        });
+                        let view = vcpus.view(Instant::now(), window);
+                        if let Some(v) = &view {
+                            eprintln!("lab: host side: {}", v.verdict);
+                        }
+                        watch.set_host_view(view);
+                        // After a panic the kernel takes no more input.
+                        if kind != AlarmKind::Panic {
+                            sysrq(&mut stdin, b"9lw");
+                        }
+                    }
+                    Verdict::Done => {
+                        on_line(&line);
+                        break;
+                    }
+                }
                 // Markers may follow firmware output on the same line: search, don't anchor.
                 if line.contains("LAB-INIT-DONE") {
                     res.boot_s = Some(t0.elapsed().as_secs_f64());
@@ -344,6 +418,45 @@ pub fn run_vm(spec: &VmSpec, mut on_line: impl FnMut(&str)) -> Result<VmResult> 
     }
     drop(qemu);
     res.wall = t0.elapsed();
+    res.warnings = std::mem::take(&mut watch.warnings);
+    res.alarm = watch.into_alarm();
     log.flush()?;
     Ok(res)
+}
+
+/// The guest kernel's command line, beyond the console and the lab's own settings:
+/// - loglevel=5: warnings and default-level messages reach the console, and with them the
+///   stacks that come with a soft lockup or an RCU stall (`quiet` alone hides them).
+/// - softlockup_all_cpu_backtrace=1: a soft lockup dumps every CPU, not only the stuck one.
+/// - hung_task_timeout_secs=60: a task blocked that long is reported with its stack (the
+///   kernel's default waits 120 s). A scenario that blocks IO longer on purpose raises it
+///   with `sysctl kernel.hung_task_timeout_secs=...`.
+/// - sysrq_always_enabled: the harness asks for backtraces through the serial console.
+/// - printk.time=1: the console watch tells kernel lines by their timestamp.
+const KERNEL_ARGS: &str = "console=ttyS0 quiet loglevel=5 panic=-1 printk.time=1 \
+    softlockup_all_cpu_backtrace=1 sysctl.kernel.hung_task_timeout_secs=60 sysrq_always_enabled";
+
+/// After a timeout's sysrq the harness reads the console until it is quiet this long...
+const TIMEOUT_DUMP_QUIET: Duration = Duration::from_secs(3);
+/// ... or for this long at most, and keeps this many lines of it.
+const TIMEOUT_DUMP_MAX: Duration = Duration::from_secs(10);
+const TIMEOUT_DUMP_LINES: usize = 2000;
+
+/// Sends magic sysrq keys to the guest: on a serial console a sysrq is a break followed by
+/// the key, and QEMU's -nographic console sends a break for Ctrl-A b. '9' raises the
+/// console loglevel so what follows is printed in full, 'l' backtraces every CPU, 'w'
+/// lists the blocked (D state) tasks with their stacks.
+fn sysrq(stdin: &mut Option<ChildStdin>, keys: &[u8]) {
+    let Some(s) = stdin else { return };
+    for &k in keys {
+        // If QEMU is gone the write fails; there is nothing more to ask then.
+        if s.write_all(&[0x01, b'b', k])
+            .and_then(|()| s.flush())
+            .is_err()
+        {
+            return;
+        }
+        // One key per break; give the guest's serial interrupt a moment for each.
+        std::thread::sleep(Duration::from_millis(150));
+    }
 }
