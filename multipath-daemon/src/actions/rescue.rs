@@ -204,6 +204,23 @@ pub fn destroy_socket(conn: &Conn) -> io::Result<()> {
     }
 }
 
+/// Makes the kernel ready for a rescue before one is needed, and says whether it can do
+/// one. The first SOCK_DESTROY of a boot loads the inet_diag and tcp_diag modules (a
+/// modprobe from the kernel: a second or more on a busy or emulated machine), which
+/// must not happen while I/O waits. Asks to destroy a socket that cannot exist: ENOENT
+/// means the path works.
+pub fn warm_up() -> io::Result<()> {
+    let none = Conn {
+        local: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1),
+        remote: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1),
+    };
+    match destroy_socket(&none) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The sysfs file of a session's recovery timeout, under `root` (`/` on a host).
 pub fn recovery_tmo_path(root: &Path, session: &str) -> PathBuf {
     root.join("sys/class/iscsi_session")
@@ -350,6 +367,18 @@ mod tests {
             "0\n"
         );
         assert!(set_recovery_tmo(&root, "../session3", 0).is_err());
+    }
+
+    #[test]
+    fn sudo_warm_up_finds_no_socket_and_says_the_rescue_works() {
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("MPATHD_TEST_STRICT").is_none(),
+                "needs root (MPATHD_TEST_STRICT is set)"
+            );
+            return;
+        }
+        warm_up().unwrap();
     }
 
     /// Needs CAP_NET_ADMIN: a connection over loopback, destroyed from "outside" as the

@@ -249,6 +249,15 @@ pub async fn serve<D: DmBackend + 'static>(
     if d.opts.observe {
         info!("observe mode: decisions are logged, nothing is changed");
     }
+    if !d.opts.observe && d.engine.options().health.rescue {
+        tokio::task::spawn_blocking(|| match rescue::warm_up() {
+            Ok(()) => debug!("in-flight rescue ready (sock_diag destroy works)"),
+            Err(e) => warn!(
+                "in-flight rescue unavailable ({e}): I/O stuck on a dead iSCSI connection waits for the transport; \
+                 the kernel needs CONFIG_INET_DIAG_DESTROY and mpathd CAP_NET_ADMIN"
+            ),
+        });
+    }
     if d.opts.probes {
         // Loading and verifying the programs takes a while (seconds under emulation):
         // the maps are made meanwhile.
