@@ -178,6 +178,7 @@ lab_target_start() {
 	echo 0 >"$T/attrib/demo_mode_write_protect"
 	echo 0 >"$T/attrib/authentication"
 	echo 1 >"$T/attrib/cache_dynamic_acls"
+	lab__target_nopin "$T"
 	echo 1 >"$T/enable"
 	lab_event info "LIO target $LAB_IQN: $LAB_PORTALS portals, ${LAB_LUN_MB} MiB $LAB_LUN_BACKEND LUN, serial $LAB_LUN_SERIAL"
 }
@@ -426,7 +427,29 @@ lab_io_check() {
 
 # --- faults (I = portal number) --------------------------------------------------------
 lab_link_down() { lab_do ip link set "p$1" down; lab_event fault "link p$1 (portal $1) down"; }
-lab_link_up() { lab_do ip link set "p$1" up; lab_event restore "link p$1 (portal $1) up"; }
+lab_link_up() {
+	lab__target_forgets "$1"
+	lab_do ip link set "p$1" up
+	lab_event restore "link p$1 (portal $1) up"
+}
+
+# The target must have dropped a connection the fault cut before the initiator logs in
+# again: LIO (6.1) reinstating a session whose old connection it still holds open spins
+# its transmit thread and a kworker forever (soft lockups on both vCPUs, seen in the lab
+# with mpathd's probes not even loaded). A real array is not the lab's LIO; the lab waits
+# for its target's NOP-In timeout (lab__target_nopin) to close the old connection.
+lab__target_nopin() { # lab__target_nopin TPG_DIR: NOP-In every 5 s, 10 s to answer
+	echo 5 >"$1/attrib/nopin_timeout" || lab_fail "setting the target's nopin_timeout"
+	echo 10 >"$1/attrib/nopin_response_timeout" || lab_fail "setting the target's nopin_response_timeout"
+}
+lab__target_forgets() { # lab__target_forgets I: until no target connection to path I is up
+	local t=$EPOCHREALTIME
+	lab_wait 45 "the target to close its connection to portal $1's initiator" lab__no_target_conn "$1"
+	lab_event info "the target closed its connections to portal $1 ($(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s of waiting)"
+}
+lab__no_target_conn() {
+	[ -z "$(nsenter --net=/run/netns/tgt ss -Htn state established src "10.99.$1.2" dst "10.99.$1.1" 2>/dev/null)" ]
+}
 
 # Silent loss: drop the portal's traffic both ways, no RST, no link change.
 lab_drop() {
@@ -438,7 +461,11 @@ lab_drop() {
 	EOF
 	lab_event fault "nft drop both ways on portal $1 (silent loss)"
 }
-lab_undrop() { lab_do nft delete table inet "lab_drop_$1"; lab_event restore "nft drop on portal $1 removed"; }
+lab_undrop() {
+	lab__target_forgets "$1"
+	lab_do nft delete table inet "lab_drop_$1"
+	lab_event restore "nft drop on portal $1 removed"
+}
 
 # Silent loss in the network: the portal's namespace drops the traffic both ways, so the
 # initiator's segments leave it normally and vanish, as behind a dead switch. (A drop on
@@ -456,6 +483,7 @@ lab_drop_net() {
 	lab_event_at "$t" fault "nft drop both ways in the target's namespace for portal $1 (silent loss in the network)"
 }
 lab_undrop_net() {
+	lab__target_forgets "$1"
 	lab_do nsenter --net=/run/netns/tgt nft delete table inet "lab_drop_net_$1"
 	lab_event restore "network drop on portal $1 removed"
 }
@@ -619,6 +647,7 @@ lab_target_start_luns() {
 	echo 0 >"$T/attrib/demo_mode_write_protect"
 	echo 0 >"$T/attrib/authentication"
 	echo 1 >"$T/attrib/cache_dynamic_acls"
+	lab__target_nopin "$T"
 	echo 1 >"$T/enable"
 	lab_event info "LIO target $LAB_IQN: $LAB_PORTALS portals, $n rd_mcp LUNs of $mb MiB, serials $LAB_LUNS_SERIAL_PREFIX<13 hex digits>"
 }
