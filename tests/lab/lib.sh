@@ -178,7 +178,6 @@ lab_target_start() {
 	echo 0 >"$T/attrib/demo_mode_write_protect"
 	echo 0 >"$T/attrib/authentication"
 	echo 1 >"$T/attrib/cache_dynamic_acls"
-	lab__target_nopin "$T"
 	echo 1 >"$T/enable"
 	lab_event info "LIO target $LAB_IQN: $LAB_PORTALS portals, ${LAB_LUN_MB} MiB $LAB_LUN_BACKEND LUN, serial $LAB_LUN_SERIAL"
 }
@@ -436,16 +435,13 @@ lab_link_up() {
 # The target must have dropped a connection the fault cut before the initiator logs in
 # again: LIO (6.1) reinstating a session whose old connection it still holds open spins
 # its transmit thread and a kworker forever (soft lockups on both vCPUs, seen in the lab
-# with mpathd's probes not even loaded). A real array is not the lab's LIO; the lab waits
-# for its target's NOP-In timeout (lab__target_nopin) to close the old connection.
-lab__target_nopin() { # lab__target_nopin TPG_DIR: NOP-In every 5 s, 10 s to answer
-	echo 5 >"$1/attrib/nopin_timeout" || lab_fail "setting the target's nopin_timeout"
-	echo 10 >"$1/attrib/nopin_response_timeout" || lab_fail "setting the target's nopin_response_timeout"
-}
-lab__target_forgets() { # lab__target_forgets I: until no target connection to path I is up
-	local t=$EPOCHREALTIME
-	lab_wait 45 "the target to close its connection to portal $1's initiator" lab__no_target_conn "$1"
-	lab_event info "the target closed its connections to portal $1 ($(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s of waiting)"
+# with mpathd's probes not even loaded). A real array's port drops such a connection on
+# its own NOP-In timeout; the lab's LIO takes its NOP-In settings from node ACLs it does
+# not have (generate_node_acls), so the restore closes the target's side itself, while
+# the fault still hides that from the initiator.
+lab__target_forgets() { # lab__target_forgets I: the target's connections to path I closed
+	nsenter --net=/run/netns/tgt ss -K state established src "10.99.$1.2" dst "10.99.$1.1" >/dev/null 2>&1
+	lab_wait 20 "the target to close its connection to portal $1's initiator" lab__no_target_conn "$1"
 }
 lab__no_target_conn() {
 	[ -z "$(nsenter --net=/run/netns/tgt ss -Htn state established src "10.99.$1.2" dst "10.99.$1.1" 2>/dev/null)" ]
@@ -647,7 +643,6 @@ lab_target_start_luns() {
 	echo 0 >"$T/attrib/demo_mode_write_protect"
 	echo 0 >"$T/attrib/authentication"
 	echo 1 >"$T/attrib/cache_dynamic_acls"
-	lab__target_nopin "$T"
 	echo 1 >"$T/enable"
 	lab_event info "LIO target $LAB_IQN: $LAB_PORTALS portals, $n rd_mcp LUNs of $mb MiB, serials $LAB_LUNS_SERIAL_PREFIX<13 hex digits>"
 }
