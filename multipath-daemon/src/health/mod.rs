@@ -482,7 +482,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             stall_limit: Duration::from_millis(250),
-            retrans_grace: Duration::from_millis(50),
+            retrans_grace: Duration::from_millis(200),
             stall_sibling: Duration::from_millis(500),
             latency_floor: Duration::from_millis(100),
             latency_factor: 8,
