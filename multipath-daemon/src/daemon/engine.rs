@@ -915,6 +915,11 @@ impl Engine {
         for (map, st) in p.status {
             let st = match st {
                 Ok(s) => s,
+                // Being made or changed right now: its status is read after.
+                Err(e) if self.busy.contains_key(&map) => {
+                    debug!(map = %map, "reading status: {e}");
+                    continue;
+                }
                 Err(e) => {
                     warn!(map = %map, "reading status: {e}");
                     continue;
