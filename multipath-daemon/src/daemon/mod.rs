@@ -625,6 +625,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                             .saturating_sub(r.block.stats.errors()),
                         ewma: r.block.ewma[0].max(r.block.ewma[1]),
                         srtt: r.conn.map(|(_, c)| c.srtt).unwrap_or_default(),
+                        snd_una: r.conn.map(|(_, c)| c.snd_una),
                     };
                     cmds.extend(self.engine.input(
                         now,

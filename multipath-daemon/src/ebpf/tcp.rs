@@ -113,6 +113,9 @@ pub struct ConnSnapshot {
     pub srtt: Duration,
     /// Last TCP state seen (1 = ESTABLISHED), 0 if none since watched.
     pub last_state: u32,
+    /// The peer's last cumulative ACK (snd_una) seen: a change between two readings is
+    /// ACK progress, the transport alive however slow.
+    pub snd_una: u32,
 }
 
 /// The TCP probes, loaded and attached. Dropping this detaches them.
@@ -228,6 +231,7 @@ impl TcpProbes {
                 resets: s.resets,
                 srtt: Duration::from_micros(u64::from(s.srtt_us)),
                 last_state: s.last_state,
+                snd_una: s.last_snd_una,
             })),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(EbpfError::Map {

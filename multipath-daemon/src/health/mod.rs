@@ -17,8 +17,10 @@
 //!   fails every path carried by that connection, in every map, in one batch.
 //! - A stall (I/O in flight and no completion on the path for `stall_limit`) fails the
 //!   path once corroborated: its connection retransmitted and still nothing completed
-//!   `retrans_grace` later (no ACK progress), or a sibling path completed I/O after the
-//!   stall began and the stall lasted `stall_sibling`. The same stall on every usable
+//!   `retrans_grace` later with no ACK progress seen since (the probe's snd_una), or a
+//!   sibling path completed I/O after the stall began and the stall lasted
+//!   `stall_sibling` (`stall_alive` if the connection's ACKs kept moving: slow, not
+//!   dead). The same stall on every usable
 //!   path of a map is the LUN or the array, and fails nothing. A stall is never
 //!   corroborated for the last usable path of a map.
 //! - Soft signals (slow completions, a request stuck while the path completes others,
@@ -186,6 +188,8 @@ pub struct Reading {
     pub ewma: Duration,
     /// Smoothed RTT of the path's connection, 0 if none or unknown.
     pub srtt: Duration,
+    /// The connection's last cumulative ACK (snd_una), None without a watched connection.
+    pub snd_una: Option<u32>,
 }
 
 /// Something the engine is told.
@@ -447,8 +451,11 @@ pub struct HealthConfig {
     /// After a retransmission on the path's connection, this long with still no
     /// completion means no ACK progress.
     pub retrans_grace: Duration,
-    /// A stall corroborated only by a sibling's progress must last this long.
+    /// A stall corroborated only by a sibling's progress must last this long...
     pub stall_sibling: Duration,
+    /// ...or this long when the path's connection still shows ACK progress (a slow
+    /// but live transport; a target that stopped answering commands on one portal).
+    pub stall_alive: Duration,
     /// Least latency limit; the learned limit is `latency_factor` x the path's baseline.
     pub latency_floor: Duration,
     pub latency_factor: u32,
@@ -484,6 +491,7 @@ impl Default for HealthConfig {
             stall_limit: Duration::from_millis(250),
             retrans_grace: Duration::from_millis(200),
             stall_sibling: Duration::from_millis(500),
+            stall_alive: Duration::from_secs(2),
             latency_floor: Duration::from_millis(100),
             latency_factor: 8,
             rtt_floor: Duration::from_millis(100),
@@ -558,6 +566,8 @@ struct Path {
     srtt: Duration,
     retrans_runs: Vec<Ns>,
     last_retrans_ns: Option<Ns>,
+    /// The first reading that showed the connection's ACKs moving (snd_una changed).
+    acked_ns: Option<Ns>,
     stall: Option<Stall>,
     /// A generic error (errno; 0 for a checker's) waiting for a sibling to show the LUN
     /// is fine.
@@ -653,6 +663,7 @@ impl Health {
                             srtt: Duration::ZERO,
                             retrans_runs: Vec::new(),
                             last_retrans_ns: None,
+                            acked_ns: None,
                             stall: None,
                             generic_error: None,
                             generic_why: None,
@@ -1108,6 +1119,11 @@ impl Health {
         if r.srtt > Duration::ZERO {
             p.srtt = r.srtt;
         }
+        if let (Some(before), Some(una)) = (p.reading.snd_una, r.snd_una)
+            && una != before
+        {
+            p.acked_ns = Some(now);
+        }
         if p.state == PathState::Active && r.srtt > Duration::ZERO {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
                 r.srtt
@@ -1362,12 +1378,23 @@ impl Health {
                 continue;
             }
             let grace = ns(self.retrans_grace(p));
+            let acked_since = |t: Ns| p.acked_ns.is_some_and(|a| a > t);
+            // ACKs still moving after the stall was seen: the transport is alive, only
+            // slow (a gray failure, not a dead path); a sibling's progress then needs
+            // the longer `stall_alive` before it proves this path is broken.
+            let alive = acked_since(stall.seen_ns);
             let by = if let Some(r) = p.last_retrans_ns
                 && r >= stall.began_ns
                 && now.saturating_sub(r) >= grace
+                && !acked_since(r)
             {
                 Some("retransmissions without ACK progress")
-            } else if stalled >= sibling_need
+            } else if stalled
+                >= if alive {
+                    ns(self.cfg.stall_alive)
+                } else {
+                    sibling_need
+                }
                 && usable
                     .iter()
                     .any(|q| q.info.dev != dev && q.last_ok_ns > stall.began_ns)

@@ -75,6 +75,7 @@ fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
                 ok_completions: at / MS,
                 ewma: Duration::from_millis(2),
                 srtt: Duration::ZERO,
+                snd_una: None,
             },
         },
     )
@@ -262,6 +263,77 @@ fn a_stall_corroborated_by_a_sibling_fails_only_after_stall_sibling() {
     let o = h.tick(t + 250 * MS);
     assert_eq!(failed_devs(&o), [dev(0)]);
     assert!(matches!(o.decisions[0].reason, Reason::Stall { by, .. } if by.contains("sibling")));
+}
+
+/// A reading of `minor` with nothing completed and its connection's ACKs at `una`.
+fn acked(h: &mut Health, now: Ns, minor: u32, una: u32) -> Output {
+    h.handle(
+        now,
+        Input::Reading {
+            dev: dev(minor),
+            reading: Reading {
+                inflight: 4,
+                snd_una: Some(una),
+                ..Reading::default()
+            },
+        },
+    )
+}
+
+#[test]
+fn a_stall_on_a_slow_but_live_connection_is_not_a_dead_path() {
+    // 150 ms of added delay at t: the oldest request is 250 ms old, the connection
+    // retransmits spuriously, and the delayed ACKs keep arriving.
+    let mut h = two_maps();
+    let t = 35 * S;
+    acked(&mut h, t - 300 * MS, 0, 1000);
+    assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
+    h.handle(
+        t + 10 * MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: t + 10 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    up(&mut h, t + 20 * MS, 16);
+    completed(&mut h, t + 40 * MS, 16, t + 35 * MS);
+    acked(&mut h, t + 150 * MS, 0, 2000);
+    // Past the grace after the retransmission, and past stall_sibling: ACKs moved after
+    // both, so neither corroborates.
+    for at in [t + 300 * MS, t + 600 * MS, t + 1500 * MS] {
+        let o = h.tick(at);
+        assert!(o.decisions.is_empty(), "at +{} ms: {o:?}", (at - t) / MS);
+    }
+    // A request that still has not completed after stall_alive (2 s from its start)
+    // while the sibling serves I/O: the path is broken though its transport lives.
+    assert!(h.tick(t + 1740 * MS).decisions.is_empty());
+    let o = completed(&mut h, t + 1750 * MS, 16, t + 1700 * MS);
+    assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+    assert!(matches!(o.decisions[0].reason, Reason::Stall { by, .. } if by.contains("sibling")));
+}
+
+#[test]
+fn retransmissions_after_the_last_ack_still_corroborate() {
+    let mut h = two_maps();
+    let t = 37 * S;
+    acked(&mut h, t - 300 * MS, 0, 1000);
+    acked(&mut h, t - 100 * MS, 0, 2000);
+    assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
+    h.handle(
+        t + 10 * MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: t + 10 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    acked(&mut h, t + 100 * MS, 0, 2000);
+    let o = h.tick(t + 220 * MS);
+    assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+    assert!(
+        matches!(o.decisions[0].reason, Reason::Stall { by, .. } if by.contains("retransmissions"))
+    );
 }
 
 #[test]
@@ -693,6 +765,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     ok_completions: i * 100,
                     ewma: Duration::from_millis(40),
                     srtt: Duration::from_millis(20),
+                    snd_una: None,
                 },
             },
         );
@@ -730,6 +803,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     ok_completions: i * 100,
                     ewma: Duration::from_secs(1),
                     srtt: Duration::from_millis(500),
+                    snd_una: None,
                 },
             },
         );
@@ -837,6 +911,7 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
                 ok_completions: 10,
                 ewma: Duration::from_millis(160),
                 srtt: Duration::from_millis(150),
+                snd_una: None,
             },
         },
     );
