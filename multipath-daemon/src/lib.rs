@@ -12,5 +12,6 @@ pub mod dm;
 pub mod ebpf;
 pub mod health;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod topology;

@@ -43,7 +43,8 @@ enum Cmd {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// The benchmark to run: probes (eBPF block probe cost, IOPS with and without them,
-    /// event latency), tcp (TCP probe cost; fault-to-event times in the lab) or startup
+    /// event latency), tcp (TCP probe cost; fault-to-event times in the lab), scrape (one
+    /// Prometheus scrape of 1024 paths: render and HTTP times) or startup
     /// (128 LUNs x 2 paths in the lab: mpathd daemon against multipath -r).
     name: String,
 }

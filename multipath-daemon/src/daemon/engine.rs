@@ -18,8 +18,8 @@ use crate::{
     actions::{DmDone, DmOp, Lane, fail_path, reinstate_path, rescue::Ledger},
     checker::CheckerKind,
     config::{
-        Config, DeviceId, Failback, FindMultipaths, MapSettings, NoPathRetry, PrioSource,
-        Verdict, WeightKey,
+        Config, DeviceId, Failback, FindMultipaths, MapSettings, NoPathRetry, PrioSource, Verdict,
+        WeightKey,
         bindings::{Bindings, WwidsFile},
     },
     control::Request,

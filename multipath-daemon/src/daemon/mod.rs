@@ -596,9 +596,9 @@ impl<D: DmBackend + 'static> Daemon<D> {
                     self.probe_rx = Some(rx);
                     self.update_watch();
                 }
-                Err(e) => warn!(
-                    "the eBPF probes do not run ({e}): only the checker will see paths fail"
-                ),
+                Err(e) => {
+                    warn!("the eBPF probes do not run ({e}): only the checker will see paths fail")
+                }
             },
             Event::Readings(rs) => {
                 self.readings_pending = false;
@@ -612,7 +612,13 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         ewma: r.block.ewma[0].max(r.block.ewma[1]),
                         srtt: r.conn.map(|(_, c)| c.srtt).unwrap_or_default(),
                     };
-                    cmds.extend(self.engine.input(now, Input::Reading { dev: r.dev, reading }));
+                    cmds.extend(self.engine.input(
+                        now,
+                        Input::Reading {
+                            dev: r.dev,
+                            reading,
+                        },
+                    ));
                 }
                 self.execute(cmds);
                 // Learned limits may have moved: write them into the probes.
@@ -655,9 +661,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 at_ns: e.at_ns,
                 signal: match e.kind {
                     ConnEventKind::Reset { .. } => ConnSignal::Reset,
-                    ConnEventKind::LeftEstablished { new_state } => {
-                        ConnSignal::Left { new_state }
-                    }
+                    ConnEventKind::LeftEstablished { new_state } => ConnSignal::Left { new_state },
                     ConnEventKind::Retransmits => ConnSignal::Retransmits {
                         consecutive: e.consecutive_retrans,
                     },
@@ -866,9 +870,8 @@ impl<D: DmBackend + 'static> Daemon<D> {
             .watched_paths()
             .into_iter()
             .map(|(dev, name, conn)| {
-                let (latency_limit, rtt_limit) = h
-                    .limits(dev)
-                    .unwrap_or((cfg.latency_floor, cfg.rtt_floor));
+                let (latency_limit, rtt_limit) =
+                    h.limits(dev).unwrap_or((cfg.latency_floor, cfg.rtt_floor));
                 WatchSpec {
                     dev,
                     name,

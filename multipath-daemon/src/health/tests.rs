@@ -171,10 +171,11 @@ fn a_connection_reset_fails_every_path_it_carries_in_every_map_in_one_batch() {
     assert_eq!(maps, ["a", "b"]);
     assert!(o.decisions.iter().all(|d| d.signal_ns == 5 * S - MS));
     // The reset closed the socket already: nothing to rescue.
-    assert!(o
-        .decisions
-        .iter()
-        .all(|d| d.action == Action::Fail { rescue: None }));
+    assert!(
+        o.decisions
+            .iter()
+            .all(|d| d.action == Action::Fail { rescue: None })
+    );
     assert_eq!(h.state(dev(16)), Some(PathState::Active));
     // Now portal 2 resets too: no map keeps a usable path elsewhere, so no rescue.
     let o = h.handle(

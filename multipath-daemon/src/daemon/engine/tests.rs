@@ -51,7 +51,13 @@ fn tmpdir() -> PathBuf {
 fn lab_sysfs(dir: &std::path::Path) -> (Sysfs, PathBuf) {
     let root = dir.join("sysfs");
     let ok = std::process::Command::new("cp")
-        .args(["-a", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sysfs/lab-2portals")])
+        .args([
+            "-a",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/sysfs/lab-2portals"
+            ),
+        ])
         .arg(&root)
         .status()
         .unwrap()
@@ -134,7 +140,8 @@ impl Driver {
                     q.extend(works.into_iter().map(Command::Dm));
                 }
                 Command::SetRecoveryTmo { session, secs } => {
-                    let r = crate::actions::rescue::set_recovery_tmo(&self.sysfs_root, &session, secs);
+                    let r =
+                        crate::actions::rescue::set_recovery_tmo(&self.sysfs_root, &session, secs);
                     self.e.recovery_tmo_written(&session, secs, &r);
                     self.other.push(Command::SetRecoveryTmo { session, secs });
                 }
@@ -145,10 +152,13 @@ impl Driver {
     }
 
     fn tmo(&self, session: &str) -> String {
-        std::fs::read_to_string(crate::actions::rescue::recovery_tmo_path(&self.sysfs_root, session))
-            .unwrap()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(crate::actions::rescue::recovery_tmo_path(
+            &self.sysfs_root,
+            session,
+        ))
+        .unwrap()
+        .trim()
+        .to_string()
     }
 
     fn poll(&mut self) {
@@ -462,7 +472,10 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
     );
     let saved = std::fs::read_to_string(d.dir.join("recovery_tmo.json")).unwrap();
     assert!(saved.contains("\"session1\": 5"), "{saved}");
-    assert_eq!((d.tmo("session1"), d.tmo("session2")), ("0".into(), "0".into()));
+    assert_eq!(
+        (d.tmo("session1"), d.tmo("session2")),
+        ("0".into(), "0".into())
+    );
     d.other.clear();
     // Silent loss on portal 1: a retransmission, then the stall.
     let conn = d.e.watched_paths()[0].2.unwrap();
@@ -516,7 +529,10 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
     d.up(SDA);
     d.poll();
     assert_eq!(d.e.health().state(SDA), Some(PathState::Active));
-    assert_eq!((d.tmo("session1"), d.tmo("session2")), ("0".into(), "0".into()));
+    assert_eq!(
+        (d.tmo("session1"), d.tmo("session2")),
+        ("0".into(), "0".into())
+    );
     assert_eq!(
         d.e.recovery_tmo_originals(),
         [("session1".into(), 5), ("session2".into(), 5)]
