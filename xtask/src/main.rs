@@ -4,6 +4,8 @@ mod bench;
 mod bootstrap;
 mod fuzz;
 mod lab;
+mod ops;
+mod package;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -36,8 +38,11 @@ enum Cmd {
     /// Fuzz the parsers with cargo-fuzz: `fuzz list`, `fuzz NAME`, `fuzz all`.
     Fuzz(fuzz::FuzzArgs),
     /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker,
-    /// cargo-fuzz).
+    /// cargo-fuzz, cargo-deb, a venv with grafana-foundation-sdk).
     Bootstrap,
+    /// Build the Debian package (cargo-deb): the binary, the unit, the default config, the
+    /// man page and shell completions, dashboards and rules. Written to target/debian/.
+    Package,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +80,10 @@ fn try_main() -> Result<()> {
             bench::run(&root, &args.name)
         }
         Cmd::Fuzz(args) => fuzz::run(&root, args),
+        Cmd::Package => {
+            bootstrap::ensure(&root, bootstrap::Need::All)?;
+            package::build(&root).map(|deb| println!("{}", deb.display()))
+        }
     }
 }
 

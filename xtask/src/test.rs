@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every check the project has, summed into one closing line.
 //!
-//! fmt and clippy count as one test each, every Rust test counts as one, every fuzz
-//! target's short run counts as one, and every lab scenario counts as one. The last line is `N passed, N failed`; any failure exits 1.
+//! fmt and clippy count as one test each, every Rust test counts as one, every operations
+//! check (rules, dashboards, unit: see ops.rs) counts as one, every fuzz target's short run
+//! counts as one, and every lab scenario counts as one. The last line is `N passed, N failed`; any failure exits 1.
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{bootstrap, fuzz, lab};
+use crate::{bootstrap, fuzz, lab, ops};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -82,6 +83,14 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         if failed > 0 {
             tally.failures.push(format!("{failed} Rust test(s)"));
         }
+    }
+
+    // Prometheus rules, dashboards, the systemd unit: one item each.
+    for c in ops::run_all(root) {
+        if !c.ok || !c.detail.is_empty() {
+            eprintln!("xtask test: {}: {}", c.name, c.detail.trim_end());
+        }
+        tally.record(&c.name, c.ok, c.secs);
     }
 
     if args.no_fuzz {
