@@ -426,6 +426,19 @@ fn systemd_security(root: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// The real checks, outside `cargo xtask test`:
+    /// `cargo test -p xtask ops_checks -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "runs promtool, the SDK venv and systemd-analyze; part of cargo xtask test"]
+    fn ops_checks() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let results = run_all(root);
+        for c in &results {
+            eprintln!("{}: {} ({:.1} s) {}", c.name, if c.ok { "ok" } else { "FAILED" }, c.secs, c.detail.trim_end());
+        }
+        assert!(results.iter().all(|c| c.ok));
+    }
+
     #[test]
     fn grafana_variables_become_promql() {
         assert_eq!(
