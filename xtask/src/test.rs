@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{bootstrap, fuzz, lab, ops};
+use crate::{bootstrap, fuzz, lab, ops, package};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -102,6 +102,13 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
     if args.no_lab {
         eprintln!("xtask test: lab scenarios skipped (--no-lab)");
     } else {
+        // The Debian package: one item; the package-install scenario installs it.
+        let t = Instant::now();
+        let r = package::build(root);
+        if let Err(e) = &r {
+            eprintln!("xtask test: cargo xtask package: {e:#}");
+        }
+        tally.record("cargo xtask package", r.is_ok(), t.elapsed().as_secs_f64());
         for o in lab::run_builtin_scenarios(root) {
             let name = format!("lab {}", o.name);
             if !o.passed {

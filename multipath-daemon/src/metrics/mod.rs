@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use prometheus_client::metrics::MetricType;
 pub use render::render;
-pub use serve::{CONTENT_TYPE, MetricsError, Server, serve};
+pub use serve::{CONTENT_TYPE, MetricsError, Request, Server, serve, start};
 pub use stats::{
     CHECK_BUCKETS, DECISION_BUCKETS, DM_BUCKETS, Histogram, PASS_BUCKETS, Stats, action_label,
     probe_event_label, request_label,

@@ -13,8 +13,10 @@ use axum::{
     routing::get,
 };
 use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Snapshot, render};
+use crate::ebpf::Watcher;
 
 /// The Content-Type of the Prometheus text format the scrape returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -88,6 +90,55 @@ pub async fn serve(
     source: impl Fn() -> BoxFuture<'static, Option<Snapshot>> + Send + Sync + 'static,
 ) -> Result<(), MetricsError> {
     Server::bind(addr)?.run(source).await
+}
+
+/// A scrape's request to the daemon's loop, which answers with its part of the snapshot
+/// (paths, maps, counters) and the probes' watcher; the watcher's counters are then read
+/// off the loop.
+pub struct Request {
+    reply: oneshot::Sender<(Snapshot, Option<Watcher>)>,
+}
+
+impl Request {
+    /// Answers the scrape. `snapshot.readings` and `snapshot.watcher` are filled from
+    /// `watcher` afterwards, off the loop.
+    pub fn answer(self, snapshot: Snapshot, watcher: Option<Watcher>) {
+        // The scrape may have given up meanwhile: nothing to do then.
+        let _ = self.reply.send((snapshot, watcher));
+    }
+}
+
+/// Binds `addr` and serves in a task on the current runtime; each scrape arrives on the
+/// receiver as a [`Request`] for the loop to answer. Returns the bound address (port 0
+/// picks one). Scrapes get 503 once the receiver is dropped; the server ends with the
+/// runtime.
+pub fn start(addr: SocketAddr) -> Result<(SocketAddr, mpsc::Receiver<Request>), MetricsError> {
+    let server = Server::bind(addr)?;
+    let bound = server.local_addr();
+    // A few scrapes may wait at once (several Prometheus servers); more wait in HTTP.
+    let (tx, rx) = mpsc::channel::<Request>(8);
+    tokio::spawn(async move {
+        let r = server
+            .run(move || {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    let (reply, answer) = oneshot::channel();
+                    tx.send(Request { reply }).await.ok()?;
+                    let (mut snap, watcher) = answer.await.ok()?;
+                    if let Some(w) = watcher {
+                        snap.readings = w.readings().await;
+                        snap.watcher = Some(w.stats());
+                    }
+                    Some(snap)
+                })
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("{e}; metrics are no longer served");
+        }
+    });
+    tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
+    Ok((bound, rx))
 }
 
 async fn metrics(State(source): State<Source>) -> Response {

@@ -423,26 +423,42 @@ fn histogram_bounds_are_upper_inclusive() {
     assert_eq!((h.count(), h.sum()), (4, 6.0));
 }
 
+/// CPU time of the calling thread: what the render costs, whatever else the machine runs
+/// meanwhile (tests run in parallel, often beside builds).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[test]
 fn a_scrape_of_1024_paths_renders_within_50_ms() {
     let snap = synthetic(1024);
-    // The best of a few, so a busy machine's pause does not fail the test; the bench
-    // (`cargo xtask bench scrape`) reports the median and p99.
+    // The best of a few, in CPU time; `cargo xtask bench scrape` reports the wall-clock
+    // median and p99 of a release build.
     let mut best = Duration::MAX;
     let mut text = String::new();
     for _ in 0..5 {
         let s = snap.clone();
-        let t = Instant::now();
+        let t = thread_cpu();
         text = render(s);
-        best = best.min(t.elapsed());
+        best = best.min(thread_cpu() - t);
     }
+    // 50 ms is the target for mpathd as shipped (a release build; `cargo xtask test` runs
+    // this test so). An unoptimized build renders about 5x slower: it gets a budget that
+    // still catches a render gone quadratic.
+    let budget = Duration::from_millis(if cfg!(debug_assertions) { 250 } else { 50 });
     eprintln!(
-        "render of 1024 paths: best of 5 {best:?}, {} bytes",
+        "render of 1024 paths: {best:?} CPU (best of 5), {} bytes, budget {budget:?}",
         text.len()
     );
     assert!(
-        best < Duration::from_millis(50),
-        "rendering 1024 paths took {best:?}"
+        best < budget,
+        "rendering 1024 paths took {best:?} of CPU, over {budget:?}"
     );
     let (samples, _) = parse(&text);
     assert_eq!(find(&samples, "mpathd_path_state", &[]).len(), 1024 * 5);
@@ -495,6 +511,48 @@ fn metrics_are_served_over_http_and_503_without_a_snapshot() {
         .unwrap()
         .to_string();
     assert!(e.contains("metrics_address"), "{e}");
+}
+
+#[test]
+fn start_hands_scrapes_to_the_loop() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (addr, mut rx) = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let get = move || {
+            tokio::task::spawn_blocking(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                write!(
+                    c,
+                    "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut out = String::new();
+                c.read_to_string(&mut out).unwrap();
+                out
+            })
+        };
+        // The loop's side: answer one scrape with a map and no probes.
+        let scrape = get();
+        let req = rx.recv().await.expect("a scrape request");
+        req.answer(
+            Snapshot {
+                maps: vec![map("loopmap")],
+                ..Snapshot::default()
+            },
+            None,
+        );
+        let r = scrape.await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("mpathd_map_usable_paths{map=\"loopmap\""), "{r}");
+        assert!(r.contains("mpathd_probes_loaded 0"), "{r}");
+        // The loop gone: 503, not a hang.
+        drop(rx);
+        let r = get().await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    });
 }
 
 #[test]
