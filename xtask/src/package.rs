@@ -3,7 +3,7 @@
 //! 1. `cargo build --release -p multipath-daemon`, with the git commit in
 //!    `MPATHD_GIT_COMMIT` (shown by `mpathd_build_info`);
 //! 2. the man page and shell completions from the clap definition, by the `gen-docs`
-//!    example (clap_mangen, clap_complete) into target/ops/gen-docs/;
+//!    example (clap_mangen, clap_complete) into target/release/mpathd-docs/;
 //! 3. `cargo deb --no-build` with the assets listed in multipath-daemon/Cargo.toml
 //!    ([package.metadata.deb]); then the package's file list is checked.
 
@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 pub const EXPECTED: &[&str] = &[
     "/usr/sbin/mpathd",
     "/etc/mpathd/mpathd.toml",
-    "/lib/systemd/system/mpathd.service",
+    "/usr/lib/systemd/system/mpathd.service",
     "/usr/share/man/man8/mpathd.8.gz",
     "/usr/share/bash-completion/completions/mpathd",
     "/usr/share/zsh/vendor-completions/_mpathd",
@@ -71,7 +71,11 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         "cargo build --release -p multipath-daemon --bin mpathd",
     )?;
 
-    let gen_dir = root.join("target/ops/gen-docs");
+    // Under target/release/, where cargo-deb finds built files (CARGO_TARGET_DIR too).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let gen_dir = target.join("release/mpathd-docs");
     let _ = std::fs::remove_dir_all(&gen_dir);
     eprintln!("package: man page and completions from the clap definition");
     status(
@@ -168,7 +172,7 @@ mod tests {
             let listed = toml.contains(&format!("\"{dest}\""))
                 || (dest.starts_with("usr/share/doc/mpathd/")
                     && toml.contains("\"usr/share/doc/mpathd/\""))
-                || dest == "lib/systemd/system/mpathd.service";
+                || dest == "usr/lib/systemd/system/mpathd.service";
             assert!(listed, "{f} is not among the package's assets");
         }
     }

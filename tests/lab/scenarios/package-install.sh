@@ -16,7 +16,7 @@ mount -t overlay overlay -o lowerdir=/usr,upperdir=/mnt/u,workdir=/mnt/w /usr ||
 lab_do dpkg -i "$deb"
 lab_event info "installed: $(dpkg-query -W -f='${Package} ${Version} ${Status}' mpathd)"
 dpkg-query -W -f='${Status}' mpathd | grep -q "install ok installed" || lab_fail "dpkg says mpathd is not installed"
-for f in /usr/sbin/mpathd /lib/systemd/system/mpathd.service /etc/mpathd/mpathd.toml \
+for f in /usr/sbin/mpathd /usr/lib/systemd/system/mpathd.service /etc/mpathd/mpathd.toml \
 	/usr/share/man/man8/mpathd.8.gz /usr/share/bash-completion/completions/mpathd \
 	/usr/share/mpathd/grafana/mpathd.json /usr/share/mpathd/grafana/mpathd-fleet.json \
 	/usr/share/mpathd/prometheus/alerts.yml /usr/share/mpathd/prometheus/rules.yml; do
@@ -25,7 +25,7 @@ done
 zcat /usr/share/man/man8/mpathd.8.gz | grep -q '^\.TH' || lab_fail "the man page is not a man page"
 # The postinst enables the unit (no systemd runs here: it starts nothing).
 [ -L /etc/systemd/system/sysinit.target.wants/mpathd.service ] || lab_fail "the postinst did not enable mpathd.service"
-out=$(systemd-analyze verify --man=no /lib/systemd/system/mpathd.service 2>&1) || lab_fail "systemd-analyze verify: $out"
+out=$(systemd-analyze verify --man=no /usr/lib/systemd/system/mpathd.service 2>&1) || lab_fail "systemd-analyze verify: $out"
 [ -z "$out" ] || lab_fail "systemd-analyze verify warned: $out"
 promtool check rules /usr/share/mpathd/prometheus/alerts.yml /usr/share/mpathd/prometheus/rules.yml >/dev/null ||
 	lab_fail "the packaged rules do not check"
@@ -36,7 +36,7 @@ wwid=$(/lib/udev/scsi_id -g -u "/dev/${LAB_DEV[1]}")
 # The packaged config (a conffile), with the lab LUN named.
 printf '\n[[multipaths]]\nwwid = "%s"\nalias = "sanvol1"\n' "$wwid" >>/etc/mpathd/mpathd.toml
 /usr/sbin/mpathd check-config /etc/mpathd/mpathd.toml || lab_fail "the packaged config with the lab LUN does not check"
-start=$(sed -n 's/^ExecStart=//p' /lib/systemd/system/mpathd.service)
+start=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/mpathd.service)
 [ -n "$start" ] || lab_fail "no ExecStart in the installed unit"
 lab_event mpathd "starting: $start"
 # shellcheck disable=SC2086 # the unit's command line, word-split as systemd does here
