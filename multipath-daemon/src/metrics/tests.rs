@@ -1,7 +1,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use super::{render::log2_us_buckets, *};
