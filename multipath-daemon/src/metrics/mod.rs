@@ -19,6 +19,7 @@ mod render;
 mod serve;
 mod stats;
 mod synthetic;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ pub use stats::{
     probe_event_label, request_label,
 };
 pub use synthetic::synthetic;
+pub use view::from_engine;
 
 use crate::{
     ebpf::{PathReading, WatcherStats},

@@ -581,3 +581,89 @@ fn docs_metrics_md_lists_every_family() {
         );
     }
 }
+
+/// The engine on the recorded lab tree (two iSCSI paths to one LUN) and a simulated
+/// device-mapper, after one reconcile pass: what the loop would copy for a scrape.
+#[test]
+fn from_engine_lists_the_managed_map_and_its_paths_with_portals() {
+    use crate::{
+        actions::{DmDone, rescue::Ledger},
+        config::Config,
+        daemon::{Command, Engine, EngineOptions, gather},
+        dm::SimDm,
+        topology::Sysfs,
+    };
+    let dir = std::env::temp_dir().join(format!("mpathd-metrics-view-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
+         [overrides]\npath_grouping_policy = \"failover\"\n\
+         [[multipaths]]\nwwid = \"360014056001405f00dcafe0123456789\"\nalias = \"sanvol1\"\n",
+        dir.display()
+    );
+    let cfg = Config::from_toml_str(&toml, "test.toml").unwrap();
+    let opts = EngineOptions {
+        fast_recovery_tmo: None,
+        ..EngineOptions::default()
+    };
+    let mut e = Engine::new(cfg, opts, Ledger::load(&dir.join("ledger.json")).unwrap()).unwrap();
+    let sysfs = Sysfs::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sysfs/lab-2portals"
+    ));
+    let dm = SimDm::new();
+    let (works, _) = e.plan(gather::snapshot(&sysfs, &dm, true), 1_000_000_000);
+    let mut queue: Vec<Command> = works.into_iter().map(Command::Dm).collect();
+    while let Some(c) = queue.pop() {
+        if let Command::Dm(w) = c {
+            let result = crate::actions::run(&dm, &w.map, &w.op);
+            let done = DmDone {
+                id: 0,
+                map: w.map.clone(),
+                lane: w.lane,
+                op: w.op.clone(),
+                result,
+                queued: Duration::ZERO,
+                took: Duration::ZERO,
+            };
+            queue.extend(e.done(&done, &w.why).commands);
+        }
+    }
+    let mut stats = Stats::new();
+    stats.request("show_maps");
+    let s = from_engine(&e, &stats);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(s.maps.len(), 1, "{s:?}");
+    let m = &s.maps[0];
+    assert_eq!(
+        (m.name.as_str(), m.wwid.as_str()),
+        ("sanvol1", "360014056001405f00dcafe0123456789")
+    );
+    assert!(!m.io_stalled);
+    let mut paths: Vec<(&str, String, Option<&str>)> = s
+        .paths
+        .iter()
+        .map(|p| (p.path.as_str(), p.dev.to_string(), p.portal.as_deref()))
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("sda", "8:0".to_owned(), Some("10.99.1.2:3260")),
+            ("sdb", "8:16".to_owned(), Some("10.99.2.2:3260"))
+        ]
+    );
+    assert!(
+        s.paths
+            .iter()
+            .all(|p| p.map == "sanvol1" && p.state == PathState::Active && !p.dm_failed)
+    );
+    assert_eq!(s.stats.requests.get("show_maps"), Some(&1));
+    // And it renders: two paths, one map with both usable.
+    let (samples, _) = parse(&render(s));
+    assert_eq!(
+        one(&samples, "mpathd_map_usable_paths", &[("map", "sanvol1")]),
+        2.0
+    );
+}
