@@ -33,8 +33,10 @@ promtool check rules /usr/share/mpathd/prometheus/alerts.yml /usr/share/mpathd/p
 lab_setup
 lab_step "start the installed daemon as the unit does"
 wwid=$(/lib/udev/scsi_id -g -u "/dev/${LAB_DEV[1]}")
-# The packaged config (a conffile), with the lab LUN named.
-printf '\n[[multipaths]]\nwwid = "%s"\nalias = "sanvol1"\n' "$wwid" >>/etc/mpathd/mpathd.toml
+# The packaged config (a conffile), with the lab LUN named sanvol1 unless it is already
+# (the example entry in packaging/mpathd.toml is the lab's LUN).
+grep -q "^wwid = \"$wwid\"" /etc/mpathd/mpathd.toml ||
+	printf '\n[[multipaths]]\nwwid = "%s"\nalias = "sanvol1"\n' "$wwid" >>/etc/mpathd/mpathd.toml
 /usr/sbin/mpathd check-config /etc/mpathd/mpathd.toml || lab_fail "the packaged config with the lab LUN does not check"
 start=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/mpathd.service)
 [ -n "$start" ] || lab_fail "no ExecStart in the installed unit"
