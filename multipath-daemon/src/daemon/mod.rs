@@ -84,6 +84,8 @@ pub struct Options {
     /// Run the eBPF probes on the managed paths (off: the checker alone decides).
     pub probes: bool,
     pub watcher: WatcherOptions,
+    /// Serve Prometheus metrics here (`None`: not at all).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -100,6 +102,7 @@ impl Options {
             sysfs_root: PathBuf::from("/"),
             probes: true,
             watcher: WatcherOptions::default(),
+            metrics: crate::metrics::DEFAULT_ADDRESS.parse().ok(),
         }
     }
 }
@@ -205,6 +208,7 @@ struct Daemon<D: DmBackend + 'static> {
     /// What the probes were last asked to watch.
     watching: Vec<WatchSpec>,
     readings_pending: bool,
+    stats: crate::metrics::Stats,
 }
 
 /// The daemon's loop around an engine on any device-mapper backend, until SIGTERM,
@@ -245,6 +249,7 @@ pub async fn serve<D: DmBackend + 'static>(
         probe_rx: None,
         watching: Vec::new(),
         readings_pending: false,
+        stats: crate::metrics::Stats::new(),
     };
     if d.opts.observe {
         info!("observe mode: decisions are logged, nothing is changed");
@@ -285,6 +290,14 @@ pub async fn serve<D: DmBackend + 'static>(
     let mut readings_tick = tokio::time::interval(Duration::from_secs(1));
     readings_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut debounce_at: Option<tokio::time::Instant> = None;
+    // Metrics are for people: a taken address leaves the daemon managing paths without them.
+    let mut metrics = match d.opts.metrics.map(crate::metrics::start).transpose() {
+        Ok(m) => m.map(|(_, rx)| rx),
+        Err(e) => {
+            warn!("{e}; running without metrics");
+            None
+        }
+    };
     let mut stop = std::pin::pin!(stop);
     loop {
         let debounce = async {
@@ -305,6 +318,9 @@ pub async fn serve<D: DmBackend + 'static>(
                 }
             },
             _ = readings_tick.tick() => d.fetch_readings(),
+            Some(req) = next_metrics(&mut metrics) => {
+                req.answer(crate::metrics::from_engine(&d.engine, &d.stats), d.watcher.clone());
+            }
             Some((req, reply)) = req_rx.recv() => d.on_request(req, reply),
             ev = next_udev(&mut udev) => {
                 match ev {
@@ -1066,6 +1082,15 @@ async fn serve_client(
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     Ok(())
+}
+
+async fn next_metrics(
+    rx: &mut Option<mpsc::Receiver<crate::metrics::Request>>,
+) -> Option<crate::metrics::Request> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_probe(rx: &mut Option<mpsc::Receiver<ProbeEvent>>) -> Option<ProbeEvent> {
