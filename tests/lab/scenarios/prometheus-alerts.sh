@@ -105,6 +105,7 @@ sleep 3
 lab_link_down 1
 lab_wait 10 "mpathd to fail path 1" lab__dm_is 1 F
 lab_wait 20 "Prometheus to see path 1 failed" lab__prom_is "mpathd_path_state{path=\"${LAB_DEV[1]}\",state=\"failed\"}" 1
+lab_event prometheus "scraped: ${LAB_DEV[1]} failed"
 lab_wait 20 "MpathdPathDown pending" lab_prom pending MpathdPathDown "path=${LAB_DEV[1]}" map=sanvol1
 lab_event prometheus "MpathdPathDown pending for ${LAB_DEV[1]}"
 # `for: 1m` in alerts.yml, evaluated every second here.
@@ -119,6 +120,8 @@ lab_step "portal 1 back: the alerts clear"
 lab_link_up 1
 lab_wait_session 1 60
 lab_wait 60 "mpathd to reinstate path 1" lab__dm_is 1 A
+lab_wait 60 "Prometheus to see path 1 usable" lab__prom_is "max(mpathd_path_state{path=\"${LAB_DEV[1]}\",state=~\"active|degraded\"})" 1
+lab_event prometheus "scraped: ${LAB_DEV[1]} usable"
 lab_wait 60 "MpathdPathDown resolved" lab_prom none MpathdPathDown
 lab_event prometheus "MpathdPathDown resolved"
 lab_wait 30 "MpathdMapLastPath resolved" lab_prom none MpathdMapLastPath
@@ -130,6 +133,7 @@ lab_io_check errors=0 mismatches=0
 lab_wait 20 "the recording rule to count no degraded map" lab__prom_is 'instance:mpathd_maps_degraded:count' 0
 [ "$(lab_prom_value 'max_over_time(instance:mpathd_maps_degraded:count[10m])')" = 1 ] ||
 	lab_fail "instance:mpathd_maps_degraded:count never recorded the degraded map"
-lab_event info "decisions: $(lab_prom_value 'sum(mpathd_decisions_total{action="fail"})') fail, $(lab_prom_value 'sum(mpathd_decisions_total{action="reinstate"})') reinstate"
+# How the scrapes went: a slow or failed scrape delays every alert.
+lab_event info "scrapes in the last 5 min: $(lab_prom_value 'count_over_time(up{job="mpathd"}[5m])') taken, $(lab_prom_value 'count_over_time(up{job="mpathd"}[5m]) - sum_over_time(up{job="mpathd"}[5m])') failed, longest $(lab_prom_value 'max_over_time(scrape_duration_seconds{job="mpathd"}[5m])') s"
 lab_mpathd_stop
 lab_done
