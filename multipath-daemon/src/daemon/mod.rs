@@ -298,6 +298,14 @@ pub async fn serve<D: DmBackend + 'static>(
             None
         }
     };
+    // systemd's watchdog (WatchdogSec= in the unit): pinged from this loop at half the
+    // interval, so a loop stuck that long is killed and restarted.
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut stop = std::pin::pin!(stop);
     loop {
         let debounce = async {
@@ -318,6 +326,7 @@ pub async fn serve<D: DmBackend + 'static>(
                 }
             },
             _ = readings_tick.tick() => d.fetch_readings(),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => sd_notify("WATCHDOG=1"),
             Some(req) = next_metrics(&mut metrics) => {
                 req.answer(crate::metrics::from_engine(&d.engine, &d.stats), d.watcher.clone());
             }
@@ -1130,6 +1139,18 @@ async fn next_udev(udev: &mut Option<Udev>) -> Option<String> {
     }
 }
 
+/// Half of systemd's watchdog interval (`WATCHDOG_USEC`), when the watchdog is on and
+/// meant for this process (`WATCHDOG_PID`, if set, is ours: it may be inherited).
+fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok()? != me
+    {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
 /// Tells systemd (Type=notify) we are up, when started by it.
 fn sd_notify(msg: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -1149,5 +1170,26 @@ fn sd_notify(msg: &str) {
     };
     if let Err(e) = r {
         warn!("sd_notify {msg}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_interval_and_only_for_us() {
+        assert_eq!(
+            watchdog_interval(Some("30000000"), None, 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            watchdog_interval(Some("30000000"), Some("7"), 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(watchdog_interval(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(None, None, 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
     }
 }
