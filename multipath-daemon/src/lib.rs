@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod checker;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -12,5 +13,6 @@ pub mod dm;
 pub mod ebpf;
 pub mod health;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod topology;

@@ -6,170 +6,18 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use mpathd::{
+    cli::{Cli, Cmd, DaemonArgs, ProbeArgs, ShowWhat},
     control::{self, DEFAULT_SOCKET, Request, Response},
     ebpf::{
-        ConnEvent, ConnEventKind, ConnThresholds, DevT, EbpfError, ErrorClass, ISCSI_PORT,
-        PathEvent, PathEventKind, PathThresholds, ProbeEvent, ProbeVariant, WatchSpec, Watcher,
+        ConnEvent, ConnEventKind, ConnThresholds, DevT, EbpfError, ErrorClass, PathEvent,
+        PathEventKind, PathThresholds, ProbeEvent, ProbeVariant, WatchSpec, Watcher,
         WatcherOptions, monotonic_ns,
     },
     model::Conn,
     topology::{Sysfs, group_by_wwid},
 };
-
-#[derive(Parser)]
-#[command(
-    name = "mpathd",
-    version,
-    about = "Multipath daemon that watches every storage path from inside the kernel with eBPF"
-)]
-struct Cli {
-    /// The daemon's control socket (default: the config's `socket`,
-    /// /run/mpathd/mpathd.sock).
-    #[arg(long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Watch block devices with the eBPF probes and print every path event as it happens
-    /// (IO errors, slow completions, stalled IO; for iSCSI disks also their TCP
-    /// connection's resets, retransmissions and RTT), then each device's counters on exit.
-    Probe(ProbeArgs),
-    /// Scan sysfs for SCSI disks and show them grouped by LUN (WWID), with the iSCSI
-    /// session and connection behind each path: what mpathd would fold into one map each.
-    Scan {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run the daemon in the foreground: build and keep the multipath maps, follow paths
-    /// as udev reports them, reinstate paths that come back, answer the control socket.
-    /// Logs "ready maps=N paths=M" once the first pass is done.
-    Daemon(DaemonArgs),
-    /// Ask the running daemon: `topology` (like `multipath -ll`), `paths`, `maps`, or
-    /// `config` (each map's merged settings and where each came from).
-    Show {
-        what: ShowWhat,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Fail a path (sdX, /dev/sdX or MAJ:MIN) in its map; it stays failed until reinstated.
-    Fail { path: String },
-    /// Reinstate a path failed by `mpathd fail` (or by the kernel).
-    Reinstate { path: String },
-    /// Send a map's I/O to path group N (1-based, as `show topology` lists them).
-    Switchgroup { map: String, group: u32 },
-    /// Remove a map that is not open; the daemon does not make it again until
-    /// `reconfigure` or a restart.
-    Remove { map: String },
-    /// Make the daemon re-read its config and rescan (also on SIGHUP).
-    Reconfigure,
-    /// Check a config file and print every error with its line and column.
-    CheckConfig { file: PathBuf },
-    /// Turn a multipath.conf into an mpathd config (printed, or written with -o), with a
-    /// note for every setting that is not carried over.
-    Import {
-        #[arg(default_value = "/etc/multipath.conf")]
-        file: PathBuf,
-        /// Write the config here instead of printing it; refuses to overwrite.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ShowWhat {
-    Topology,
-    Paths,
-    Maps,
-    Config,
-}
-
-#[derive(clap::Args)]
-struct DaemonArgs {
-    /// Config file (TOML). Missing at the default path: built-in defaults.
-    #[arg(long, default_value = mpathd::daemon::DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Rescan every this many seconds even without udev events.
-    #[arg(long, default_value_t = 30.0)]
-    rescan_secs: f64,
-    /// Path checker interval in seconds: every path is checked, failed ones are
-    /// reinstated after clean checks, dead idle ones failed. Default: the config's
-    /// `polling_interval` (5 s).
-    #[arg(long)]
-    check_secs: Option<f64>,
-    /// The path checker for every map: tur (SCSI TEST UNIT READY), directio (an O_DIRECT
-    /// read of one block) or none. Default: each map's `path_checker` (tur).
-    #[arg(long)]
-    checker: Option<mpathd::checker::CheckerKind>,
-    /// Seconds a check may take before the path counts as down. Default: each map's
-    /// `checker_timeout` (30 s).
-    #[arg(long)]
-    checker_timeout: Option<f64>,
-    /// Decide and log, but change nothing (no map made or reloaded, no path failed, no
-    /// iSCSI session touched): to run beside multipathd before switching.
-    #[arg(long)]
-    observe: bool,
-    /// Leave the iSCSI sessions' recovery timeouts alone (no fast hand-back of the I/O
-    /// stuck on a dead connection).
-    #[arg(long)]
-    no_rescue: bool,
-    /// Do not run the eBPF probes: paths fail only by the checker and the kernel.
-    #[arg(long)]
-    no_probes: bool,
-    /// Gather udev events this long (ms) before rescanning.
-    #[arg(long, default_value_t = 100)]
-    debounce_ms: u64,
-}
-
-#[derive(clap::Args)]
-struct ProbeArgs {
-    /// Block devices to watch: /dev/sdX paths or MAJOR:MINOR.
-    #[arg(required = true)]
-    devices: Vec<String>,
-    /// Print JSON lines instead of text.
-    #[arg(long)]
-    json: bool,
-    /// A completion slower than this (ms) is slow; 0 turns the rule off.
-    #[arg(long, default_value_t = 500)]
-    latency_limit_ms: u64,
-    /// Slow completions within --slow-window-ms that make an event.
-    #[arg(long, default_value_t = 3)]
-    slow_count: u32,
-    #[arg(long, default_value_t = 5000)]
-    slow_window_ms: u64,
-    /// A request outstanding this long (ms) is a stall, even while the device completes
-    /// others; 0 turns the rule off.
-    #[arg(long, default_value_t = 1000)]
-    stall_ms: u64,
-    /// How often to look for stalls (ms, 1 to 1000): the stall rule's resolution.
-    #[arg(long, default_value_t = 50)]
-    scan_ms: u64,
-    /// Least gap (ms) between two events of one kind for one device.
-    #[arg(long, default_value_t = 100)]
-    event_gap_ms: u64,
-    /// Retransmissions in a row (no new data acknowledged) on an iSCSI connection that
-    /// make an event; 0 turns the rule off.
-    #[arg(long, default_value_t = 3)]
-    retrans_limit: u32,
-    /// Smoothed RTT (ms) of an iSCSI connection above which an event is sent; 0: off.
-    #[arg(long, default_value_t = 200)]
-    rtt_limit_ms: u64,
-    /// The iSCSI portals' TCP port.
-    #[arg(long, default_value_t = ISCSI_PORT)]
-    portal_port: u16,
-    /// Do not watch the TCP connections of iSCSI disks.
-    #[arg(long)]
-    no_tcp: bool,
-    /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
-    #[arg(long)]
-    duration: Option<f64>,
-}
 
 fn main() {
     tracing_subscriber::fmt()
@@ -234,6 +82,12 @@ fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
         .map(|v| secs(v, "checker-timeout"))
         .transpose()?;
     opts.probes = !a.no_probes;
+    opts.metrics = match a.metrics.as_str() {
+        "off" => None,
+        addr => Some(addr.parse().with_context(|| {
+            format!("--metrics {addr}: want an address and port like 127.0.0.1:9977, or off")
+        })?),
+    };
     if a.no_rescue {
         opts.engine.health.rescue = false;
         opts.engine.fast_recovery_tmo = None;

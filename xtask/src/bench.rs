@@ -24,6 +24,11 @@ const BENCHES: &[(&str, &str)] = &[
          silent loss and target reset on real iSCSI paths to the first event in mpathd",
     ),
     (
+        "scrape",
+        "one Prometheus scrape of 1024 paths: render time (median, p99), snapshot copy, and a \
+         full GET /metrics over loopback; target under 50 ms",
+    ),
+    (
         "startup",
         "start-up with many paths in the lab: 128 LUNs x 2 iSCSI portals, time from start to \
          all maps live, `multipath -r` (multipath-tools) against `mpathd daemon`, same VM",
@@ -40,6 +45,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
     match name {
         "probes" => cargo_bench(root, "probes", "probes.json").map(|_| ()),
         "tcp" => tcp(root),
+        "scrape" => cargo_bench(root, "scrape", "scrape.json").map(|_| ()),
         "startup" => startup(root),
         "failover" => failover(root),
         _ => {

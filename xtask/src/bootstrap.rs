@@ -1,4 +1,6 @@
 //! Installs what the build and the tests need, once, and says what it is doing.
+//! Debian packages, nightly rust-src, bpf-linker, cargo-fuzz, cargo-deb, and a venv with
+//! grafana-foundation-sdk under target/.
 //!
 //! Every check is cheap (a dpkg-query, a rustup listing, a `--version`), so running this
 //! before every command costs well under a second when everything is present.
@@ -49,6 +51,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool and a real Prometheus for the alerting tests",
     ),
+    (
+        "python3-venv",
+        "the venv for grafana-foundation-sdk, which loads the dashboards in the tests",
+    ),
+    ("systemd", "systemd-analyze verify and security on the unit"),
 ];
 
 /// bpf-linker 0.11+ wants a system LLVM >= 21 that Debian 12 lacks; 0.10.x links with
@@ -60,7 +67,14 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// it is built with stable; it runs the fuzz builds with nightly itself.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
-pub fn ensure(_root: &Path, need: Need) -> Result<()> {
+/// cargo-deb, for `cargo xtask package`; 3.8 builds with Rust 1.85 and up.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// grafana-foundation-sdk (PyPI), pinned: its Python models load the dashboards in
+/// `cargo xtask test`. Versions are `<build epoch>!<Grafana version>`.
+const GRAFANA_SDK: &str = "grafana-foundation-sdk==1769699379!11.6.0";
+
+pub fn ensure(root: &Path, need: Need) -> Result<()> {
     match need {
         Need::All => {
             debian_packages()?;
@@ -68,9 +82,68 @@ pub fn ensure(_root: &Path, need: Need) -> Result<()> {
             nightly_rust_src()?;
             bpf_linker()?;
             cargo_fuzz()?;
+            cargo_deb()?;
+            grafana_sdk(root)?;
         }
     }
     Ok(())
+}
+
+/// The Python of the venv with grafana-foundation-sdk.
+pub fn grafana_venv_python(root: &Path) -> std::path::PathBuf {
+    root.join("target/venv-grafana/bin/python")
+}
+
+/// A venv under target/ with the pinned SDK; a marker file records what it holds, so a
+/// changed pin reinstalls.
+fn grafana_sdk(root: &Path) -> Result<()> {
+    let venv = root.join("target/venv-grafana");
+    let marker = venv.join("mpathd-installed");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == GRAFANA_SDK) {
+        return Ok(());
+    }
+    eprintln!(
+        "bootstrap: installing {GRAFANA_SDK} in {} (loads the dashboards in the tests)",
+        venv.display()
+    );
+    // Debian's python3: the venv must not depend on whichever python3 is first in PATH.
+    run_quiet(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+        &format!("/usr/bin/python3 -m venv {}", venv.display()),
+    )?;
+    run_quiet(
+        Command::new(venv.join("bin/pip")).args(["install", "--quiet", GRAFANA_SDK]),
+        &format!("{}/bin/pip install {GRAFANA_SDK}", venv.display()),
+    )?;
+    std::fs::write(&marker, GRAFANA_SDK)?;
+    Ok(())
+}
+
+fn cargo_deb() -> Result<()> {
+    let have = installed_version("cargo-deb");
+    // `cargo-deb --version` prints "cargo-deb 3.8.0" (maybe with more after it).
+    if have.split_whitespace().nth(1) == Some(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    let what = or_not_found(have);
+    eprintln!(
+        "bootstrap: installing cargo-deb {CARGO_DEB_VERSION} (have: {what}); this compiles it, a few minutes"
+    );
+    run_quiet(
+        Command::new("cargo").args([
+            "+stable",
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+            "--force",
+        ]),
+        &format!("cargo +stable install cargo-deb --version {CARGO_DEB_VERSION} --locked"),
+    )
 }
 
 fn is_root() -> bool {

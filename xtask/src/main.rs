@@ -4,6 +4,8 @@ mod bench;
 mod bootstrap;
 mod fuzz;
 mod lab;
+mod ops;
+mod package;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -38,16 +40,20 @@ enum Cmd {
     /// Fuzz the parsers with cargo-fuzz: `fuzz list`, `fuzz NAME`, `fuzz all`.
     Fuzz(fuzz::FuzzArgs),
     /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker,
-    /// cargo-fuzz).
+    /// cargo-fuzz, cargo-deb, a venv with grafana-foundation-sdk).
     Bootstrap,
+    /// Build the Debian package (cargo-deb): the binary, the unit, the default config, the
+    /// man page and shell completions, dashboards and rules. Written to target/debian/.
+    Package,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
     /// The benchmark to run: probes (eBPF block probe cost, IOPS with and without them,
-    /// event latency), tcp (TCP probe cost; fault-to-event times in the lab), startup
-    /// (128 LUNs x 2 paths in the lab: mpathd daemon against multipath -r) or failover
-    /// (every fault with the kernel alone and with mpathd, in the lab).
+    /// event latency), tcp (TCP probe cost; fault-to-event times in the lab), scrape (one
+    /// Prometheus scrape of 1024 paths: render and HTTP times), startup (128 LUNs x 2
+    /// paths in the lab: mpathd daemon against multipath -r) or failover (every fault
+    /// with the kernel alone and with mpathd, in the lab).
     name: String,
 }
 
@@ -77,6 +83,10 @@ fn try_main() -> Result<()> {
             bench::run(&root, &args.name)
         }
         Cmd::Fuzz(args) => fuzz::run(&root, args),
+        Cmd::Package => {
+            bootstrap::ensure(&root, bootstrap::Need::All)?;
+            package::build(&root).map(|deb| println!("{}", deb.display()))
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every check the project has, summed into one closing line.
 //!
-//! fmt and clippy count as one test each, every Rust test counts as one, every fuzz
-//! target's short run counts as one, and every lab scenario counts as one. The last line is `N passed, N failed`; any failure exits 1.
+//! fmt and clippy count as one test each, every Rust test counts as one, every operations
+//! check (rules, dashboards, unit: see ops.rs) counts as one, every fuzz target's short run
+//! counts as one, and every lab scenario counts as one. The last line is `N passed, N failed`; any failure exits 1.
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{bootstrap, fuzz, lab};
+use crate::{bootstrap, fuzz, lab, ops, package};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -84,6 +85,14 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         }
     }
 
+    // Prometheus rules, dashboards, the systemd unit: one item each.
+    for c in ops::run_all(root) {
+        if !c.ok || !c.detail.is_empty() {
+            eprintln!("xtask test: {}: {}", c.name, c.detail.trim_end());
+        }
+        tally.record(&c.name, c.ok, c.secs);
+    }
+
     if args.no_fuzz {
         eprintln!("xtask test: fuzz runs skipped (--no-fuzz)");
     } else {
@@ -93,6 +102,13 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
     if args.no_lab {
         eprintln!("xtask test: lab scenarios skipped (--no-lab)");
     } else {
+        // The Debian package: one item; the package-install scenario installs it.
+        let t = Instant::now();
+        let r = package::build(root);
+        if let Err(e) = &r {
+            eprintln!("xtask test: cargo xtask package: {e:#}");
+        }
+        tally.record("cargo xtask package", r.is_ok(), t.elapsed().as_secs_f64());
         for o in lab::run_builtin_scenarios(root) {
             let name = format!("lab {}", o.name);
             if !o.passed {

@@ -84,6 +84,8 @@ pub struct Options {
     /// Run the eBPF probes on the managed paths (off: the checker alone decides).
     pub probes: bool,
     pub watcher: WatcherOptions,
+    /// Serve Prometheus metrics here (`None`: not at all).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -100,6 +102,7 @@ impl Options {
             sysfs_root: PathBuf::from("/"),
             probes: true,
             watcher: WatcherOptions::default(),
+            metrics: crate::metrics::DEFAULT_ADDRESS.parse().ok(),
         }
     }
 }
@@ -205,6 +208,7 @@ struct Daemon<D: DmBackend + 'static> {
     /// What the probes were last asked to watch.
     watching: Vec<WatchSpec>,
     readings_pending: bool,
+    stats: crate::metrics::Stats,
 }
 
 /// The daemon's loop around an engine on any device-mapper backend, until SIGTERM,
@@ -245,6 +249,7 @@ pub async fn serve<D: DmBackend + 'static>(
         probe_rx: None,
         watching: Vec::new(),
         readings_pending: false,
+        stats: crate::metrics::Stats::new(),
     };
     if d.opts.observe {
         info!("observe mode: decisions are logged, nothing is changed");
@@ -294,6 +299,22 @@ pub async fn serve<D: DmBackend + 'static>(
     let mut readings_tick = tokio::time::interval(Duration::from_secs(1));
     readings_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut debounce_at: Option<tokio::time::Instant> = None;
+    // Metrics are for people: a taken address leaves the daemon managing paths without them.
+    let mut metrics = match d.opts.metrics.map(crate::metrics::start).transpose() {
+        Ok(m) => m.map(|(_, rx)| rx),
+        Err(e) => {
+            warn!("{e}; running without metrics");
+            None
+        }
+    };
+    // systemd's watchdog (WatchdogSec= in the unit): pinged from this loop at half the
+    // interval, so a loop stuck that long is killed and restarted.
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut stop = std::pin::pin!(stop);
     loop {
         let debounce = async {
@@ -314,6 +335,10 @@ pub async fn serve<D: DmBackend + 'static>(
                 }
             },
             _ = readings_tick.tick() => d.fetch_readings(),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => sd_notify("WATCHDOG=1"),
+            Some(req) = next_metrics(&mut metrics) => {
+                req.answer(crate::metrics::from_engine(&d.engine, &d.stats), d.watcher.clone());
+            }
             Some((req, reply)) = req_rx.recv() => d.on_request(req, reply),
             ev = next_udev(&mut udev) => {
                 match ev {
@@ -1098,6 +1123,15 @@ async fn serve_client(
     Ok(())
 }
 
+async fn next_metrics(
+    rx: &mut Option<mpsc::Receiver<crate::metrics::Request>>,
+) -> Option<crate::metrics::Request> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_probe(rx: &mut Option<mpsc::Receiver<ProbeEvent>>) -> Option<ProbeEvent> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -1135,6 +1169,18 @@ async fn next_udev(udev: &mut Option<Udev>) -> Option<String> {
     }
 }
 
+/// Half of systemd's watchdog interval (`WATCHDOG_USEC`), when the watchdog is on and
+/// meant for this process (`WATCHDOG_PID`, if set, is ours: it may be inherited).
+fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok()? != me
+    {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
 /// Tells systemd (Type=notify) we are up, when started by it.
 fn sd_notify(msg: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -1154,5 +1200,26 @@ fn sd_notify(msg: &str) {
     };
     if let Err(e) = r {
         warn!("sd_notify {msg}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_interval_and_only_for_us() {
+        assert_eq!(
+            watchdog_interval(Some("30000000"), None, 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            watchdog_interval(Some("30000000"), Some("7"), 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(watchdog_interval(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(None, None, 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
     }
 }
