@@ -651,6 +651,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         ewma: r.block.ewma[0].max(r.block.ewma[1]),
                         srtt: r.conn.map(|(_, c)| c.srtt).unwrap_or_default(),
                         snd_una: r.conn.map(|(_, c)| c.snd_una),
+                        retransmits: r.conn.map(|(_, c)| c.retransmits).unwrap_or_default(),
                     };
                     cmds.extend(self.engine.input(
                         now,

@@ -190,6 +190,8 @@ pub struct Reading {
     pub srtt: Duration,
     /// The connection's last cumulative ACK (snd_una), None without a watched connection.
     pub snd_una: Option<u32>,
+    /// The connection's retransmissions since it was watched.
+    pub retransmits: u64,
 }
 
 /// Something the engine is told.
@@ -329,7 +331,7 @@ impl fmt::Display for Reason {
                 "a request stuck {:.0} ms while others complete",
                 ms(oldest)
             ),
-            Self::Loss { events } => write!(f, "{events} retransmission runs"),
+            Self::Loss { events } => write!(f, "{events} retransmissions or runs of them"),
             Self::SlowRtt { srtt } => write!(f, "TCP RTT {:.0} ms", ms(srtt)),
             Self::SlowCheck { took } => write!(f, "checker took {:.0} ms", ms(took)),
             Self::SoftPersisted { for_ } => {
@@ -467,8 +469,10 @@ pub struct HealthConfig {
     /// fail even with no I/O stalled on them (an idle map, or I/O in flight since before
     /// the daemon watched).
     pub dead_retrans: u32,
-    /// This many retransmission runs within `loss_window` are a soft signal.
+    /// This many retransmission runs within `loss_window` are a soft signal...
     pub loss_events: u32,
+    /// ...and so are this many retransmissions (single or not) while ACKs move.
+    pub loss_retrans: u32,
     pub loss_window: Duration,
     /// Degraded with soft signals still coming for this long: failed (unless last).
     pub soft_persist: Duration,
@@ -498,6 +502,7 @@ impl Default for HealthConfig {
             rtt_factor: 8,
             dead_retrans: 5,
             loss_events: 3,
+            loss_retrans: 6,
             loss_window: Duration::from_secs(2),
             soft_persist: Duration::from_secs(60),
             quiet: Duration::from_secs(10),
@@ -566,8 +571,11 @@ struct Path {
     srtt: Duration,
     retrans_runs: Vec<Ns>,
     last_retrans_ns: Option<Ns>,
-    /// The first reading that showed the connection's ACKs moving (snd_una changed).
+    /// A time by which the connection's ACKs had moved (snd_una changed): the reading
+    /// before the one that showed it.
     acked_ns: Option<Ns>,
+    /// Retransmissions counted between readings while ACKs moved: (reading time, count).
+    loss_marks: Vec<(Ns, u64)>,
     stall: Option<Stall>,
     /// A generic error (errno; 0 for a checker's) waiting for a sibling to show the LUN
     /// is fine.
@@ -664,6 +672,7 @@ impl Health {
                             retrans_runs: Vec::new(),
                             last_retrans_ns: None,
                             acked_ns: None,
+                            loss_marks: Vec::new(),
                             stall: None,
                             generic_error: None,
                             generic_why: None,
@@ -1099,6 +1108,7 @@ impl Health {
             return;
         };
         let progressed = r.last_complete_ns > p.reading.last_complete_ns;
+        let prev_ns = p.reading_ns;
         if r.ok_completions > p.reading.ok_completions && p.reading_ns != 0 {
             // Done after the previous reading, at the latest now.
             p.last_ok_ns = p.last_ok_ns.max(p.reading_ns);
@@ -1119,11 +1129,27 @@ impl Health {
         if r.srtt > Duration::ZERO {
             p.srtt = r.srtt;
         }
+        let mut lossy = false;
         if let (Some(before), Some(una)) = (p.reading.snd_una, r.snd_una)
             && una != before
+            && prev_ns != 0
         {
-            p.acked_ns = Some(now);
+            // The ACK came after the previous reading: a lower bound, so a stale ACK
+            // never makes a dead path look alive.
+            p.acked_ns = Some(prev_ns);
+            // Retransmitting while ACKs move: a lossy path, not a dead one (that is the
+            // stall rules' job). Single retransmissions count here, which the probe's
+            // run events miss at a few percent of loss.
+            let n = r.retransmits.saturating_sub(p.reading.retransmits);
+            if n > 0 {
+                p.loss_marks.push((now, n));
+            }
+            lossy = true;
         }
+        let window = ns(self.cfg.loss_window);
+        p.loss_marks
+            .retain(|&(t, _)| now.saturating_sub(t) < window);
+        let lost: u64 = p.loss_marks.iter().map(|&(_, n)| n).sum();
         if p.state == PathState::Active && r.srtt > Duration::ZERO {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
                 r.srtt
@@ -1142,7 +1168,21 @@ impl Health {
         {
             p.stall = None;
         }
-        let _ = (now, out);
+        if lossy
+            && p.stall.is_none()
+            && self.cfg.loss_retrans > 0
+            && lost >= u64::from(self.cfg.loss_retrans)
+        {
+            self.soft(
+                now,
+                dev,
+                Reason::Loss {
+                    events: lost.min(u64::from(u32::MAX)) as u32,
+                },
+                now,
+                out,
+            );
+        }
     }
 
     fn dm_state(&mut self, now: Ns, dev: DevT, failed: bool, read_ns: Ns, out: &mut Output) {

@@ -76,6 +76,7 @@ fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
                 ewma: Duration::from_millis(2),
                 srtt: Duration::ZERO,
                 snd_una: None,
+                retransmits: 0,
             },
         },
     )
@@ -298,6 +299,8 @@ fn a_stall_on_a_slow_but_live_connection_is_not_a_dead_path() {
     );
     up(&mut h, t + 20 * MS, 16);
     completed(&mut h, t + 40 * MS, 16, t + 35 * MS);
+    acked(&mut h, t + 50 * MS, 0, 1000);
+    acked(&mut h, t + 100 * MS, 0, 1500);
     acked(&mut h, t + 150 * MS, 0, 2000);
     // Past the grace after the retransmission, and past stall_sibling: ACKs moved after
     // both, so neither corroborates.
@@ -311,6 +314,66 @@ fn a_stall_on_a_slow_but_live_connection_is_not_a_dead_path() {
     let o = completed(&mut h, t + 1750 * MS, 16, t + 1700 * MS);
     assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
     assert!(matches!(o.decisions[0].reason, Reason::Stall { by, .. } if by.contains("sibling")));
+}
+
+#[test]
+fn an_ack_seen_late_is_dated_by_the_reading_before_it() {
+    // The last reading before the fault was 1 s old: the first reading after the stall
+    // sees snd_una moved, but the ACK may be from before the fault.
+    let mut h = two_maps();
+    let t = 38 * S;
+    acked(&mut h, t - 1000 * MS, 0, 1000);
+    assert!(block(&mut h, t, 0, stalled(300)).decisions.is_empty());
+    up(&mut h, t + 5 * MS, 16);
+    completed(&mut h, t + 10 * MS, 16, t + 5 * MS);
+    acked(&mut h, t + 50 * MS, 0, 2000);
+    completed(&mut h, t + 150 * MS, 16, t + 140 * MS);
+    // The silent loss fails after stall_sibling, not stall_alive.
+    let o = h.tick(t + 210 * MS);
+    assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+}
+
+/// A reading of `minor` whose connection's ACKs are at `una` after `rtx` retransmissions.
+fn lossy(h: &mut Health, now: Ns, minor: u32, una: u32, rtx: u64) -> Output {
+    h.handle(
+        now,
+        Input::Reading {
+            dev: dev(minor),
+            reading: Reading {
+                last_complete_ns: now,
+                inflight: 4,
+                completions: now / MS,
+                ok_completions: now / MS,
+                snd_una: Some(una),
+                retransmits: rtx,
+                ..Reading::default()
+            },
+        },
+    )
+}
+
+#[test]
+fn single_retransmissions_while_acks_move_demote_a_lossy_path() {
+    // 5% loss: retransmissions, never two in a row, so no run event; ACKs keep moving.
+    let mut h = two_maps();
+    let t = 39 * S;
+    lossy(&mut h, t, 0, 100, 0);
+    assert!(lossy(&mut h, t + S, 0, 200, 3).decisions.is_empty());
+    let o = lossy(&mut h, t + 2 * S, 0, 300, 7);
+    assert_eq!(o.decisions.len(), 1, "{o:?}");
+    assert_eq!(o.decisions[0].action, Action::Demote);
+    assert!(matches!(o.decisions[0].reason, Reason::Loss { events: 7 }));
+    // The same counts on a path whose ACKs stopped are the stall rules' business.
+    let mut h = two_maps();
+    lossy(&mut h, t, 0, 100, 0);
+    lossy(&mut h, t + S, 0, 100, 5);
+    assert!(lossy(&mut h, t + 2 * S, 0, 100, 9).decisions.is_empty());
+    // A few retransmissions spread out are noise.
+    let mut h = two_maps();
+    for i in 0..10u64 {
+        let o = lossy(&mut h, t + i * 3 * S, 0, 100 + i as u32, i * 3);
+        assert!(o.decisions.is_empty(), "reading {i}: {o:?}");
+    }
 }
 
 #[test]
@@ -766,6 +829,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     ewma: Duration::from_millis(40),
                     srtt: Duration::from_millis(20),
                     snd_una: None,
+                    retransmits: 0,
                 },
             },
         );
@@ -804,6 +868,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     ewma: Duration::from_secs(1),
                     srtt: Duration::from_millis(500),
                     snd_una: None,
+                    retransmits: 0,
                 },
             },
         );
@@ -912,6 +977,7 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
                 ewma: Duration::from_millis(160),
                 srtt: Duration::from_millis(150),
                 snd_una: None,
+                retransmits: 0,
             },
         },
     );
