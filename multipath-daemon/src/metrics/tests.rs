@@ -424,43 +424,11 @@ fn histogram_bounds_are_upper_inclusive() {
     assert_eq!((h.count(), h.sum()), (4, 6.0));
 }
 
-/// CPU time of the calling thread: what the render costs, whatever else the machine runs
-/// meanwhile (tests run in parallel, often beside builds).
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 #[test]
-fn a_scrape_of_1024_paths_renders_within_50_ms() {
-    let snap = synthetic(1024);
-    // The best of a few, in CPU time; `cargo xtask bench scrape` reports the wall-clock
-    // median and p99 of a release build.
-    let mut best = Duration::MAX;
-    let mut text = String::new();
-    for _ in 0..5 {
-        let s = snap.clone();
-        let t = thread_cpu();
-        text = render(s);
-        best = best.min(thread_cpu() - t);
-    }
-    // 50 ms is the target for mpathd as shipped (a release build; `cargo xtask test` runs
-    // this test so). An unoptimized build renders about 5x slower: it gets a budget that
-    // still catches a render gone quadratic.
-    let budget = Duration::from_millis(if cfg!(debug_assertions) { 250 } else { 50 });
-    eprintln!(
-        "render of 1024 paths: {best:?} CPU (best of 5), {} bytes, budget {budget:?}",
-        text.len()
-    );
-    assert!(
-        best < budget,
-        "rendering 1024 paths took {best:?} of CPU, over {budget:?}"
-    );
+fn a_scrape_of_1024_paths_renders_every_path() {
+    // Its time is measured by `cargo xtask bench scrape` (release build, median and p99),
+    // never asserted in a test.
+    let text = render(synthetic(1024));
     let (samples, _) = parse(&text);
     assert_eq!(find(&samples, "mpathd_path_state", &[]).len(), 1024 * 5);
     assert_eq!(find(&samples, "mpathd_map_usable_paths", &[]).len(), 512);
