@@ -1,5 +1,6 @@
 # lab: queue_if_no_path, both portals down for 30 s then back: IO stalls, resumes, no app errors
 # lab-timeout: 500
+# lab-suite: baseline
 . "$LAB_LIB"
 
 lab_setup

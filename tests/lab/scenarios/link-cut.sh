@@ -1,5 +1,6 @@
 # lab: active portal's link cut during IO: dm fails the path, IO continues on the other, no app errors
 # lab-timeout: 400
+# lab-suite: baseline
 . "$LAB_LIB"
 
 lab_setup

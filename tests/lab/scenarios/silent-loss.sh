@@ -1,5 +1,6 @@
 # lab: active portal's traffic silently dropped (nft, both ways) during IO: failover, no app errors
 # lab-timeout: 400
+# lab-suite: baseline
 . "$LAB_LIB"
 
 lab_setup

@@ -53,7 +53,8 @@ pub fn run(root: &Path, args: LabArgs) -> Result<()> {
     match args.cmd {
         LabCmd::List => {
             for s in builtin_scenarios(root)? {
-                println!("{:<16} {}", s.name, s.description);
+                let tag = if s.baseline { " [baseline]" } else { "" };
+                println!("{:<18} {}{tag}", s.name, s.description);
             }
             Ok(())
         }
@@ -85,6 +86,15 @@ pub fn run_builtin_scenarios(root: &Path) -> Vec<ScenarioOutcome> {
         }
     };
     list.iter()
+        .filter(|s| {
+            if s.baseline {
+                eprintln!(
+                    "lab: {} is a baseline of the kernel alone, not run here (cargo xtask lab run {})",
+                    s.name, s.name
+                );
+            }
+            !s.baseline
+        })
         .map(|s| {
             let t0 = Instant::now();
             match run_scenario(root, s, None, Echo::Progress) {
@@ -129,6 +139,7 @@ pub fn demo(root: &Path) -> Result<()> {
         path: root.join("tests/lab/demo.sh"),
         description: String::new(),
         timeout: None,
+        baseline: false,
     };
     if !s.path.exists() {
         bail!(
@@ -195,6 +206,9 @@ pub struct Scenario {
     pub description: String,
     /// From a `# lab-timeout: SECONDS` header line.
     pub timeout: Option<Duration>,
+    /// `# lab-suite: baseline`: the kernel alone (a map made by dmsetup), run by name or by
+    /// the benchmarks, not by `cargo xtask test`.
+    pub baseline: bool,
 }
 
 impl Scenario {
@@ -219,6 +233,7 @@ impl Scenario {
             timeout: header("# lab-timeout:")
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_secs),
+            baseline: header("# lab-suite:").is_some_and(|v| v == "baseline"),
         })
     }
 
@@ -600,6 +615,13 @@ mod tests {
             names[..4],
             ["two-paths", "link-cut", "silent-loss", "all-paths-down"]
         );
+        let baselines: Vec<String> = builtin_scenarios(root)
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.baseline)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(baselines, ["link-cut", "silent-loss", "all-paths-down"]);
     }
 
     #[test]
