@@ -162,6 +162,7 @@ mod tests {
             path: dir.join("x.sh"),
             description: String::new(),
             timeout: None,
+            baseline: false,
         };
         let res = VmResult {
             exit_code: Some(0),
