@@ -471,7 +471,8 @@ pub struct HealthConfig {
     pub dead_retrans: u32,
     /// This many retransmission runs within `loss_window` are a soft signal...
     pub loss_events: u32,
-    /// ...and so are this many retransmissions (single or not) while ACKs move.
+    /// ...and so are this many retransmissions (single or not) while ACKs move, seen in
+    /// two readings or more.
     pub loss_retrans: u32,
     pub loss_window: Duration,
     /// Degraded with soft signals still coming for this long: failed (unless last).
@@ -1150,6 +1151,9 @@ impl Health {
         p.loss_marks
             .retain(|&(t, _)| now.saturating_sub(t) < window);
         let lost: u64 = p.loss_marks.iter().map(|&(_, n)| n).sum();
+        // One timeout retransmits a whole flight at once (a spurious one too, after a
+        // hiccup of the host): loss is retransmissions seen in two readings or more.
+        let spread = p.loss_marks.len() >= 2;
         if p.state == PathState::Active && r.srtt > Duration::ZERO {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
                 r.srtt
@@ -1169,6 +1173,7 @@ impl Health {
             p.stall = None;
         }
         if lossy
+            && spread
             && p.stall.is_none()
             && self.cfg.loss_retrans > 0
             && lost >= u64::from(self.cfg.loss_retrans)

@@ -368,6 +368,11 @@ fn single_retransmissions_while_acks_move_demote_a_lossy_path() {
     lossy(&mut h, t, 0, 100, 0);
     lossy(&mut h, t + S, 0, 100, 5);
     assert!(lossy(&mut h, t + 2 * S, 0, 100, 9).decisions.is_empty());
+    // A burst in one reading (a timeout retransmitting a whole flight) is no loss rate.
+    let mut h = two_maps();
+    lossy(&mut h, t, 0, 100, 0);
+    assert!(lossy(&mut h, t + S, 0, 200, 12).decisions.is_empty());
+    assert!(lossy(&mut h, t + 2 * S, 0, 300, 12).decisions.is_empty());
     // A few retransmissions spread out are noise.
     let mut h = two_maps();
     for i in 0..10u64 {
