@@ -184,7 +184,8 @@ lab_tmo() { cat /sys/class/iscsi_session/session*/recovery_tmo | tr '\n' ' '; }
 
 # lab_decisions KIND [SINCE_LINE]: how many decision lines of KIND (fail_path,
 # reinstate_path, demote, restore) the daemon logged, from line SINCE_LINE of its log.
-lab_decisions() {
-	tail -n +"${2:-1}" "$LAB_OUT/mpathd.log" | grep -cE "mpathd::daemon: $1: "
+lab_decisions() { # lab_decisions KIND [FROM_LINE [PATH_NAME]]: decisions of KIND logged
+	tail -n +"${2:-1}" "$LAB_OUT/mpathd.log" | grep -E "mpathd::daemon: $1: " \
+		| grep -cE "${3:+ path=$3 }" || true
 }
 lab_log_lines() { wc -l <"$LAB_OUT/mpathd.log"; }

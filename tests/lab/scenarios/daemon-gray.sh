@@ -27,15 +27,16 @@ lab_event info "healthy p99 ${healthy_p99} ms"
 # gray NAME NETEM: the fault on the active path during IO; demoted within 2 s; then a
 # second run of IO while the fault lasts must see the healthy path's latency.
 gray() {
-	local name=$1 spec=$2 a mark t
+	local name=$1 spec=$2 a b mark t
 	a=$(lab_active_path)
+	b=$((3 - a))
 	lab_step "$name on the active path $a (${LAB_DEV[a]})"
 	mark=$(lab_log_lines)
 	lab_io_start
 	sleep 2
 	t=$EPOCHREALTIME
 	lab_netem "$a" "$spec"
-	lab__demoted() { [ "$(lab_decisions demote "$mark")" -ge 1 ]; }
+	lab__demoted() { [ "$(lab_decisions demote "$mark" "${LAB_DEV[a]}")" -ge 1 ]; }
 	lab_wait 10 "mpathd to demote path $a" lab__demoted
 	lab_event info "path $a demoted $(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}') s after the fault (as the scenario saw it)"
 	grep -E "mpathd::daemon: demote: " "$LAB_OUT/mpathd.log" | tail -1
@@ -56,10 +57,11 @@ print("p99 %.1f ms during the fault (healthy %.1f ms)" % (p99, healthy))
 sys.exit(0 if p99 <= max(3 * healthy, healthy + 30) else 1)' "$healthy_p99" \
 		|| lab_fail "the application's p99 did not come back to the healthy path's level"
 	[ "$(lab_decisions fail_path "$mark")" = 0 ] || lab_fail "a gray failure failed a path: $(grep 'fail_path: ' "$LAB_OUT/mpathd.log" | tail -2)"
+	[ "$(lab_decisions demote "$mark" "${LAB_DEV[b]}")" = 0 ] || lab_fail "the healthy path $b was demoted: $(grep 'demote: ' "$LAB_OUT/mpathd.log" | tail -2)"
 	lab_step "$name removed: the path is restored after a quiet period"
 	lab_netem_clear "$a"
 	t=$EPOCHREALTIME
-	lab__restored() { [ "$(lab_decisions restore "$mark")" -ge 1 ]; }
+	lab__restored() { [ "$(lab_decisions restore "$mark" "${LAB_DEV[a]}")" -ge 1 ]; }
 	lab_wait 60 "mpathd to restore path $a" lab__restored
 	lab_event info "path $a restored $(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s after the fault ended"
 }
