@@ -179,6 +179,8 @@ pub struct Engine {
     maps: BTreeMap<String, MapState>,
     /// Table-lane operations queued or running, per map: its table is in flux.
     busy: BTreeMap<String, usize>,
+    /// Maps whose reload waits until no usable path has I/O stuck on it.
+    deferred: BTreeSet<String>,
     health: Health,
     ledger: Ledger,
     /// Recovery timeout writes asked for and not yet done, by session.
@@ -213,6 +215,7 @@ impl Engine {
             removed: BTreeSet::new(),
             maps: BTreeMap::new(),
             busy: BTreeMap::new(),
+            deferred: BTreeSet::new(),
             ledger,
             tmo_asked: BTreeMap::new(),
             last_disk: BTreeMap::new(),
@@ -497,6 +500,17 @@ impl Engine {
                     );
                 }
                 Step::Reload { want, why } => {
+                    // A suspend waits for the I/O in flight, and I/O stuck on a path that
+                    // is not failed yet may not come back for the transport's timeout:
+                    // wait until that path fails (its I/O is handed back) or recovers.
+                    let stuck = self.health.io_stuck(&want.name);
+                    if !stuck.is_empty() {
+                        if self.deferred.insert(want.name.clone()) {
+                            info!(map = %want.name, stuck = ?stuck.iter().map(|d| d.to_string()).collect::<Vec<_>>(), "reload deferred while I/O is stuck on a path: {why}");
+                        }
+                        continue;
+                    }
+                    self.deferred.remove(&want.name);
                     // A suspend waits for the I/O in flight: fail the paths known down
                     // first, so nothing new goes their way while the reload waits.
                     let in_table: BTreeSet<String> =
@@ -797,6 +811,7 @@ impl Engine {
         if !out.check_now.is_empty() {
             cmds.push(Command::CheckNow(out.check_now));
         }
+        cmds.extend(self.deferred_due());
         cmds
     }
 
@@ -807,7 +822,25 @@ impl Engine {
         if !out.check_now.is_empty() {
             cmds.push(Command::CheckNow(out.check_now));
         }
+        cmds.extend(self.deferred_due());
         cmds
+    }
+
+    /// A replan once a deferred reload's map has no stuck I/O left.
+    fn deferred_due(&mut self) -> Vec<Command> {
+        let due: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|m| self.health.io_stuck(m).is_empty())
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        for m in &due {
+            self.deferred.remove(m);
+        }
+        vec![Command::Replan]
     }
 
     fn apply(&mut self, decisions: Vec<Decision>) -> Vec<Command> {
@@ -844,6 +877,23 @@ impl Engine {
                     why: Why::Decision(d),
                 })),
                 Action::Demote | Action::Restore => {
+                    // A demoted path alone in its group: steer I/O away at once with a
+                    // message; the reload that moves its group last may have to wait.
+                    if d.action == Action::Demote
+                        && let Some(m) = self.maps.get(&d.map)
+                        && let Some(best) = self.best_usable_group(m)
+                        && !m.table.groups[best]
+                            .paths
+                            .iter()
+                            .any(|p| p.dev == d.dev.to_string())
+                    {
+                        cmds.push(Command::Dm(Work {
+                            map: d.map.clone(),
+                            lane: Lane::Message,
+                            op: DmOp::Message(Message::SwitchGroup(best as u32 + 1)),
+                            why: Why::Demotion,
+                        }));
+                    }
                     replan = true;
                     cmds.push(Command::Note(d));
                 }

@@ -578,6 +578,10 @@ struct Path {
     /// Retransmissions counted between readings while ACKs moved: (reading time, count).
     loss_marks: Vec<(Ns, u64)>,
     stall: Option<Stall>,
+    /// When a stuck request was reported while the path completed others: if the path
+    /// then completes nothing for the stall limit, that is a stall (the probe reports a
+    /// request once, so no second event comes when a silent loss follows).
+    stuck_ns: Option<Ns>,
     /// A generic error (errno; 0 for a checker's) waiting for a sibling to show the LUN
     /// is fine.
     generic_error: Option<(Ns, i32)>,
@@ -673,6 +677,7 @@ impl Health {
                             retrans_runs: Vec::new(),
                             last_retrans_ns: None,
                             acked_ns: None,
+                            stuck_ns: None,
                             loss_marks: Vec::new(),
                             stall: None,
                             generic_error: None,
@@ -725,6 +730,18 @@ impl Health {
             .collect()
     }
 
+    /// Usable paths of `map` with I/O stuck or stalled on them right now: a reload would
+    /// suspend the map until that I/O comes back, however long it takes.
+    pub fn io_stuck(&self, map: &str) -> Vec<DevT> {
+        self.paths
+            .values()
+            .filter(|p| {
+                p.info.map == map && p.state.usable() && (p.stall.is_some() || p.stuck_ns.is_some())
+            })
+            .map(|p| p.info.dev)
+            .collect()
+    }
+
     /// Paths the map should prefer less (degraded).
     pub fn demoted(&self) -> BTreeSet<DevT> {
         self.paths
@@ -771,7 +788,7 @@ impl Health {
     pub fn wants_readings(&self) -> bool {
         self.paths
             .values()
-            .any(|p| p.stall.is_some() || p.generic_error.is_some())
+            .any(|p| p.stall.is_some() || p.generic_error.is_some() || p.stuck_ns.is_some())
     }
 
     /// Feeds one input; returns what to do.
@@ -927,6 +944,7 @@ impl Health {
                 if quiet < limit {
                     // One request stuck while the path completes others: the path works,
                     // that request does not; prefer other paths.
+                    p.stuck_ns = Some(at_ns);
                     self.soft(now, dev, Reason::StuckRequest { oldest }, at_ns, out);
                 } else if p.state.usable() && p.stall.is_none() {
                     p.stall = Some(Stall {
@@ -1161,6 +1179,10 @@ impl Health {
                 (p.rtt_baseline * 7 + r.srtt) / 8
             };
         }
+        if r.inflight == 0 {
+            // Nothing in flight: no request is stuck any more.
+            p.stuck_ns = None;
+        }
         p.reading = Reading {
             last_complete_ns: r.last_complete_ns.max(p.reading.last_complete_ns),
             ..r
@@ -1357,8 +1379,41 @@ impl Health {
             .collect()
     }
 
+    /// A path with a stuck request that has since completed nothing for the stall limit
+    /// (as the readings show) has stalled.
+    fn stuck_to_stall(&mut self, now: Ns, out: &mut Output) {
+        let quiet = ns(self.cfg.quiet);
+        let devs: Vec<DevT> = self
+            .paths
+            .values()
+            .filter(|p| p.stuck_ns.is_some())
+            .map(|p| p.info.dev)
+            .collect();
+        for dev in devs {
+            let limit = ns(stall_limit(&self.cfg, &self.paths[&dev]));
+            let p = self.paths.get_mut(&dev).expect("listed");
+            let Some(seen) = p.stuck_ns else { continue };
+            let last = p.reading.last_complete_ns;
+            if p.stall.is_some() || !p.state.usable() || now.saturating_sub(seen) > quiet {
+                p.stuck_ns = None;
+            } else if p.reading_ns > seen
+                && p.reading.inflight > 0
+                && last != 0
+                && now.saturating_sub(last) >= limit
+            {
+                p.stuck_ns = None;
+                p.stall = Some(Stall {
+                    began_ns: last,
+                    seen_ns: now,
+                });
+                out.check_now.extend(self.siblings(dev));
+            }
+        }
+    }
+
     /// Judges every pending stall and generic error.
     fn corroborate(&mut self, now: Ns, out: &mut Output) {
+        self.stuck_to_stall(now, out);
         let sibling_need = ns(self.cfg.stall_sibling);
         let devs: Vec<DevT> = self
             .paths

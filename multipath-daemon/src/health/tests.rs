@@ -382,6 +382,58 @@ fn single_retransmissions_while_acks_move_demote_a_lossy_path() {
 }
 
 #[test]
+fn a_stuck_request_then_no_completion_at_all_is_a_stall() {
+    // Silent loss while four workers have I/O in flight: responses already on the wire
+    // still complete for a moment, so the probe first reports one stuck request...
+    let mut h = two_maps();
+    let t = 36 * S;
+    completed(&mut h, t - 400 * MS, 0, t - 400 * MS);
+    let o = block(
+        &mut h,
+        t,
+        0,
+        BlockSignal::Stalled {
+            oldest: Duration::from_millis(260),
+            since_completion: Some(Duration::from_millis(40)),
+            inflight: 4,
+        },
+    );
+    assert_eq!(o.decisions[0].action, Action::Demote);
+    assert!(h.wants_readings());
+    // ...then nothing completes: the readings show the last completion at t - 40 ms.
+    let quiet = |h: &mut Health, now: Ns| {
+        h.handle(
+            now,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    last_complete_ns: t - 40 * MS,
+                    inflight: 4,
+                    completions: 100,
+                    ok_completions: 100,
+                    ..Reading::default()
+                },
+            },
+        )
+    };
+    assert!(quiet(&mut h, t + 100 * MS).decisions.is_empty());
+    let o = quiet(&mut h, t + 220 * MS);
+    assert!(o.decisions.is_empty(), "{o:?}");
+    assert_eq!(o.check_now, [dev(16)], "a stall now: siblings checked");
+    // The connection retransmits without ACK progress: the stall is corroborated.
+    h.handle(
+        t + 230 * MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: t + 230 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    let o = h.tick(t + 440 * MS);
+    assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+}
+
+#[test]
 fn retransmissions_after_the_last_ack_still_corroborate() {
     let mut h = two_maps();
     let t = 37 * S;

@@ -584,6 +584,55 @@ fn a_degraded_path_is_moved_to_a_group_of_its_own_and_back() {
 }
 
 #[test]
+fn a_path_with_stuck_io_is_steered_around_by_message_and_its_map_not_reloaded_until_it_fails() {
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
+    );
+    d.reconcile();
+    d.poll();
+    assert_eq!(d.dm.table(WWID).unwrap().groups[0].paths[0].dev, "8:0");
+    d.dm.clear_log();
+    // Silent loss begins on sda while responses already on the wire still complete:
+    // the probe reports one stuck request, a soft signal.
+    d.input(Input::Block {
+        dev: SDA,
+        at_ns: d.now,
+        signal: BlockSignal::Stalled {
+            oldest: Duration::from_millis(260),
+            since_completion: Some(Duration::from_millis(30)),
+            inflight: 4,
+        },
+    });
+    assert_eq!(d.e.health().state(SDA), Some(PathState::Degraded));
+    let log = d.dm.log();
+    // I/O moves to sdb's group by a message at once; no reload (its suspend would wait
+    // for the stuck I/O).
+    assert!(
+        log.contains(&format!("message {WWID} switch_group 2")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("reload")), "{log:?}");
+    // The stuck I/O comes back (nothing in flight on sda): the deferred reload runs and
+    // puts sda's group last.
+    d.dm.clear_log();
+    d.input(Input::Reading {
+        dev: SDA,
+        reading: crate::health::Reading {
+            last_complete_ns: d.now + 300 * MS,
+            completions: 10,
+            ok_completions: 10,
+            ..Default::default()
+        },
+    });
+    assert!(
+        d.dm.log().iter().any(|l| l.starts_with("reload")),
+        "{:?}",
+        d.dm.log()
+    );
+    assert_eq!(d.dm.table(WWID).unwrap().groups[0].paths[0].dev, "8:16");
+}
+
+#[test]
 fn failback_immediate_returns_io_to_the_best_group_and_manual_does_not() {
     for (policy, want_switch) in [("immediate", true), ("manual", false)] {
         let mut d = Driver::new(&format!(
