@@ -67,6 +67,8 @@ pub struct ConnState {
     pub last_snd_una: u32,
     /// Last TCP state seen (TCP_ESTABLISHED = 1 ... ), 0 if none yet.
     pub last_state: u32,
+    /// When snd_una last moved (kernel clock): the last ACK progress, 0 if none seen.
+    pub last_ack_ns: u64,
     /// Per event kind (index = kind - 1): last sent, and held back since.
     pub last_event_ns: [u64; TCP_EVENT_KINDS],
     pub suppressed: [u32; TCP_EVENT_KINDS],

@@ -94,7 +94,13 @@ fn veth_cut_link_sends_retransmit_events_for_the_watched_connection_only() {
     assert_eq!(healthy.retransmits, 0, "{healthy:?}");
     // Set by tcp_probe from the ACK of "hello".
     assert!(!healthy.srtt.is_zero(), "{healthy:?}");
+    // ...and the time of that ACK progress (the kernel's clock).
+    assert!(
+        healthy.last_ack_ns > 0 && healthy.last_ack_ns <= mpathd::ebpf::monotonic_ns(),
+        "{healthy:?}"
+    );
 
+    let cut_ns = mpathd::ebpf::monotonic_ns();
     ns.cut();
     let cut_at = Instant::now();
     for s in [&mut watched, &mut same_port_unwatched, &mut other_port] {
@@ -120,6 +126,8 @@ fn veth_cut_link_sends_retransmit_events_for_the_watched_connection_only() {
     assert!(more.iter().all(|e| e.conn == conn), "{more:?}");
     let s = probes.snapshot(conn).unwrap().unwrap();
     assert!(s.retransmits >= 3 && s.consecutive_retrans >= 3, "{s:?}");
+    // No ACK has moved snd_una since the cut.
+    assert!(s.last_ack_ns < cut_ns, "{s:?} (cut at {cut_ns})");
     assert_eq!(probes.snapshot(other).unwrap().unwrap().retransmits, 0);
 }
 

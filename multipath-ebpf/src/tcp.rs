@@ -195,6 +195,7 @@ fn try_tcp_probe(ctx: TracePointContext) -> Result<u32, u32> {
         // New data acknowledged: the peer is alive, the retransmission run is over.
         c.last_snd_una = una;
         c.consecutive_retrans = 0;
+        c.last_ack_ns = unsafe { bpf_ktime_get_ns() };
     }
     c.srtt_us = srtt;
     if c.limits.rtt_limit_us != 0 && srtt > c.limits.rtt_limit_us {

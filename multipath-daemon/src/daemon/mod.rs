@@ -652,6 +652,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         srtt: r.conn.map(|(_, c)| c.srtt).unwrap_or_default(),
                         snd_una: r.conn.map(|(_, c)| c.snd_una),
                         retransmits: r.conn.map(|(_, c)| c.retransmits).unwrap_or_default(),
+                        last_ack_ns: r.conn.map(|(_, c)| c.last_ack_ns).unwrap_or_default(),
                     };
                     cmds.extend(self.engine.input(
                         now,

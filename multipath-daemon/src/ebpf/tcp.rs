@@ -116,6 +116,8 @@ pub struct ConnSnapshot {
     /// The peer's last cumulative ACK (snd_una) seen: a change between two readings is
     /// ACK progress, the transport alive however slow.
     pub snd_una: u32,
+    /// When ACKs last moved snd_una (kernel clock), 0 if not seen since watched.
+    pub last_ack_ns: u64,
 }
 
 /// The TCP probes, loaded and attached. Dropping this detaches them.
@@ -232,6 +234,7 @@ impl TcpProbes {
                 srtt: Duration::from_micros(u64::from(s.srtt_us)),
                 last_state: s.last_state,
                 snd_una: s.last_snd_una,
+                last_ack_ns: s.last_ack_ns,
             })),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(EbpfError::Map {

@@ -17,7 +17,8 @@
 //!   fails every path carried by that connection, in every map, in one batch.
 //! - A stall (I/O in flight and no completion on the path for `stall_limit`) fails the
 //!   path once corroborated: its connection retransmitted and still nothing completed
-//!   `retrans_grace` later with no ACK progress seen since (the probe's snd_una), or a
+//!   `retrans_grace` later with no ACK progress since (the probe's time of the last
+//!   snd_una move, judged on a reading taken after the grace), or a
 //!   sibling path completed I/O after the stall began and the stall lasted
 //!   `stall_sibling` (`stall_alive` if the connection's ACKs kept moving: slow, not
 //!   dead). The same stall on every usable
@@ -192,6 +193,8 @@ pub struct Reading {
     pub snd_una: Option<u32>,
     /// The connection's retransmissions since it was watched.
     pub retransmits: u64,
+    /// When the connection's ACKs last made progress (kernel clock), 0 if unknown.
+    pub last_ack_ns: Ns,
 }
 
 /// Something the engine is told.
@@ -444,6 +447,9 @@ pub struct PathInfo {
     pub dm_failed: bool,
 }
 
+/// A TCP segment's payload on Ethernet, to turn retransmissions into bytes.
+const MSS: u64 = 1448;
+
 /// The engine's knobs. Defaults suit iSCSI paths whose healthy latency is milliseconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthConfig {
@@ -472,8 +478,9 @@ pub struct HealthConfig {
     /// This many retransmission runs within `loss_window` are a soft signal...
     pub loss_events: u32,
     /// ...and so are this many retransmissions (single or not) while ACKs move, seen in
-    /// two readings or more.
+    /// two readings or more, if they are at least `loss_percent` of the traffic.
     pub loss_retrans: u32,
+    pub loss_percent: u32,
     pub loss_window: Duration,
     /// Degraded with soft signals still coming for this long: failed (unless last).
     pub soft_persist: Duration,
@@ -504,6 +511,7 @@ impl Default for HealthConfig {
             dead_retrans: 5,
             loss_events: 3,
             loss_retrans: 6,
+            loss_percent: 2,
             loss_window: Duration::from_secs(2),
             soft_persist: Duration::from_secs(60),
             quiet: Duration::from_secs(10),
@@ -572,11 +580,10 @@ struct Path {
     srtt: Duration,
     retrans_runs: Vec<Ns>,
     last_retrans_ns: Option<Ns>,
-    /// A time by which the connection's ACKs had moved (snd_una changed): the reading
-    /// before the one that showed it.
+    /// When the connection's ACKs last made progress (the probe's clock).
     acked_ns: Option<Ns>,
-    /// Retransmissions counted between readings while ACKs moved: (reading time, count).
-    loss_marks: Vec<(Ns, u64)>,
+    /// Between readings while ACKs moved: (reading time, retransmissions, bytes acked).
+    loss_marks: Vec<(Ns, u64, u64)>,
     stall: Option<Stall>,
     /// When a stuck request was reported while the path completed others: if the path
     /// then completes nothing for the stall limit, that is a stall (the probe reports a
@@ -1148,30 +1155,34 @@ impl Health {
         if r.srtt > Duration::ZERO {
             p.srtt = r.srtt;
         }
+        if r.last_ack_ns != 0 {
+            p.acked_ns = Some(p.acked_ns.unwrap_or(0).max(r.last_ack_ns));
+        }
         let mut lossy = false;
         if let (Some(before), Some(una)) = (p.reading.snd_una, r.snd_una)
             && una != before
             && prev_ns != 0
         {
-            // The ACK came after the previous reading: a lower bound, so a stale ACK
-            // never makes a dead path look alive.
-            p.acked_ns = Some(prev_ns);
             // Retransmitting while ACKs move: a lossy path, not a dead one (that is the
             // stall rules' job). Single retransmissions count here, which the probe's
             // run events miss at a few percent of loss.
             let n = r.retransmits.saturating_sub(p.reading.retransmits);
             if n > 0 {
-                p.loss_marks.push((now, n));
+                p.loss_marks
+                    .push((now, n, u64::from(una.wrapping_sub(before))));
             }
             lossy = true;
         }
         let window = ns(self.cfg.loss_window);
         p.loss_marks
-            .retain(|&(t, _)| now.saturating_sub(t) < window);
-        let lost: u64 = p.loss_marks.iter().map(|&(_, n)| n).sum();
+            .retain(|&(t, _, _)| now.saturating_sub(t) < window);
+        let lost: u64 = p.loss_marks.iter().map(|&(_, n, _)| n).sum();
+        let acked: u64 = p.loss_marks.iter().map(|&(_, _, b)| b).sum();
         // One timeout retransmits a whole flight at once (a spurious one too, after a
-        // hiccup of the host): loss is retransmissions seen in two readings or more.
-        let spread = p.loss_marks.len() >= 2;
+        // hiccup of the host): loss is retransmissions seen in two readings or more, and
+        // a share of the traffic (a segment of ~1448 bytes per retransmission).
+        let spread =
+            p.loss_marks.len() >= 2 && lost * MSS * 100 >= acked * u64::from(self.cfg.loss_percent);
         if p.state == PathState::Active && r.srtt > Duration::ZERO {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
                 r.srtt
@@ -1483,18 +1494,23 @@ impl Health {
             // slow (a gray failure, not a dead path); a sibling's progress then needs
             // the longer `stall_alive` before it proves this path is broken.
             let alive = acked_since(stall.seen_ns);
+            // Judged only on a reading taken after the deadline, so what the ACKs did until
+            // then is known (the loop may lag behind the kernel under load).
+            let seen_after = |t: Ns| p.reading_ns >= t;
+            let need = if alive {
+                ns(self.cfg.stall_alive)
+            } else {
+                sibling_need
+            };
             let by = if let Some(r) = p.last_retrans_ns
                 && r >= stall.began_ns
                 && now.saturating_sub(r) >= grace
+                && seen_after(r + grace)
                 && !acked_since(r)
             {
                 Some("retransmissions without ACK progress")
-            } else if stalled
-                >= if alive {
-                    ns(self.cfg.stall_alive)
-                } else {
-                    sibling_need
-                }
+            } else if stalled >= need
+                && seen_after(stall.began_ns + need)
                 && usable
                     .iter()
                     .any(|q| q.info.dev != dev && q.last_ok_ns > stall.began_ns)

@@ -82,6 +82,7 @@ pub fn synthetic(paths: usize) -> Snapshot {
                     srtt: Duration::from_micros(200 + i as u64 % 500),
                     last_state: 1,
                     snd_una: 0,
+                    last_ack_ns: 0,
                 },
             )),
         });

@@ -169,6 +169,7 @@ fn per_path_and_per_map_series_carry_their_values() {
                 srtt: Duration::from_micros(250),
                 last_state: 1,
                 snd_una: 0,
+                last_ack_ns: 0,
             },
         )),
     });

@@ -489,7 +489,18 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
         at_ns: d.now,
         signal: ConnSignal::Retransmits { consecutive: 1 },
     });
-    d.now += 250 * MS;
+    d.now += 240 * MS;
+    // A reading after the grace: no ACK since the retransmission.
+    d.input(Input::Reading {
+        dev: SDA,
+        reading: crate::health::Reading {
+            inflight: 4,
+            snd_una: Some(1000),
+            last_ack_ns: d.now - S,
+            ..Default::default()
+        },
+    });
+    d.now += 10 * MS;
     d.input(Input::Block {
         dev: SDA,
         at_ns: d.now,
