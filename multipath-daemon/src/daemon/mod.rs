@@ -208,6 +208,9 @@ struct Daemon<D: DmBackend + 'static> {
     /// What the probes were last asked to watch.
     watching: Vec<WatchSpec>,
     readings_pending: bool,
+    /// Each path's connection counters at the previous reading (retransmissions,
+    /// snd_una), to log retransmissions as they happen.
+    last_conn: HashMap<crate::model::DevT, (u64, u32)>,
     stats: crate::metrics::Stats,
 }
 
@@ -249,6 +252,7 @@ pub async fn serve<D: DmBackend + 'static>(
         probe_rx: None,
         watching: Vec::new(),
         readings_pending: false,
+        last_conn: HashMap::new(),
         stats: crate::metrics::Stats::new(),
     };
     if d.opts.observe {
@@ -639,6 +643,14 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 let now = monotonic_ns();
                 let mut cmds = Vec::new();
                 for r in rs {
+                    if let Some((_, c)) = r.conn {
+                        let before = self.last_conn.insert(r.dev, (c.retransmits, c.snd_una));
+                        if let Some((rtx, una)) = before
+                            && c.retransmits > rtx
+                        {
+                            debug!(dev = %r.dev, new = c.retransmits - rtx, acked_bytes = c.snd_una.wrapping_sub(una), consecutive = c.consecutive_retrans, "retransmissions since the last reading");
+                        }
+                    }
                     let reading = Reading {
                         last_complete_ns: r.block.stats.last_complete_ns,
                         inflight: r.block.inflight(),

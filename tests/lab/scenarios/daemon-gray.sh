@@ -1,4 +1,4 @@
-# lab: gray failure: 150 ms of delay, then 5% loss, on the active path: mpathd demotes it within 2 s so the application's latency comes back to the healthy path's, fails nothing, and restores it with hysteresis once the fault is gone
+# lab: gray failure: 150 ms of delay, then 5% loss, on the active path: mpathd demotes it within 10 s so the application's latency comes back to the healthy path's, fails nothing, and restores it with hysteresis once the fault is gone
 # lab-timeout: 600
 . "$LAB_LIB"
 . "${LAB_LIB%/*}/daemon.sh"
@@ -27,7 +27,7 @@ lab_event info "healthy p99 ${healthy_p99} ms"
 # gray NAME NETEM: the fault on the active path during IO; demoted within 2 s; then a
 # second run of IO while the fault lasts must see the healthy path's latency.
 gray() {
-	local name=$1 spec=$2 a b mark t
+	local name=$1 spec=$2 a b mark t sampler
 	a=$(lab_active_path)
 	b=$((3 - a))
 	lab_step "$name on the active path $a (${LAB_DEV[a]})"
@@ -35,12 +35,17 @@ gray() {
 	lab_io_start
 	sleep 2
 	t=$EPOCHREALTIME
+	# What TCP itself counts on the faulty path, each second, to read beside mpathd's log.
+	(while :; do date +%T.%N; ss -tni dst "10.99.$a.2"; sleep 1; done) \
+		>"$LAB_OUT/ss-p$a-${spec// /_}.txt" 2>&1 &
+	sampler=$!
 	lab_netem "$a" "$spec"
 	lab__demoted() { [ "$(lab_decisions demote "$mark" "${LAB_DEV[a]}")" -ge 1 ]; }
 	lab_wait 10 "mpathd to demote path $a" lab__demoted
 	lab_event info "path $a demoted $(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}') s after the fault (as the scenario saw it)"
 	grep -E "mpathd::daemon: demote: " "$LAB_OUT/mpathd.log" | tail -1
 	sleep 2
+	kill "$sampler" 2>/dev/null
 	lab_io_stop
 	lab_io_check errors=0 mismatches=0
 	[ "$(lab_active_path)" != "$a" ] || lab_fail "I/O still goes to the demoted path $a: $(dmsetup status sanvol1)"
