@@ -20,8 +20,8 @@
 //!   `retrans_grace` later with no ACK progress since (the probe's time of the last
 //!   snd_una move, judged on a reading taken after the grace), or a
 //!   sibling path completed I/O after the stall began and the stall lasted
-//!   `stall_sibling` (`stall_alive` if the connection's ACKs kept moving: slow, not
-//!   dead). The same stall on every usable
+//!   `stall_sibling` (`stall_alive` if the connection's ACKs moved during the stall:
+//!   slow, not dead). The same stall on every usable
 //!   path of a map is the LUN or the array, and fails nothing. A stall is never
 //!   corroborated for the last usable path of a map.
 //! - Soft signals (slow completions, a request stuck while the path completes others,
@@ -1490,10 +1490,12 @@ impl Health {
             }
             let grace = ns(self.retrans_grace(p));
             let acked_since = |t: Ns| p.acked_ns.is_some_and(|a| a > t);
-            // ACKs still moving after the stall was seen: the transport is alive, only
-            // slow (a gray failure, not a dead path); a sibling's progress then needs
-            // the longer `stall_alive` before it proves this path is broken.
-            let alive = acked_since(stall.seen_ns);
+            // ACKs moved after the stall began: the transport is alive, only slow (a gray
+            // failure: a 150 ms delay in the lab collapsed the window and spaced ACKs
+            // 600 ms apart); a sibling's progress then needs the longer `stall_alive`
+            // before it proves this path is broken. A dead path is the retransmission
+            // rule's, which this does not slow.
+            let alive = acked_since(stall.began_ns);
             // Judged only on a reading taken after the deadline, so what the ACKs did until
             // then is known (the loop may lag behind the kernel under load).
             let seen_after = |t: Ns| p.reading_ns >= t;
