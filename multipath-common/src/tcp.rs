@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 36);
         assert_eq!(size_of::<TcpTpOffsets>(), 4 * 24);
         assert_eq!(size_of::<ConnLimits>(), 16);
-        assert_eq!(size_of::<ConnState>(), 16 + 16 + 16 + 8 * 4 + 4 * 4);
+        assert_eq!(size_of::<ConnState>(), 16 + 16 + 16 + 8 + 8 * 4 + 4 * 4);
         assert_eq!(size_of::<TcpEvent>(), 8 + 36 + 7 * 4);
     }
 }

@@ -235,6 +235,16 @@ fn loop_io_errors_send_one_rate_limited_event_with_the_right_dev() {
     };
     probes.watch(failing.inner.dev, gap_long).unwrap();
     probes.watch(bystander.dev, gap_long).unwrap();
+    // A completion the kernel skips because a BPF program already runs on that CPU (the
+    // other tests' probes, in parallel) is counted as a miss, not lost silently.
+    let misses = |p: &BlockProbes| -> u64 {
+        p.program_stats()
+            .unwrap()
+            .iter()
+            .map(|s| s.recursion_misses)
+            .sum()
+    };
+    let misses_before = misses(&probes);
 
     failing.shut_down();
     let f = failing.inner.open_direct();
@@ -270,9 +280,14 @@ fn loop_io_errors_send_one_rate_limited_event_with_the_right_dev() {
         k => panic!("expected an IO error event, got {k:?}"),
     }
     let s = probes.snapshot(failing.inner.dev).unwrap().unwrap();
-    assert_eq!(s.stats.errors(), FAILS);
-    assert_eq!(s.errors_by_kind()[ERR_IO], FAILS);
-    assert_eq!(s.errors_by_class(ErrorClass::Generic), FAILS);
+    let skipped = misses(&probes) - misses_before;
+    let counted = s.stats.errors();
+    assert!(
+        counted <= FAILS && counted + skipped >= FAILS,
+        "{counted} errors counted, {skipped} runs skipped by the kernel, {FAILS} failed"
+    );
+    assert_eq!(s.errors_by_kind()[ERR_IO], counted);
+    assert_eq!(s.errors_by_class(ErrorClass::Generic), counted);
     assert_eq!(s.errors_by_class(ErrorClass::Path), 0);
     assert_eq!(s.errors_by_class(ErrorClass::Lun), 0);
 
