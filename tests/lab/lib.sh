@@ -146,6 +146,17 @@ lab_target_start() {
 	ip link set lo up
 	lab_do ip netns add tgt
 	ip -n tgt link set lo up
+	# Netfilter hooks are static keys: the first hook of a kind patches every NF_HOOK site
+	# in the kernel text (int3 on every CPU, then a sync). Done by a fault during heavy
+	# traffic under TCG, that livelocked both vCPUs in ip_local_deliver (daemon-failover's
+	# target reset, RCU stall). Empty hooks registered now, before any IO, keep the keys
+	# on: a fault then only adds a table.
+	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
+		table inet lab_keep_hooks {
+			chain i { type filter hook input priority 0; }
+			chain o { type filter hook output priority 0; }
+		}
+	EOF
 	for i in $(seq "$LAB_PORTALS"); do
 		lab_portal_link "$i"
 	done
