@@ -28,12 +28,14 @@ lab_event info "healthy p99 ${healthy_p99} ms"
 # second run of IO while the fault lasts must see the healthy path's latency.
 gray() {
 	local name=$1 spec=$2 a b mark t sampler
-	a=$(lab_active_path)
-	b=$((3 - a))
-	lab_step "$name on the active path $a (${LAB_DEV[a]})"
 	mark=$(lab_log_lines)
 	lab_io_start
 	sleep 2
+	# The path carrying the IO now: after a reload no group is active until IO comes
+	# (the 5% loss once went onto an idle path that way).
+	a=$(lab_active_path)
+	b=$((3 - a))
+	lab_step "$name on the active path $a (${LAB_DEV[a]})"
 	t=$EPOCHREALTIME
 	# What TCP itself counts on the faulty path, each second, to read beside mpathd's log.
 	(while :; do date +%T.%N; ss -tni dst "10.99.$a.2"; sleep 1; done) \
