@@ -580,6 +580,8 @@ struct Path {
     srtt: Duration,
     retrans_runs: Vec<Ns>,
     last_retrans_ns: Option<Ns>,
+    /// The length of the connection's current retransmission run, as last reported.
+    retrans_run: u32,
     /// When the connection's ACKs last made progress (the probe's clock).
     acked_ns: Option<Ns>,
     /// Between readings while ACKs moved: (reading time, retransmissions, bytes acked).
@@ -684,6 +686,7 @@ impl Health {
                             retrans_runs: Vec::new(),
                             last_retrans_ns: None,
                             acked_ns: None,
+                            retrans_run: 0,
                             stuck_ns: None,
                             loss_marks: Vec::new(),
                             stall: None,
@@ -1003,12 +1006,13 @@ impl Health {
                     );
                 }
             }
-            ConnSignal::Retransmits { .. } => {
+            ConnSignal::Retransmits { consecutive } => {
                 for dev in devs {
                     let window = ns(self.cfg.loss_window);
                     let limit = self.cfg.loss_events as usize;
                     let p = self.paths.get_mut(&dev).expect("listed above");
                     p.last_retrans_ns = Some(at_ns);
+                    p.retrans_run = consecutive;
                     p.retrans_runs.retain(|&t| at_ns.saturating_sub(t) < window);
                     p.retrans_runs.push(at_ns);
                     let runs = p.retrans_runs.len();
@@ -1422,9 +1426,52 @@ impl Health {
         }
     }
 
+    /// A path that has completed nothing since it was watched cannot show a stall (its
+    /// I/O in flight predates the probes: a daemon restarted during a fault): its
+    /// connection retransmitting twice in a row with no ACK within the grace, while a
+    /// sibling serves I/O, is dead, without waiting for `dead_retrans`.
+    fn silent_since_watched(&mut self, now: Ns, out: &mut Output) {
+        let devs: Vec<DevT> = self
+            .paths
+            .values()
+            .filter(|p| {
+                p.state.usable()
+                    && p.stall.is_none()
+                    && p.reading.last_complete_ns == 0
+                    && p.retrans_run >= 2
+                    && p.last_retrans_ns.is_some_and(|r| {
+                        let grace = ns(self.retrans_grace(p));
+                        now.saturating_sub(r) >= grace
+                            && p.reading_ns >= r + grace
+                            && p.acked_ns.is_none_or(|a| a <= r)
+                    })
+                    && self.paths.values().any(|q| {
+                        q.info.map == p.info.map
+                            && q.info.dev != p.info.dev
+                            && q.state.usable()
+                            && q.last_ok_ns > 0
+                    })
+            })
+            .map(|p| p.info.dev)
+            .collect();
+        for dev in devs {
+            let p = &self.paths[&dev];
+            let (run, at) = (p.retrans_run, p.last_retrans_ns.unwrap_or(now));
+            self.fail(
+                now,
+                dev,
+                Reason::ConnSilent { retransmits: run },
+                at,
+                true,
+                out,
+            );
+        }
+    }
+
     /// Judges every pending stall and generic error.
     fn corroborate(&mut self, now: Ns, out: &mut Output) {
         self.stuck_to_stall(now, out);
+        self.silent_since_watched(now, out);
         let sibling_need = ns(self.cfg.stall_sibling);
         let devs: Vec<DevT> = self
             .paths

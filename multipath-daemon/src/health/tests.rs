@@ -1089,6 +1089,45 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
 }
 
 #[test]
+fn after_a_restart_mid_fault_two_silent_retransmissions_fail_a_path_that_completed_nothing() {
+    // The daemon restarted while sda's I/O was stuck: the probes never saw it issued, so
+    // no stall comes; sda has completed nothing since it was watched.
+    let mut h = two_maps();
+    let t = 50 * S;
+    acked(&mut h, t, 0, 1000, t - 2 * S);
+    up(&mut h, t + 10 * MS, 16);
+    completed(&mut h, t + 20 * MS, 16, t + 15 * MS);
+    completed(&mut h, t + 30 * MS, 16, t + 25 * MS);
+    let c = conn(40001, 1);
+    let o = h.handle(
+        t + 100 * MS,
+        Input::Conn {
+            conn: c,
+            at_ns: t + 100 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    assert!(failed_devs(&o).is_empty(), "{o:?}");
+    // A reading after the grace, with no ACK since: dead.
+    let o = acked(&mut h, t + 320 * MS, 0, 1000, t - 2 * S);
+    assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+    assert_eq!(o.decisions[0].reason, Reason::ConnSilent { retransmits: 2 });
+    // The same on a path that completed I/O since it was watched waits for a stall.
+    let mut h = two_maps();
+    completed(&mut h, t, 0, t - 5 * MS);
+    up(&mut h, t + 10 * MS, 16);
+    h.handle(
+        t + 100 * MS,
+        Input::Conn {
+            conn: c,
+            at_ns: t + 100 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    assert!(failed_devs(&acked(&mut h, t + 320 * MS, 0, 1000, t - 2 * S)).is_empty());
+}
+
+#[test]
 fn a_connection_silent_for_five_retransmissions_fails_its_idle_paths() {
     let mut h = two_maps();
     let c = conn(40001, 1);
