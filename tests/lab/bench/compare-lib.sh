@@ -78,8 +78,12 @@ bench_status_stop() {
 }
 
 # bench_clock: a line in the kernel log with the wall clock, so the host can date the
-# kernel's own messages (iSCSI connection errors, dm failing a path).
-bench_clock() { echo "mpathd-bench: clock $EPOCHREALTIME" >/dev/kmsg; }
+# kernel's own messages (iSCSI connection errors, dm failing a path). Prints the line.
+bench_clock() {
+	local m="mpathd-bench: clock $EPOCHREALTIME"
+	echo "$m" >/dev/kmsg
+	echo "$m"
+}
 
 # bench_stamp FILE: each line of stdin to FILE with the epoch it was read at.
 bench_stamp() {
@@ -319,7 +323,7 @@ bench_stack_down() {
 # path to be usable and in its group again, with IO still running; then the stack is
 # brought back to where it started for the next run.
 bench_run() {
-	local f=$1 s=$BENCH_STACK a dir t_io t_f t_r t_back="" t_manual="" log0=0 kmsg0 log
+	local f=$1 s=$BENCH_STACK a dir t_io t_f t_r t_back="" t_manual="" log0=0 mark log
 	a=$(bench_used_path)
 	dir=$BENCH_RUNS/$f.$s
 	rm -rf "$dir"
@@ -327,8 +331,7 @@ bench_run() {
 	lab_step "$f with $s (path $a, ${LAB_DEV[a]} ${LAB_DEVT[a]})"
 	log=$(bench_daemon_log)
 	[ -f "$log" ] && log0=$(wc -l <"$log")
-	kmsg0=$(dmesg | wc -l)
-	bench_clock
+	mark=$(bench_clock)
 	bench_status_start "$dir/status.tsv"
 	t_io=$EPOCHREALTIME
 	bench_io_start "$dir/trace.txt"
@@ -354,10 +357,11 @@ bench_run() {
 	fi
 	sleep "$BENCH_POST_S"
 	lab_io_stop 300
-	bench_clock
+	bench_clock >/dev/null
 	bench_status_stop
 	cp /tmp/labio.json "$dir/labio.json"
-	dmesg | tail -n +"$((kmsg0 + 1))" >"$dir/dmesg.txt"
+	# From the run's first marker on (a line count would shift when the ring buffer wraps).
+	dmesg | awk -v m="$mark" 'index($0, m) { p = 1 } p' >"$dir/dmesg.txt"
 	[ -f "$log" ] && tail -n +"$((log0 + 1))" "$log" >"$dir/daemon.log"
 	printf '{"stack":"%s","fault":"%s","path":%d,"dev":"%s","devt":"%s","session":"%s","portals":%d,"io_start":%s,"fault_at":%s,"restored_at":%s,"back_seen_at":%s,"manual_reinstate_at":%s,"fault_s":%s,"recover_wait_s":%s,"dir":%s}\n' \
 		"$s" "$f" "$a" "${LAB_DEV[a]}" "${LAB_DEVT[a]}" "${LAB_SESSION[a]}" "$LAB_PORTALS" "$t_io" "$t_f" "$t_r" \
@@ -452,7 +456,8 @@ bench_ovh_start() { # bench_ovh_start MODE: sets BENCH_OVH_PID (empty for none)
 		BENCH_OVH_VARIANT=biolatency.bt
 		if ! bench__wait_tracing "$out"; then
 			BENCH_OVH_VARIANT=tracepoints
-			bpftrace -e 'tracepoint:block:block_rq_issue { @start[args->dev, args->sector] = nsecs; }
+			bpftrace -e 'BEGIN { printf("Tracing block device I/O (tracepoints)\n"); }
+				tracepoint:block:block_rq_issue { @start[args->dev, args->sector] = nsecs; }
 				tracepoint:block:block_rq_complete /@start[args->dev, args->sector]/ {
 					@usecs = hist((nsecs - @start[args->dev, args->sector]) / 1000);
 					delete(@start[args->dev, args->sector]); }' >"$out" 2>&1 &
@@ -467,10 +472,10 @@ bench__multipathd_up() {
 	kill -0 "$BENCH_OVH_PID" 2>/dev/null || lab_fail "multipathd exited: $(tail -3 "$LAB_OUT/multipathd.log")"
 	multipathd show daemon 2>/dev/null | grep -q running
 }
-bench__wait_tracing() { # until bpftrace says it attached; 1 if it exited first
+bench__wait_tracing() { # until bpftrace's BEGIN has run (every probe attached); 1 if it exited first
 	local end=$((SECONDS + 180))
 	while [ $SECONDS -lt $end ]; do
-		grep -qE '^(Tracing|Attaching)' "$1" 2>/dev/null && return 0
+		grep -q '^Tracing' "$1" 2>/dev/null && return 0
 		kill -0 "$BENCH_OVH_PID" 2>/dev/null || { wait "$BENCH_OVH_PID"; return 1; }
 		sleep 0.5
 	done

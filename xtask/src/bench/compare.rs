@@ -717,7 +717,8 @@ fn fmt_ms(v: &Value) -> String {
     match v.as_f64() {
         Some(x) if x >= 10_000.0 => format!("{:.1} s", x / 1000.0),
         Some(x) if x >= 1000.0 => format!("{:.2} s", x / 1000.0),
-        Some(x) => format!("{x:.0} ms"),
+        Some(x) if x >= 10.0 => format!("{x:.0} ms"),
+        Some(x) => format!("{x:.1} ms"),
         None => "–".into(),
     }
 }
@@ -1040,6 +1041,53 @@ mod tests {
         assert!(t.contains("| silent_loss | kernel | 0.80 s | 10 ms / 800 ms | 0 | 0 | 10.9 s | 0.60 s | never (no daemon) |"), "{t}");
         assert!(t.contains("| silent_loss | multipathd | not run |"), "{t}");
         std::fs::remove_dir_all(&base).ok();
+    }
+
+    #[test]
+    fn overhead_medians_and_cost_against_no_daemon() {
+        let base = std::env::temp_dir().join(format!("compare-ovh-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("o")).unwrap();
+        let fio = |iops: f64, p99_us: f64| {
+            format!(
+                "note: fio says hello\n{{\"jobs\": [{{\"read\": {{\"iops\": {}, \"clat_ns\": {{\"percentile\": {{\"99.000000\": {}}}}}}}, \
+                 \"write\": {{\"iops\": {}, \"clat_ns\": {{\"percentile\": {{\"99.000000\": {}}}}}}}}}]}}",
+                iops * 0.7,
+                p99_us * 1000.0,
+                iops * 0.3,
+                p99_us * 2000.0
+            )
+        };
+        let mut recs = Vec::new();
+        for (mode, r, iops, cpu) in [
+            ("none", 1, 1000.0, None),
+            ("none", 2, 1200.0, None),
+            ("mpathd", 1, 900.0, Some(50.0)),
+            ("mpathd", 2, 1000.0, Some(30.0)),
+        ] {
+            let f = format!("o/fio-{mode}-r{r}.json");
+            std::fs::write(base.join(&f), fio(iops, 500.0)).unwrap();
+            recs.push(json!({"kind": "overhead", "what": "load", "mode": mode, "round": r,
+                "t0": 0.0, "t1": 10.0, "cpu_ticks0": cpu.map(|_| 100.0), "cpu_ticks1": cpu.map(|c| 100.0 + c),
+                "clk_tck": 100, "rss_kb": cpu.map(|_| 20480), "fio": f, "lab_dir": base}));
+        }
+        recs.push(json!({"kind": "overhead", "what": "idle", "mode": "mpathd", "round": 1, "seconds": 60,
+            "t0": 0.0, "t1": 60.0, "cpu_ticks0": 0, "cpu_ticks1": 30, "clk_tck": 100, "rss_kb": 10240,
+            "hwm_kb": 11000, "fio": null, "lab_dir": base}));
+        let refs: Vec<&Value> = recs.iter().collect();
+        let o = overhead(&refs).unwrap();
+        std::fs::remove_dir_all(&base).ok();
+        assert_eq!(o["none"]["iops_median"], 1100.0);
+        assert_eq!(o["mpathd"]["iops_median"], 950.0);
+        assert_eq!(o["mpathd"]["iops_vs_none_pct"], -13.6);
+        assert_eq!(o["mpathd"]["read_p99_ms_median"], 0.5);
+        assert_eq!(o["mpathd"]["write_p99_ms_median"], 1.0);
+        // 30 and 50 ticks of 10 ms over 10 s: 3% and 5%.
+        assert_eq!(o["mpathd"]["cpu_pct_under_load_median"], 4.0);
+        assert_eq!(o["mpathd"]["idle"]["cpu_pct"], 0.5);
+        assert_eq!(o["none"]["cpu_pct_under_load_median"], Value::Null);
+        assert_eq!(o["multipathd"]["rounds"], 0);
+        let t = table(&json!({"faults": [], "overhead": o}));
+        assert!(t.contains("| mpathd (probes on) | 950 (-13.6%) | 0.5 ms | 1.0 ms | 4.0% | 20.0 MiB | 0.5% | 10.0 MiB |"), "{t}");
     }
 
     #[test]
