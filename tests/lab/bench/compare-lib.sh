@@ -366,7 +366,6 @@ bench_run() {
 	printf '{"stack":"%s","fault":"%s","path":%d,"dev":"%s","devt":"%s","session":"%s","portals":%d,"io_start":%s,"fault_at":%s,"restored_at":%s,"back_seen_at":%s,"manual_reinstate_at":%s,"fault_s":%s,"recover_wait_s":%s,"dir":%s}\n' \
 		"$s" "$f" "$a" "${LAB_DEV[a]}" "${LAB_DEVT[a]}" "${LAB_SESSION[a]}" "$LAB_PORTALS" "$t_io" "$t_f" "$t_r" \
 		"${t_back:-null}" "${t_manual:-null}" "$BENCH_FAULT_S" "$BENCH_RECOVER_S" "$(bench_json_str "compare/$f.$s")" >>"$BENCH_RAW"
-	lab_event info "$f with $s: $(grep -o '"longest_stall": {[^}]*' "$dir/labio.json" | tr -d '\n ' | head -c 120)"
 	bench_reset
 }
 

@@ -366,7 +366,9 @@ fn parse_utc(s: &str) -> Option<f64> {
 /// the kernel signal behind it. multipathd: its first log line naming the path.
 fn daemon_first(stack: &str, log: &str, run: &RunMeta) -> Option<(f64, Option<f64>, String)> {
     let names_path = |l: &str| {
+        // Words keep their colons (a devt is "8:0"), less a trailing one ("sda: ...").
         l.split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
+            .map(|w| w.trim_end_matches(':'))
             .any(|w| w == run.dev || w == run.devt)
     };
     match stack {
@@ -1097,10 +1099,18 @@ mod tests {
         let log = "99.0 sda: something before the fault\n\
                    100.2 mpbench: load table [0 1 multipath]\n\
                    100.3 sdab: another device\n\
-                   104.5 checker failed path 8:0 in map mpbench\n";
+                   104.5 checker failed path 8:0 in map mpbench\n\
+                   104.6 sda: mark as failed\n";
         let d = daemon_first("multipathd", log, &run).unwrap();
         assert_eq!(d.0, 104.5);
         assert_eq!(d.2, "checker failed path 8:0 in map mpbench");
+        let d = daemon_first(
+            "multipathd",
+            "100.1 sdab: no\n103.0 sda: mark as failed\n",
+            &run,
+        )
+        .unwrap();
+        assert_eq!((d.0, d.2.as_str()), (103.0, "sda: mark as failed"));
         assert!(daemon_first("kernel", log, &run).is_none());
     }
 }
