@@ -113,10 +113,11 @@ pub fn latency_plot(title: &str, subtitle: &str, lines: &[Line], fault_s: f64) -
         let _ = writeln!(
             s,
             "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#999\"/>\
-             <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{t:.0}</text>",
+             <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{:.0}</text>",
             H - BOTTOM,
             H - BOTTOM + 4.0,
-            H - BOTTOM + 17.0
+            H - BOTTOM + 17.0,
+            t + 0.0 // no "-0"
         );
         t += step;
     }
@@ -165,7 +166,14 @@ pub fn latency_plot(title: &str, subtitle: &str, lines: &[Line], fault_s: f64) -
 pub fn stall_bars(title: &str, series: &[&str], groups: &[(String, Vec<Option<f64>>)]) -> String {
     let (lo, hi) = (10.0, 100_000.0); // ms
     let mut s = head(title, "seconds, log scale");
-    for (v, label) in MS_TICKS.iter().skip(1).chain(&[(100_000.0, "100 s")]) {
+    let ticks = [
+        (10.0, "10 ms"),
+        (100.0, "100 ms"),
+        (1000.0, "1 s"),
+        (10_000.0, "10 s"),
+        (100_000.0, "100 s"),
+    ];
+    for (v, label) in &ticks {
         let y = log_y(*v, lo, hi);
         let _ = writeln!(
             s,
@@ -187,7 +195,7 @@ pub fn stall_bars(title: &str, series: &[&str], groups: &[(String, Vec<Option<f6
                 Some(v) => {
                     let y = log_y((v * 1000.0).max(lo), lo, hi);
                     let label = if *v >= 10.0 {
-                        format!("{v:.0}")
+                        format!("{v:.1}")
                     } else {
                         format!("{v:.2}")
                     };
@@ -270,6 +278,6 @@ mod tests {
             3 + 2,
             "3 bars + 2 legend keys"
         );
-        assert!(s.contains(">15<") && s.contains(">0.42<") && s.contains(">n/a<"));
+        assert!(s.contains(">15.3<") && s.contains(">0.42<") && s.contains(">n/a<"));
     }
 }
