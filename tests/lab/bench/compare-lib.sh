@@ -48,22 +48,26 @@ bench_json_str() { # bench_json_str S: S as a JSON string (no fork: called per r
 # --- recording ----------------------------------------------------------------------------
 # bench_status_start FILE: `dmsetup status` of the map on every change. It sleeps in
 # `dmsetup wait` (a path failed or reinstated, a group switched) and stamps a change with
-# its wake-up time; a reload raises no event, so it also looks every second.
+# its wake-up time. A reload raises no event, so it also looks every second; a change
+# found that way is stamped when the read ends (it happened before, never after).
 bench_status_start() {
 	local f=$1
 	(
 		prev=
 		t=$EPOCHREALTIME
+		rc=0
 		while :; do
 			ev=$(dmsetup info -c --noheadings -o events "$BENCH_MAPNAME" 2>/dev/null)
 			ev=${ev//[[:space:]]/}
 			st=$(dmsetup status "$BENCH_MAPNAME" 2>/dev/null)
+			[ "$rc" = 0 ] || t=$EPOCHREALTIME
 			if [ "$st" != "$prev" ]; then
 				printf '%s\t%s\n' "$t" "$st" >>"$f"
 				prev=$st
 			fi
 			timeout 1 dmsetup wait "$BENCH_MAPNAME" "${ev:-0}" >/dev/null 2>&1
-			[ $? = 124 ] || [ -n "$ev" ] || sleep 0.2 # no map: do not spin
+			rc=$?
+			[ $rc = 124 ] || [ -n "$ev" ] || sleep 0.2 # no map: do not spin
 			t=$EPOCHREALTIME
 		done
 	) &

@@ -123,8 +123,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                 }
             );
             if let Err(e) = run_part(root, &target, p, &mpathd) {
-                eprintln!("bench compare: part {} failed: {e:#}", p.name);
-                failures.push(format!("{}: {e:#}", p.name));
+                let msg = format!("{e:#}");
+                eprintln!("bench compare: part {} failed: {msg}", p.name);
+                failures.push(format!("{}: {msg}", p.name));
+                // SIGINT or SIGTERM (the lab's message says so): boot no further VM.
+                if msg.contains("interrupted; the VM was killed") {
+                    eprintln!("bench compare: interrupted, the other parts are not run");
+                    break;
+                }
             }
         }
     }
@@ -492,10 +498,9 @@ fn figures(run: &RunMeta) -> Result<Value> {
         .iter()
         .find(|(t, g)| *t >= tf && !in_use(g, &run.devt))
         .map(|(t, _)| *t);
-    let act = match (dm_fail, rerouted) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    // The kernel's own stamp when dm failed the path; the recorder's (woken by the dm
+    // event, or up to its read's end after a reload) otherwise.
+    let act = dm_fail.or(rerouted);
     let settled =
         |g: &[Group]| usable(g, &run.devt) && before.as_ref().is_some_and(|b| shape(b) == shape(g));
     let recovered = act.and_then(|_| {
