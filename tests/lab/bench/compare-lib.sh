@@ -45,6 +45,15 @@ bench_json_str() { # bench_json_str S: S as a JSON string (no fork: called per r
 	printf '"%s"' "$s"
 }
 
+# bench_record_setup: the versions and settings the figures depend on, one JSON line.
+bench_record_setup() {
+	printf '{"kind":"setup","kernel":"%s","multipath_tools":"%s","open_iscsi":"%s","fio":"%s","bpftrace":"%s","mpathd":%s,"noop_out_interval":%d,"noop_out_timeout":%d,"replacement_timeout":%d,"nproc":%d,"mem_kb":%d}\n' \
+		"$(uname -r)" "$(dpkg-query -W -f='${Version}' multipath-tools)" "$(dpkg-query -W -f='${Version}' open-iscsi)" \
+		"$(dpkg-query -W -f='${Version}' fio)" "$(dpkg-query -W -f='${Version}' bpftrace 2>/dev/null)" \
+		"$(bench_json_str "$BENCH_MPATHD_BIN")" "$LAB_NOOP_INTERVAL" "$LAB_NOOP_TIMEOUT" "$LAB_RECOVERY_TMO" \
+		"$(nproc)" "$(awk '/MemTotal/{print $2}' /proc/meminfo)" >>"$BENCH_RAW"
+}
+
 # --- recording ----------------------------------------------------------------------------
 # bench_status_start FILE: `dmsetup status` of the map on every change. It sleeps in
 # `dmsetup wait` (a path failed or reinstated, a group switched) and stamps a change with

@@ -12,6 +12,7 @@
 lab_udev_start
 lab_setup
 LAB_WWID=$(lab_wwid)
+bench_record_setup
 for s in kernel multipathd mpathd; do
 	bench_stack_up "$s"
 	bench_run silent_loss

@@ -16,11 +16,7 @@
 lab_udev_start
 lab_setup
 LAB_WWID=$(lab_wwid)
-printf '{"kind":"setup","kernel":"%s","multipath_tools":"%s","open_iscsi":"%s","fio":"%s","bpftrace":"%s","mpathd":%s,"noop_out_interval":%d,"noop_out_timeout":%d,"replacement_timeout":%d,"nproc":%d,"mem_kb":%d}\n' \
-	"$(uname -r)" "$(dpkg-query -W -f='${Version}' multipath-tools)" "$(dpkg-query -W -f='${Version}' open-iscsi)" \
-	"$(dpkg-query -W -f='${Version}' fio)" "$(dpkg-query -W -f='${Version}' bpftrace 2>/dev/null)" \
-	"$(bench_json_str "$BENCH_MPATHD_BIN")" "$LAB_NOOP_INTERVAL" "$LAB_NOOP_TIMEOUT" "$LAB_RECOVERY_TMO" \
-	"$(nproc)" "$(awk '/MemTotal/{print $2}' /proc/meminfo)" >>"$BENCH_RAW"
+bench_record_setup
 
 case $BENCH_PART in
 faults)
