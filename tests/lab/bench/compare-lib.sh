@@ -463,12 +463,13 @@ bench_ovh_start() { # bench_ovh_start MODE: sets BENCH_OVH_PID (empty for none)
 		# biolatency.bt as Debian ships it (kprobes on blk_account_io_*); if the kernel
 		# has none of its functions, the same histogram from the block tracepoints.
 		out=$BENCH_OVH_DIR/bpftrace.txt
-		bpftrace /usr/sbin/biolatency.bt >"$out" 2>&1 &
+		# Line-buffered: its BEGIN line says every probe is attached.
+		stdbuf -oL bpftrace /usr/sbin/biolatency.bt >"$out" 2>&1 &
 		BENCH_OVH_PID=$!
 		BENCH_OVH_VARIANT=biolatency.bt
 		if ! bench__wait_tracing "$out"; then
 			BENCH_OVH_VARIANT=tracepoints
-			bpftrace -e 'BEGIN { printf("Tracing block device I/O (tracepoints)\n"); }
+			stdbuf -oL bpftrace -e 'BEGIN { printf("Tracing block device I/O (tracepoints)\n"); }
 				tracepoint:block:block_rq_issue { @start[args->dev, args->sector] = nsecs; }
 				tracepoint:block:block_rq_complete /@start[args->dev, args->sector]/ {
 					@usecs = hist((nsecs - @start[args->dev, args->sector]) / 1000);
@@ -482,7 +483,8 @@ bench_ovh_start() { # bench_ovh_start MODE: sets BENCH_OVH_PID (empty for none)
 }
 bench__multipathd_up() {
 	kill -0 "$BENCH_OVH_PID" 2>/dev/null || lab_fail "multipathd exited: $(tail -3 "$LAB_OUT/multipathd.log")"
-	multipathd show daemon 2>/dev/null | grep -q running
+	# "pid N idle" between checks, "running" during them.
+	multipathd show daemon 2>/dev/null | grep -qE 'idle|running'
 }
 bench__wait_tracing() { # until bpftrace's BEGIN has run (every probe attached); 1 if it exited first
 	local end=$((SECONDS + 180))
