@@ -430,8 +430,8 @@ bench_cpu_ticks() { # bench_cpu_ticks PID: utime + stime of every thread, in clo
 	echo $((f[11] + f[12]))
 }
 bench_rss() { # bench_rss PID: "VmRSS VmHWM" in kB
-	local k v u rss=0 hwm=0
-	while read -r k v u; do
+	local k v rss=0 hwm=0
+	while read -r k v _; do
 		case $k in VmRSS:) rss=$v ;; VmHWM:) hwm=$v ;; esac
 	done <"/proc/$1/status"
 	echo "$rss $hwm"
@@ -522,7 +522,7 @@ bench_ovh_sample() {
 	fi
 	printf '{"kind":"overhead","what":"%s","mode":"%s","variant":%s,"round":%d,"seconds":%s,"t0":%s,"t1":%s,"cpu_ticks0":%s,"cpu_ticks1":%s,"clk_tck":%d,"rss_kb":%s,"hwm_kb":%s,"fio":%s}\n' \
 		"$what" "$mode" "$( [ -n "$BENCH_OVH_VARIANT" ] && bench_json_str "$BENCH_OVH_VARIANT" || echo null)" \
-		"$r" "$secs" "$t0" "$t1" "$c0" "$c1" "$(getconf CLK_TCK)" ${rss% *} ${rss#* } \
+		"$r" "$secs" "$t0" "$t1" "$c0" "$c1" "$(getconf CLK_TCK)" "${rss% *}" "${rss#* }" \
 		"$( [ "$what" = load ] && bench_json_str "compare/overhead/fio-$mode-r$r.json" || echo null)" >>"$BENCH_RAW"
 }
 
@@ -544,7 +544,7 @@ bench_overhead() {
 	bench_fio /tmp/fio-warmup.json 5 || lab_fail "fio on /dev/mapper/$BENCH_MAPNAME failed"
 	for r in $(seq "$BENCH_OVH_ROUNDS"); do
 		# Rotate: round 1 none first, round 2 mpathd first, ...
-		modes=$(echo $BENCH_OVH_MODES $BENCH_OVH_MODES | cut -d' ' -f"$(((r - 1) % 4 + 1))-$(((r - 1) % 4 + 4))")
+		modes=$(echo "$BENCH_OVH_MODES" "$BENCH_OVH_MODES" | cut -d' ' -f"$(((r - 1) % 4 + 1))-$(((r - 1) % 4 + 4))")
 		for mode in $modes; do
 			lab_step "overhead round $r: fio with $mode"
 			bench_ovh_start "$mode"
