@@ -179,7 +179,17 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 fn run_part(root: &Path, target: &Path, p: &Part, mpathd: &Path) -> Result<PathBuf> {
     let text =
         std::fs::read_to_string(root.join(SCRIPT)).with_context(|| format!("reading {SCRIPT}"))?;
-    let (header, body) = super::split_header(&text);
+    let dir = target.join("bench/compare-lab");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join(format!("compare-{}.sh", p.name));
+    std::fs::write(&copy, part_script(&text, p, mpathd))?;
+    crate::lab::run_builtin(root, &copy.to_string_lossy())
+}
+
+/// The script with the part's timeout in its header and its knobs right after the header
+/// (the lab passes no environment of ours into the guest).
+fn part_script(text: &str, p: &Part, mpathd: &Path) -> String {
+    let (header, body) = super::split_header(text);
     let header: String = header
         .lines()
         .map(|l| {
@@ -190,19 +200,12 @@ fn run_part(root: &Path, target: &Path, p: &Part, mpathd: &Path) -> Result<PathB
             }
         })
         .collect();
-    let dir = target.join("bench/compare-lab");
-    std::fs::create_dir_all(&dir)?;
-    let copy = dir.join(format!("compare-{}.sh", p.name));
-    std::fs::write(
-        &copy,
-        format!(
-            "{header}# set by cargo xtask bench compare:\nBENCH_MPATHD='{}'\nBENCH_PART={}\nBENCH_FAULTS='{}'\n{body}",
-            mpathd.display(),
-            p.kind,
-            p.faults.join(" ")
-        ),
-    )?;
-    crate::lab::run_builtin(root, &copy.to_string_lossy())
+    format!(
+        "{header}# set by cargo xtask bench compare:\nBENCH_MPATHD='{}'\nBENCH_PART={}\nBENCH_FAULTS='{}'\n{body}",
+        mpathd.display(),
+        p.kind,
+        p.faults.join(" ")
+    )
 }
 
 // --- the guest's records ----------------------------------------------------------------
@@ -889,6 +892,39 @@ mod tests {
 
     const RR: &str = "0 524288 multipath 2 0 0 0 2 1 A 0 1 0 8:0 A 0 E 0 1 0 8:16 A 0";
     const ST: &str = "0 524288 multipath 2 0 0 0 2 2 E 0 1 2 8:0 F 1 0 1 A 0 1 2 8:16 A 0 0 1";
+
+    #[test]
+    fn a_part_sets_its_knobs_below_the_header() {
+        let script = "# lab: x\n# lab-timeout: 9\n: \"${BENCH_PART:=faults}\"\n. \"$LAB_LIB\"\n";
+        let s = part_script(script, &PARTS[1], Path::new("/t/release/mpathd"));
+        assert_eq!(
+            s,
+            "# lab: x\n# lab-timeout: 2400\n# set by cargo xtask bench compare:\n\
+             BENCH_MPATHD='/t/release/mpathd'\nBENCH_PART=faults\n\
+             BENCH_FAULTS='delay_150ms loss_5pct flapping'\n: \"${BENCH_PART:=faults}\"\n. \"$LAB_LIB\"\n"
+        );
+        // Every fault is in exactly one part, in the table's order.
+        let in_parts: Vec<&str> = PARTS
+            .iter()
+            .flat_map(|p| p.faults.iter().copied())
+            .collect();
+        let table: Vec<&str> = FAULTS.iter().map(|f| f.0).collect();
+        assert_eq!(in_parts, table);
+    }
+
+    /// The guest knows the same faults, by the same names.
+    #[test]
+    fn the_guest_has_every_fault() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let lib = std::fs::read_to_string(root.join("tests/lab/bench/compare-lib.sh")).unwrap();
+        let line = lib
+            .lines()
+            .find_map(|l| l.strip_prefix("BENCH_FAULTS_ALL="))
+            .expect("BENCH_FAULTS_ALL in compare-lib.sh");
+        let guest: Vec<&str> = line.trim_matches('"').split(' ').collect();
+        let table: Vec<&str> = FAULTS.iter().map(|f| f.0).collect();
+        assert_eq!(guest, table);
+    }
 
     #[test]
     fn status_lines_parse_into_groups() {
