@@ -506,7 +506,9 @@ fn figures(run: &RunMeta) -> Result<Value> {
     let act = dm_fail.or(rerouted);
     let settled =
         |g: &[Group]| usable(g, &run.devt) && before.as_ref().is_some_and(|b| shape(b) == shape(g));
-    let recovered = act.and_then(|_| {
+    // The kernel alone never puts a path back: a path back in its records was
+    // reinstated by the bench, by hand (after all paths down).
+    let recovered = act.filter(|_| run.stack != "kernel").and_then(|_| {
         let at_restore = status.iter().take_while(|(t, _)| *t <= tr).last();
         if at_restore.is_some_and(|(t, g)| *t >= act.unwrap_or(tf) && settled(g)) {
             return Some(tr);
@@ -752,10 +754,10 @@ fn table(v: &Value) -> String {
             let recover = if r["left_the_path"] == false {
                 "not needed".to_owned()
             } else if r["recover_s"].is_null() {
-                if *s == "kernel" {
-                    "never (no daemon)".to_owned()
-                } else {
-                    format!("not in {} s", r["recover_wait_s"])
+                match (*s, r["manual_reinstate_s"].as_f64()) {
+                    ("kernel", Some(m)) => format!("never (reinstated by hand at {m:.1} s)"),
+                    ("kernel", None) => "never (no daemon)".to_owned(),
+                    _ => format!("not in {} s", r["recover_wait_s"]),
                 }
             } else {
                 fmt_s(&r["recover_s"])
@@ -1063,7 +1065,17 @@ mod tests {
             480,
             "3 s before, 30 s of fault, 15 s after, per 100 ms"
         );
-        // The kernel alone: no daemon log, never back.
+        // The kernel alone: no daemon log, never back, even when the bench reinstated
+        // the path by hand.
+        let mut km = meta("kernel", &base);
+        km.manual_reinstate_at = Some(139.0);
+        let k = figures(&km).unwrap();
+        assert_eq!(k["recover_s"], Value::Null);
+        assert_eq!(k["manual_reinstate_s"], 9.0);
+        assert!(
+            table(&json!({"faults": [{"fault": "x", "stacks": {"kernel": k}}]}))
+                .contains("never (reinstated by hand at 9.0 s)")
+        );
         std::fs::write(dir.join("status.tsv"), format!("96.0\t{a}\n100.7\t{f}\n")).unwrap();
         let k = figures(&meta("kernel", &base)).unwrap();
         assert_eq!(k["daemon_detect_s"], Value::Null);
