@@ -823,13 +823,15 @@ fn write_outputs(out: &Path, v: &Value) -> Result<()> {
         let name = f["fault"].as_str().unwrap_or("fault");
         let lines: Vec<svg::Line> = STACKS
             .iter()
-            .filter_map(|s| {
+            .enumerate()
+            .filter_map(|(series, s)| {
                 let r = &f["stacks"][*s];
                 let p = &r["plot"];
                 let pts = p["worst_wait_ms"].as_array()?;
                 let (t0, bin) = (p["t0_from_fault_s"].as_f64()?, p["bin_s"].as_f64()?);
                 Some(svg::Line {
                     label: (*s).to_owned(),
+                    series,
                     points: pts
                         .iter()
                         .enumerate()

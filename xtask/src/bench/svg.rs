@@ -6,6 +6,8 @@ use std::fmt::Write;
 /// One line of a plot; a None point breaks the line (no IO in that bin).
 pub struct Line {
     pub label: String,
+    /// Which colour: the same series keeps its colour in every plot.
+    pub series: usize,
     pub points: Vec<(f64, Option<f64>)>,
 }
 
@@ -60,14 +62,14 @@ const MS_TICKS: &[(f64, &str)] = &[
     (60_000.0, "60 s"),
 ];
 
-fn legend(s: &mut String, labels: &[&str]) {
-    for (i, l) in labels.iter().enumerate() {
+fn legend(s: &mut String, labels: &[(usize, &str)]) {
+    for (i, (series, l)) in labels.iter().enumerate() {
         let x = W - RIGHT - 130.0 * (labels.len() - i) as f64;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
             H - 18.0,
-            COLOURS[i % COLOURS.len()],
+            COLOURS[series % COLOURS.len()],
             x + 20.0,
             H - 13.0,
             esc(l)
@@ -127,7 +129,8 @@ pub fn latency_plot(title: &str, subtitle: &str, lines: &[Line], fault_s: f64) -
         (LEFT + W - RIGHT) / 2.0,
         H - BOTTOM + 32.0
     );
-    for (i, l) in lines.iter().enumerate() {
+    for l in lines {
+        let i = l.series;
         // One polyline per run of points with IO.
         let mut run: Vec<String> = Vec::new();
         let flush = |s: &mut String, run: &mut Vec<String>| {
@@ -155,7 +158,7 @@ pub fn latency_plot(title: &str, subtitle: &str, lines: &[Line], fault_s: f64) -
         W - LEFT - RIGHT,
         H - TOP - BOTTOM
     );
-    let labels: Vec<&str> = lines.iter().map(|l| l.label.as_str()).collect();
+    let labels: Vec<(usize, &str)> = lines.iter().map(|l| (l.series, l.label.as_str())).collect();
     legend(&mut s, &labels);
     s.push_str("</svg>\n");
     s
@@ -233,7 +236,8 @@ pub fn stall_bars(title: &str, series: &[&str], groups: &[(String, Vec<Option<f6
         "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{base}\" y2=\"{base}\" stroke=\"#333\"/>",
         W - RIGHT
     );
-    legend(&mut s, series);
+    let labels: Vec<(usize, &str)> = series.iter().copied().enumerate().collect();
+    legend(&mut s, &labels);
     s.push_str("</svg>\n");
     s
 }
@@ -246,6 +250,7 @@ mod tests {
     fn latency_plot_breaks_lines_where_no_io_ran() {
         let l = Line {
             label: "a<b".into(),
+            series: 2,
             points: vec![
                 (-1.0, Some(5.0)),
                 (0.0, Some(10.0)),
@@ -256,6 +261,11 @@ mod tests {
         };
         let s = latency_plot("t", "sub", &[l], 2.0);
         assert_eq!(s.matches("<polyline").count(), 2);
+        assert_eq!(
+            s.matches(COLOURS[2]).count(),
+            3,
+            "both pieces and the legend in series 2's colour"
+        );
         assert!(s.contains("a&lt;b"), "labels are escaped");
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
         // Log axis: 1 ms at the bottom, 60 s at the top of the plot area.
