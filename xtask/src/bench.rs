@@ -11,6 +11,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+mod compare;
+mod svg;
+
+pub use compare::Options as CompareOptions;
+
 /// (name, what it measures)
 const BENCHES: &[(&str, &str)] = &[
     (
@@ -39,10 +44,21 @@ const BENCHES: &[(&str, &str)] = &[
          reset, 150 ms delay, 5% loss, flapping), with the kernel alone and with mpathd, \
          same VM: longest stall, latency, errors, detection and action times",
     ),
+    (
+        "compare",
+        "each fault (link cut, silent loss, target reset, 150 ms delay, 5% loss, flapping, all \
+         paths down) with the kernel alone, Debian's multipathd and mpathd, same VM per fault \
+         group; fio on a healthy map with no daemon, mpathd, bpftrace biolatency, multipathd; \
+         compare.json, a table and SVG plots",
+    ),
 ];
 
-pub fn run(root: &Path, name: &str) -> Result<()> {
+pub fn run(root: &Path, name: &str, compare_opts: &CompareOptions) -> Result<()> {
+    if name != "compare" && (!compare_opts.parts.is_empty() || compare_opts.no_run) {
+        bail!("--parts and --no-run are options of `bench compare` only");
+    }
     match name {
+        "compare" => compare::run(root, compare_opts),
         "probes" => cargo_bench(root, "probes", "probes.json").map(|_| ()),
         "tcp" => tcp(root),
         "scrape" => cargo_bench(root, "scrape", "scrape.json").map(|_| ()),

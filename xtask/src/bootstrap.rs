@@ -30,6 +30,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "inspecting loaded eBPF programs and their run-time stats",
     ),
     ("fio", "IO load in tests and benchmarks"),
+    (
+        "bpftrace",
+        "biolatency.bt, the block-latency tool `bench compare` measures mpathd's probes against",
+    ),
     ("util-linux", "losetup for the loop-device tests"),
     ("e2fsprogs", "mkfs.ext4 for the IO-error tests"),
     ("qemu-system-x86", "the lab VM"),

@@ -52,9 +52,17 @@ struct BenchArgs {
     /// The benchmark to run: probes (eBPF block probe cost, IOPS with and without them,
     /// event latency), tcp (TCP probe cost; fault-to-event times in the lab), scrape (one
     /// Prometheus scrape of 1024 paths: render and HTTP times), startup (128 LUNs x 2
-    /// paths in the lab: mpathd daemon against multipath -r) or failover (every fault
-    /// with the kernel alone and with mpathd, in the lab).
+    /// paths in the lab: mpathd daemon against multipath -r), failover (every fault
+    /// with the kernel alone and with mpathd, in the lab) or compare (every fault with
+    /// the kernel alone, multipathd and mpathd, and the overhead on a healthy map).
     name: String,
+    /// compare: run only these parts (comma-separated: dead, gray, down, overhead); the
+    /// summary still takes every part's last results.
+    #[arg(long, value_delimiter = ',')]
+    parts: Vec<String>,
+    /// compare: boot no VM; summarize the last results again (JSON, table, plots).
+    #[arg(long)]
+    no_run: bool,
 }
 
 fn main() {
@@ -80,7 +88,11 @@ fn try_main() -> Result<()> {
         }
         Cmd::Bench(args) => {
             bootstrap::ensure(&root, bootstrap::Need::All)?;
-            bench::run(&root, &args.name)
+            let opts = bench::CompareOptions {
+                parts: args.parts,
+                no_run: args.no_run,
+            };
+            bench::run(&root, &args.name, &opts)
         }
         Cmd::Fuzz(args) => fuzz::run(&root, args),
         Cmd::Package => {

@@ -60,6 +60,10 @@ struct Args {
     /// Print a progress line to stderr every this many seconds (0 = never).
     #[arg(long, default_value_t = 5.0)]
     progress: f64,
+    /// Also write every load IO here, one a line: completion time (epoch seconds),
+    /// latency (microseconds), 1 if it failed; for plots of latency over time.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 fn main() {
@@ -92,6 +96,10 @@ fn run(args: &Args) -> Result<Report> {
     stopper.join().ok();
     load.verify(&dev);
     let rep = load.report(&args.dev);
+    if let Some(p) = &args.trace {
+        load.write_trace(p)
+            .with_context(|| format!("writing the trace {}", p.display()))?;
+    }
     let json = serde_json::to_string_pretty(&rep)?;
     match &args.out {
         Some(p) => {
@@ -359,6 +367,8 @@ struct WorkerLog {
     lat_us: Vec<u32>,
     /// Completion time of every IO (successful or not), microseconds since the load start.
     done_us: Vec<u64>,
+    /// Indexes into `done_us` of the load IOs that failed.
+    failed: Vec<usize>,
     errors: u64,
     verify_errors: u64,
     error_samples: Vec<ErrorSample>,
@@ -435,6 +445,29 @@ impl Load {
                 });
             }
         });
+    }
+
+    /// Every load IO in completion order: `<epoch s> <latency us> <1 if failed>`.
+    fn write_trace(&self, path: &Path) -> io::Result<()> {
+        use std::io::Write;
+        let mut all: Vec<(u64, u32, bool)> = Vec::new();
+        for (_, l) in &self.workers {
+            let mut failed = l.failed.iter().copied().peekable();
+            for (i, (&d, &lat)) in l.done_us.iter().zip(&l.lat_us).enumerate() {
+                let f = failed.next_if_eq(&i).is_some();
+                all.push((d, lat, f));
+            }
+        }
+        all.sort_unstable_by_key(|e| e.0);
+        let mut w = io::BufWriter::new(File::create(path)?);
+        writeln!(
+            w,
+            "# labio trace: one load IO a line: completion (epoch s), latency (us), failed"
+        )?;
+        for (d, lat, f) in all {
+            writeln!(w, "{:.6} {lat} {}", wall(self.wall0, d), u8::from(f))?;
+        }
+        w.flush()
     }
 
     fn report(&self, dev: &Path) -> Report {
@@ -553,6 +586,7 @@ fn worker(
                 Err(e) => {
                     // The write may or may not have reached the disk.
                     st.maybe = Some(g);
+                    log.failed.push(log.done_us.len() - 1);
                     note_error(
                         log,
                         progress,
@@ -593,6 +627,9 @@ fn check_read(
         progress.ops.fetch_add(1, Ordering::Relaxed);
     }
     if let Err(e) = r {
+        if phase == "load" {
+            log.failed.push(log.done_us.len() - 1);
+        }
         note_error(log, progress, at, phase, "read", block, &e);
         return;
     }
@@ -796,6 +833,66 @@ mod tests {
             "most blocks should be written: {}",
             r.blocks_written
         );
+    }
+
+    /// The trace has every load IO once, in completion order across workers, with the
+    /// failed ones marked.
+    #[test]
+    fn trace_merges_workers_in_completion_order() {
+        let mut l = Load::new(cfg(64, 2));
+        l.wall0 = UNIX_EPOCH + Duration::from_secs(1000);
+        let logs = [
+            (vec![10u64, 30, 50], vec![5u32, 6, 7], vec![1usize]),
+            (vec![20u64, 40], vec![8u32, 9], vec![0usize, 1]),
+        ];
+        for ((_, log), (done, lat, failed)) in l.workers.iter_mut().zip(logs) {
+            log.done_us = done;
+            log.lat_us = lat;
+            log.failed = failed;
+        }
+        let p = temp_file("trace", 1);
+        l.write_trace(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::remove_file(&p).ok();
+        let rows: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            rows,
+            [
+                "1000.000010 5 0",
+                "1000.000020 8 1",
+                "1000.000030 6 1",
+                "1000.000040 9 1",
+                "1000.000050 7 0"
+            ]
+        );
+    }
+
+    #[test]
+    fn clean_run_trace_has_every_op() {
+        let p = temp_file("clean-trace", 128);
+        let (_dev, l) = load(&p, cfg(128, 2), 200);
+        let r = l.report(&p);
+        let t = temp_file("clean-trace-out", 1);
+        l.write_trace(&t).unwrap();
+        let text = std::fs::read_to_string(&t).unwrap();
+        std::fs::remove_file(&p).ok();
+        std::fs::remove_file(&t).ok();
+        let rows: Vec<(f64, u32, u8)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(rows.len() as u64, r.ops);
+        assert!(rows.iter().all(|r| r.2 == 0));
+        assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(rows[0].0 >= r.start - 1e-3 && rows[rows.len() - 1].0 <= r.end + 1e-3);
     }
 
     #[test]
