@@ -69,6 +69,10 @@ pub struct ConnState {
     pub last_state: u32,
     /// When snd_una last moved (kernel clock): the last ACK progress, 0 if none seen.
     pub last_ack_ns: u64,
+    /// When a segment last arrived from the peer (kernel clock), 0 if none seen. The
+    /// tcp_probe tracepoint fires before the segment's ACK is processed, so `last_ack_ns`
+    /// shows an ACK only when the next segment arrives; this one is stamped at once.
+    pub last_rcv_ns: u64,
     /// Per event kind (index = kind - 1): last sent, and held back since.
     pub last_event_ns: [u64; TCP_EVENT_KINDS],
     pub suppressed: [u32; TCP_EVENT_KINDS],
@@ -121,7 +125,7 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 36);
         assert_eq!(size_of::<TcpTpOffsets>(), 4 * 24);
         assert_eq!(size_of::<ConnLimits>(), 16);
-        assert_eq!(size_of::<ConnState>(), 16 + 16 + 16 + 8 + 8 * 4 + 4 * 4);
+        assert_eq!(size_of::<ConnState>(), 16 + 16 + 16 + 8 + 8 + 8 * 4 + 4 * 4);
         assert_eq!(size_of::<TcpEvent>(), 8 + 36 + 7 * 4);
     }
 }

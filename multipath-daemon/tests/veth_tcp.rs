@@ -99,6 +99,13 @@ fn veth_cut_link_sends_retransmit_events_for_the_watched_connection_only() {
         healthy.last_ack_ns > 0 && healthy.last_ack_ns <= mpathd::ebpf::monotonic_ns(),
         "{healthy:?}"
     );
+    // A segment arrived from the peer: stamped at once, never before the ACK's progress
+    // (that shows only when the next segment arrives).
+    assert!(
+        healthy.last_rcv_ns >= healthy.last_ack_ns
+            && healthy.last_rcv_ns <= mpathd::ebpf::monotonic_ns(),
+        "{healthy:?}"
+    );
 
     let cut_ns = mpathd::ebpf::monotonic_ns();
     ns.cut();
@@ -128,6 +135,8 @@ fn veth_cut_link_sends_retransmit_events_for_the_watched_connection_only() {
     assert!(s.retransmits >= 3 && s.consecutive_retrans >= 3, "{s:?}");
     // No ACK has moved snd_una since the cut.
     assert!(s.last_ack_ns < cut_ns, "{s:?} (cut at {cut_ns})");
+    // ...and nothing arrived from the peer either.
+    assert!(s.last_rcv_ns < cut_ns, "{s:?} (cut at {cut_ns})");
     assert_eq!(probes.snapshot(other).unwrap().unwrap().retransmits, 0);
 }
 

@@ -191,11 +191,15 @@ fn try_tcp_probe(ctx: TracePointContext) -> Result<u32, u32> {
     let c = unsafe { &mut *c };
     let srtt: u32 = read(&ctx, off.probe_srtt)?;
     let una: u32 = read(&ctx, off.probe_snd_una)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The peer sent something: the way back works. snd_una here is from before this
+    // segment's ACK is processed, so the ACK itself shows only with the next segment.
+    c.last_rcv_ns = now;
     if una != c.last_snd_una {
         // New data acknowledged: the peer is alive, the retransmission run is over.
         c.last_snd_una = una;
         c.consecutive_retrans = 0;
-        c.last_ack_ns = unsafe { bpf_ktime_get_ns() };
+        c.last_ack_ns = now;
     }
     c.srtt_us = srtt;
     if c.limits.rtt_limit_us != 0 && srtt > c.limits.rtt_limit_us {

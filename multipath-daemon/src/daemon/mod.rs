@@ -665,6 +665,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         snd_una: r.conn.map(|(_, c)| c.snd_una),
                         retransmits: r.conn.map(|(_, c)| c.retransmits).unwrap_or_default(),
                         last_ack_ns: r.conn.map(|(_, c)| c.last_ack_ns).unwrap_or_default(),
+                        last_rcv_ns: r.conn.map(|(_, c)| c.last_rcv_ns).unwrap_or_default(),
                     };
                     cmds.extend(self.engine.input(
                         now,

@@ -118,6 +118,10 @@ pub struct ConnSnapshot {
     pub snd_una: u32,
     /// When ACKs last moved snd_una (kernel clock), 0 if not seen since watched.
     pub last_ack_ns: u64,
+    /// When a segment last arrived from the peer (kernel clock), 0 if none since watched.
+    /// Stamped at once, while `last_ack_ns` lags by one segment (the tracepoint fires
+    /// before the ACK is processed).
+    pub last_rcv_ns: u64,
 }
 
 /// The TCP probes, loaded and attached. Dropping this detaches them.
@@ -235,6 +239,7 @@ impl TcpProbes {
                 last_state: s.last_state,
                 snd_una: s.last_snd_una,
                 last_ack_ns: s.last_ack_ns,
+                last_rcv_ns: s.last_rcv_ns,
             })),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(EbpfError::Map {

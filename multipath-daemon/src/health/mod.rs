@@ -17,10 +17,10 @@
 //!   fails every path carried by that connection, in every map, in one batch.
 //! - A stall (I/O in flight and no completion on the path for `stall_limit`) fails the
 //!   path once corroborated: its connection retransmitted and still nothing completed
-//!   `retrans_grace` later with no ACK progress since (the probe's time of the last
-//!   snd_una move, judged on a reading taken after the grace), or a
+//!   `retrans_grace` later with nothing heard from the target since (no segment arrived,
+//!   no snd_una move; judged on a reading taken after the grace), or a
 //!   sibling path completed I/O after the stall began and the stall lasted
-//!   `stall_sibling` (`stall_alive` if the connection's ACKs moved during the stall:
+//!   `stall_sibling` (`stall_alive` if the target was heard from during the stall:
 //!   slow, not dead). The same stall on every usable
 //!   path of a map is the LUN or the array, and fails nothing. A stall is never
 //!   corroborated for the last usable path of a map.
@@ -193,8 +193,12 @@ pub struct Reading {
     pub snd_una: Option<u32>,
     /// The connection's retransmissions since it was watched.
     pub retransmits: u64,
-    /// When the connection's ACKs last made progress (kernel clock), 0 if unknown.
+    /// When the connection's ACKs last made progress (kernel clock), 0 if unknown. It
+    /// lags: the kernel shows an ACK only when the next segment arrives.
     pub last_ack_ns: Ns,
+    /// When a segment last arrived from the target on the connection (kernel clock), 0 if
+    /// unknown: the target heard from, stamped without that lag.
+    pub last_rcv_ns: Ns,
 }
 
 /// Something the engine is told.
@@ -584,6 +588,8 @@ struct Path {
     retrans_run: u32,
     /// When the connection's ACKs last made progress (the probe's clock).
     acked_ns: Option<Ns>,
+    /// When a segment last arrived from the target (the probe's clock).
+    heard_ns: Option<Ns>,
     /// Between readings while ACKs moved: (reading time, retransmissions, bytes acked).
     loss_marks: Vec<(Ns, u64, u64)>,
     stall: Option<Stall>,
@@ -606,6 +612,15 @@ struct Path {
     baseline: Duration,
     rtt_baseline: Duration,
     lun_errors: u64,
+}
+
+impl Path {
+    /// Whether the target was heard from after `t`: a segment arrived, or ACKs moved.
+    /// An ACK alone would not do: the kernel shows it only when the next segment comes,
+    /// which on a slow path (a 150 ms delay in the lab) is after the grace.
+    fn heard_since(&self, t: Ns) -> bool {
+        self.acked_ns.is_some_and(|a| a > t) || self.heard_ns.is_some_and(|a| a > t)
+    }
 }
 
 /// The engine: every path's state and the rules.
@@ -686,6 +701,7 @@ impl Health {
                             retrans_runs: Vec::new(),
                             last_retrans_ns: None,
                             acked_ns: None,
+                            heard_ns: None,
                             retrans_run: 0,
                             stuck_ns: None,
                             loss_marks: Vec::new(),
@@ -1162,6 +1178,9 @@ impl Health {
         if r.last_ack_ns != 0 {
             p.acked_ns = Some(p.acked_ns.unwrap_or(0).max(r.last_ack_ns));
         }
+        if r.last_rcv_ns != 0 {
+            p.heard_ns = Some(p.heard_ns.unwrap_or(0).max(r.last_rcv_ns));
+        }
         let mut lossy = false;
         if let (Some(before), Some(una)) = (p.reading.snd_una, r.snd_una)
             && una != before
@@ -1443,7 +1462,7 @@ impl Health {
                         let grace = ns(self.retrans_grace(p));
                         now.saturating_sub(r) >= grace
                             && p.reading_ns >= r + grace
-                            && p.acked_ns.is_none_or(|a| a <= r)
+                            && !p.heard_since(r)
                     })
                     && self.paths.values().any(|q| {
                         q.info.map == p.info.map
@@ -1536,13 +1555,12 @@ impl Health {
                 continue;
             }
             let grace = ns(self.retrans_grace(p));
-            let acked_since = |t: Ns| p.acked_ns.is_some_and(|a| a > t);
-            // ACKs moved after the stall began: the transport is alive, only slow (a gray
-            // failure: a 150 ms delay in the lab collapsed the window and spaced ACKs
-            // 600 ms apart); a sibling's progress then needs the longer `stall_alive`
-            // before it proves this path is broken. A dead path is the retransmission
-            // rule's, which this does not slow.
-            let alive = acked_since(stall.began_ns);
+            // The target was heard from after the stall began: the transport is alive,
+            // only slow (a gray failure: a 150 ms delay in the lab collapsed the window and
+            // spaced ACKs 600 ms apart); a sibling's progress then needs the longer
+            // `stall_alive` before it proves this path is broken. A dead path is the
+            // retransmission rule's, which this does not slow.
+            let alive = p.heard_since(stall.began_ns);
             // Judged only on a reading taken after the deadline, so what the ACKs did until
             // then is known (the loop may lag behind the kernel under load).
             let seen_after = |t: Ns| p.reading_ns >= t;
@@ -1555,7 +1573,7 @@ impl Health {
                 && r >= stall.began_ns
                 && now.saturating_sub(r) >= grace
                 && seen_after(r + grace)
-                && !acked_since(r)
+                && !p.heard_since(r)
             {
                 Some("retransmissions without ACK progress")
             } else if stalled >= need

@@ -83,6 +83,7 @@ pub fn synthetic(paths: usize) -> Snapshot {
                     last_state: 1,
                     snd_una: 0,
                     last_ack_ns: 0,
+                    last_rcv_ns: 0,
                 },
             )),
         });

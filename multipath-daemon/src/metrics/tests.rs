@@ -170,6 +170,7 @@ fn per_path_and_per_map_series_carry_their_values() {
                 last_state: 1,
                 snd_una: 0,
                 last_ack_ns: 0,
+                last_rcv_ns: 0,
             },
         )),
     });
