@@ -326,8 +326,20 @@ fn decode_block(buf: &[u8], run_id: u64, block: u64) -> Found {
 struct BlockState {
     /// Last generation known to be on disk (0 = never written by this run).
     gen_: u64,
-    /// A write of this generation failed: the disk may hold it or `gen_`.
+    /// Writes failed since `gen_`, the last of them this generation: the disk may hold
+    /// `gen_` or any generation after it up to this one (generations grow by one per
+    /// write, so those are exactly the failed writes).
     maybe: Option<u64>,
+}
+
+impl BlockState {
+    /// Whether a block read back as generation `g` is one this worker may find: the last
+    /// good write, or any failed write after it that landed after all. A write can land
+    /// and still fail (its response lost with the path), and the next write to the block
+    /// can fail without landing (no path left): the disk then holds the earlier failed one.
+    fn may_hold(&self, g: u64) -> bool {
+        g == self.gen_ || self.maybe.is_some_and(|m| g > self.gen_ && g <= m)
+    }
 }
 
 #[derive(Default)]
@@ -636,7 +648,7 @@ fn check_read(
     let found = decode_block(buf.as_slice(), cfg.run_id, block);
     let ok = match found {
         // The last good write, or a failed later write that did land after all.
-        Found::Gen(g) if g == st.gen_ || Some(g) == st.maybe => {
+        Found::Gen(g) if st.may_hold(g) => {
             *st = BlockState {
                 gen_: g,
                 maybe: None,
@@ -918,6 +930,27 @@ mod tests {
         );
         assert!(m.found.contains("corrupt"), "{}", m.found);
         assert_eq!(r.io_errors.count, 0);
+    }
+
+    #[test]
+    fn any_failed_write_since_the_last_good_one_may_be_on_disk() {
+        // Good write 3, then writes 4 and 5 failed: 4 landed (its response was lost with
+        // the path), 5 met no path (daemon-nopath: writes fail for seconds after a cut).
+        let st = BlockState {
+            gen_: 3,
+            maybe: Some(5),
+        };
+        assert!(st.may_hold(3) && st.may_hold(4) && st.may_hold(5));
+        assert!(
+            !st.may_hold(2),
+            "older than the last good write: a lost write"
+        );
+        assert!(!st.may_hold(6), "never written");
+        let clean = BlockState {
+            gen_: 3,
+            maybe: None,
+        };
+        assert!(clean.may_hold(3) && !clean.may_hold(4) && !clean.may_hold(2));
     }
 
     #[test]
