@@ -18,7 +18,8 @@
 //! - A stall (I/O in flight and no completion on the path for `stall_limit`) fails the
 //!   path once corroborated: its connection retransmitted and still nothing completed
 //!   `retrans_grace` later with nothing heard from the target since (no segment arrived,
-//!   no snd_una move; judged on a reading taken after the grace), or a
+//!   no snd_una move) nor for twice the grace in all (judged on a reading taken after
+//!   that), or a
 //!   sibling path completed I/O after the stall began and the stall lasted
 //!   `stall_sibling` (`stall_alive` if the target was heard from during the stall:
 //!   slow, not dead). The same stall on every usable
@@ -620,6 +621,19 @@ impl Path {
     /// which on a slow path (a 150 ms delay in the lab) is after the grace.
     fn heard_since(&self, t: Ns) -> bool {
         self.acked_ns.is_some_and(|a| a > t) || self.heard_ns.is_some_and(|a| a > t)
+    }
+
+    /// Whether the retransmission at `r` went unanswered: nothing heard from the target
+    /// since, `grace` after it and twice `grace` after the target was last heard, as a
+    /// reading taken from then on shows (the loop may lag behind the kernel). A dead link
+    /// is silent from the fault on, and its first retransmission after a timeout comes
+    /// 200 ms or more after it, so the silence costs it nothing; a link that only got
+    /// slower keeps answering, one round trip apart, while a tail-loss probe's answer
+    /// can come a whole new round trip after it.
+    fn unanswered(&self, r: Ns, grace: Ns, now: Ns) -> bool {
+        let last = self.acked_ns.unwrap_or(0).max(self.heard_ns.unwrap_or(0));
+        let due = (r + grace).max(last + 2 * grace);
+        last <= r && now >= due && self.reading_ns >= due
     }
 }
 
@@ -1458,12 +1472,8 @@ impl Health {
                     && p.stall.is_none()
                     && p.reading.last_complete_ns == 0
                     && p.retrans_run >= 2
-                    && p.last_retrans_ns.is_some_and(|r| {
-                        let grace = ns(self.retrans_grace(p));
-                        now.saturating_sub(r) >= grace
-                            && p.reading_ns >= r + grace
-                            && !p.heard_since(r)
-                    })
+                    && p.last_retrans_ns
+                        .is_some_and(|r| p.unanswered(r, ns(self.retrans_grace(p)), now))
                     && self.paths.values().any(|q| {
                         q.info.map == p.info.map
                             && q.info.dev != p.info.dev
@@ -1571,9 +1581,7 @@ impl Health {
             };
             let by = if let Some(r) = p.last_retrans_ns
                 && r >= stall.began_ns
-                && now.saturating_sub(r) >= grace
-                && seen_after(r + grace)
-                && !p.heard_since(r)
+                && p.unanswered(r, grace, now)
             {
                 Some("retransmissions without ACK progress")
             } else if stalled >= need

@@ -483,7 +483,12 @@ fn retransmissions_after_the_last_ack_still_corroborate() {
         h.tick(t + 212 * MS).decisions.is_empty(),
         "no reading after the grace"
     );
+    // The grace after the retransmission has passed, but the target was heard from only
+    // 335 ms ago: a slower link's next answer may still come.
     let o = acked(&mut h, t + 215 * MS, 0, 2000, t - 120 * MS);
+    assert!(o.decisions.is_empty(), "{o:?}");
+    // Silent for twice the grace (400 ms): dead.
+    let o = acked(&mut h, t + 285 * MS, 0, 2000, t - 120 * MS);
     assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
     assert!(
         matches!(o.decisions[0].reason, Reason::Stall { by, .. } if by.contains("retransmissions"))
@@ -557,6 +562,46 @@ fn a_segment_heard_after_the_retransmission_is_a_live_path() {
     );
     let o = acked(&mut h, t + 215 * MS, 0, 1000, t - 300 * MS);
     assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+}
+
+/// A tail-loss probe shortly after the link got 150 ms slower: its answer comes a whole
+/// new round trip later, and under TCG later still. The target was heard from just before,
+/// so the retransmission alone does not make the path dead until the target has been
+/// silent for twice the grace.
+#[test]
+fn a_late_answer_to_a_tail_loss_probe_is_waited_for() {
+    let mut h = two_maps();
+    let t = 37 * S;
+    let reading = |h: &mut Health, now: Ns, rcv: Ns| {
+        h.handle(
+            now,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    inflight: 4,
+                    snd_una: Some(1000),
+                    last_ack_ns: t - 300 * MS,
+                    last_rcv_ns: rcv,
+                    ..Reading::default()
+                },
+            },
+        )
+    };
+    reading(&mut h, t - 40 * MS, t - 50 * MS);
+    assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
+    h.handle(
+        t + 20 * MS,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: t + 20 * MS,
+            signal: ConnSignal::Retransmits { consecutive: 2 },
+        },
+    );
+    let o = reading(&mut h, t + 225 * MS, t - 50 * MS);
+    assert!(o.decisions.is_empty(), "heard 275 ms ago: {o:?}");
+    let o = reading(&mut h, t + 300 * MS, t + 250 * MS);
+    assert!(o.decisions.is_empty(), "answered: {o:?}");
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
 }
 
 #[test]
