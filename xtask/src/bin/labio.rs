@@ -935,7 +935,8 @@ mod tests {
     #[test]
     fn any_failed_write_since_the_last_good_one_may_be_on_disk() {
         // Good write 3, then writes 4 and 5 failed: 4 landed (its response was lost with
-        // the path), 5 met no path (daemon-nopath: writes fail for seconds after a cut).
+        // the path), 5 met no path. Seen in a daemon-nopath run: block 616
+        // expected generation 1, or 5 after failed writes, and held 2.
         let st = BlockState {
             gen_: 3,
             maybe: Some(5),
