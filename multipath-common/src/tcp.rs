@@ -61,7 +61,7 @@ pub struct ConnState {
     pub limits: ConnLimits,
     pub retransmits: u64,
     pub resets: u64,
-    /// Retransmissions since snd_una last moved.
+    /// Retransmissions since a segment last arrived from the peer.
     pub consecutive_retrans: u32,
     pub srtt_us: u32,
     pub last_snd_una: u32,
@@ -83,7 +83,7 @@ pub const TCP_EVENT_KINDS: usize = 4;
 pub const TEV_RESET: u32 = 1;
 /// The connection left ESTABLISHED.
 pub const TEV_STATE: u32 = 2;
-/// `retrans_limit` retransmissions in a row without progress.
+/// `retrans_limit` retransmissions in a row with nothing heard from the peer in between.
 pub const TEV_RETRANS: u32 = 3;
 /// Smoothed RTT above `rtt_limit_us`.
 pub const TEV_RTT: u32 = 4;

@@ -192,13 +192,15 @@ fn try_tcp_probe(ctx: TracePointContext) -> Result<u32, u32> {
     let srtt: u32 = read(&ctx, off.probe_srtt)?;
     let una: u32 = read(&ctx, off.probe_snd_una)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    // The peer sent something: the way back works. snd_una here is from before this
-    // segment's ACK is processed, so the ACK itself shows only with the next segment.
+    // The peer sent something: it is alive and the way back works, so a retransmission
+    // run is over. snd_una here is from before this segment's ACK is processed: the ACK
+    // shows only with the next segment, and on a link that just got 150 ms slower the
+    // spurious tail-loss probes in between counted as a run of five ("silent") and a
+    // healthy path was failed in the lab.
     c.last_rcv_ns = now;
+    c.consecutive_retrans = 0;
     if una != c.last_snd_una {
-        // New data acknowledged: the peer is alive, the retransmission run is over.
         c.last_snd_una = una;
-        c.consecutive_retrans = 0;
         c.last_ack_ns = now;
     }
     c.srtt_us = srtt;

@@ -59,7 +59,7 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
 /// When a connection counts as dying. Zero disables a rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnThresholds {
-    /// Retransmissions in a row without new data acknowledged.
+    /// Retransmissions in a row with no segment from the peer in between.
     pub retrans_limit: u32,
     /// Smoothed RTT above this.
     pub rtt_limit: Duration,
@@ -98,7 +98,7 @@ pub enum ConnEventKind {
     Reset { state: u32 },
     /// The connection left ESTABLISHED (kernel TCP state numbers).
     LeftEstablished { new_state: u32 },
-    /// `retrans_limit` retransmissions in a row without progress.
+    /// `retrans_limit` retransmissions in a row with nothing heard from the peer.
     Retransmits,
     /// Smoothed RTT above the limit.
     SlowRtt,

@@ -104,6 +104,48 @@ fn failed_devs(o: &Output) -> Vec<DevT> {
         .collect()
 }
 
+/// The rescue hands the connection's commands back to device-mapper for a retry on
+/// another path: if the target was heard from within twice the grace, it may still run
+/// them after the retry (an old write over a newer one), so the path fails without it.
+#[test]
+fn no_rescue_while_the_target_still_talks() {
+    let mut h = two_maps();
+    let t = 11 * S;
+    let talk = |h: &mut Health, now: Ns, rcv: Ns| {
+        h.handle(
+            now,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    inflight: 1,
+                    last_rcv_ns: rcv,
+                    ..Reading::default()
+                },
+            },
+        )
+    };
+    talk(&mut h, t - 20 * MS, t - 50 * MS);
+    let error = BlockSignal::Error {
+        class: ErrorClass::Path,
+        errno: -67,
+    };
+    let o = block(&mut h, t, 0, error.clone());
+    let [d] = o.decisions.as_slice() else {
+        panic!("{o:?}")
+    };
+    assert_eq!((d.dev, d.to), (dev(0), PathState::Failed));
+    assert_eq!(d.action, Action::Fail { rescue: None }, "heard 50 ms ago");
+
+    // Silent for twice the grace (400 ms): the rescue is safe.
+    let mut h = two_maps();
+    talk(&mut h, t - 20 * MS, t - 450 * MS);
+    let o = block(&mut h, t, 0, error);
+    assert!(
+        matches!(o.decisions[0].action, Action::Fail { rescue: Some(_) }),
+        "{o:?}"
+    );
+}
+
 #[test]
 fn a_path_error_fails_the_path_at_once_with_a_rescue_and_a_lun_error_fails_nothing() {
     let mut h = two_maps();
