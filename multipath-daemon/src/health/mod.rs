@@ -1390,8 +1390,8 @@ impl Health {
     /// the target has been silent on it for twice the grace. The rescue lets device-mapper
     /// retry the connection's commands on another path; a target still talking may still
     /// receive and run them after the retry, and an old write would land over a newer one
-    /// (seen in the lab: a path only 150 ms slower taken for dead, a write still queued in
-    /// the network landed afterwards with the buffer's later contents).
+    /// (the likely cause of a block found holding another block's data in the lab, after
+    /// a path only 150 ms slower was taken for dead and rescued).
     fn rescue_for(&self, now: Ns, dev: DevT) -> Option<Rescue> {
         if !self.cfg.rescue {
             return None;
