@@ -1165,9 +1165,11 @@ impl Health {
     }
 
     fn reading(&mut self, now: Ns, dev: DevT, r: Reading, out: &mut Output) {
-        let Some(p) = self.paths.get_mut(&dev) else {
+        let Some(p) = self.paths.get(&dev) else {
             return;
         };
+        let (latency_limit, rtt_limit) = (self.latency_limit(p), self.rtt_limit(p));
+        let p = self.paths.get_mut(&dev).expect("present");
         let progressed = r.last_complete_ns > p.reading.last_complete_ns;
         let prev_ns = p.reading_ns;
         if r.ok_completions > p.reading.ok_completions && p.reading_ns != 0 {
@@ -1177,8 +1179,12 @@ impl Health {
         p.reading_ns = now;
         // Learn the baseline only from a healthy path doing I/O: a slow path must not
         // teach the engine that slow is normal.
+        // Nor from a sample over the limit: a path just made 150 ms slower taught the
+        // engine its new RTT within two readings (the limit rose past the RTT) before the
+        // probe's event could fire, and the path was never demoted (seen in the lab).
         if p.state == PathState::Active
             && r.ewma > Duration::ZERO
+            && r.ewma <= latency_limit
             && r.completions > p.reading.completions
         {
             p.baseline = if p.baseline.is_zero() {
@@ -1221,7 +1227,8 @@ impl Health {
         // a share of the traffic (a segment of ~1448 bytes per retransmission).
         let spread =
             p.loss_marks.len() >= 2 && lost * MSS * 100 >= acked * u64::from(self.cfg.loss_percent);
-        if p.state == PathState::Active && r.srtt > Duration::ZERO {
+        let slow_rtt = r.srtt > rtt_limit;
+        if p.state == PathState::Active && r.srtt > Duration::ZERO && !slow_rtt {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
                 r.srtt
             } else {
@@ -1243,7 +1250,12 @@ impl Health {
         {
             p.stall = None;
         }
-        if lossy
+        if slow_rtt && p.state == PathState::Active {
+            // What the probe's event says, from the reading: the event fires only on a
+            // segment that sees the RTT over the limit the eBPF map held at that moment.
+            let srtt = r.srtt;
+            self.soft(now, dev, Reason::SlowRtt { srtt }, now, out);
+        } else if lossy
             && spread
             && p.stall.is_none()
             && self.cfg.loss_retrans > 0

@@ -646,6 +646,44 @@ fn a_late_answer_to_a_tail_loss_probe_is_waited_for() {
     assert_eq!(h.state(dev(0)), Some(PathState::Active));
 }
 
+/// Seen in the lab: 150 ms of delay raised the smoothed RTT to 143 ms, then 151 ms, in
+/// two readings; the engine learned them as the baseline (limit 8 x 18 ms, then
+/// 8 x 35 ms) before the probe's event fired, and the path was never demoted. A sample
+/// over the limit is a signal, never a lesson.
+#[test]
+fn a_slow_rtt_is_not_learned_and_demotes_from_the_reading() {
+    let mut h = two_maps();
+    let t = 20 * S;
+    let rtt = |h: &mut Health, now: Ns, ms: f64| {
+        h.handle(
+            now,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    last_complete_ns: now,
+                    inflight: 1,
+                    completions: now / MS,
+                    ok_completions: now / MS,
+                    ewma: Duration::from_millis(2),
+                    srtt: Duration::from_secs_f64(ms / 1000.0),
+                    ..Reading::default()
+                },
+            },
+        )
+    };
+    for i in 0..10 {
+        assert!(rtt(&mut h, t + i * S, 0.6).decisions.is_empty());
+    }
+    let o = rtt(&mut h, t + 10 * S, 143.0);
+    let [d] = o.decisions.as_slice() else {
+        panic!("{o:?}")
+    };
+    assert_eq!((d.dev, d.to), (dev(0), PathState::Degraded));
+    assert!(matches!(d.reason, Reason::SlowRtt { .. }), "{d:?}");
+    // The limit is still the floor: the slow samples taught nothing.
+    assert_eq!(h.limits(dev(0)).unwrap().rtt, Duration::from_millis(100));
+}
+
 #[test]
 fn the_same_stall_on_every_path_of_a_map_fails_nothing() {
     let mut h = two_maps();
