@@ -129,7 +129,7 @@ fn no_rescue_while_the_target_still_talks() {
         class: ErrorClass::Path,
         errno: -67,
     };
-    let o = block(&mut h, t, 0, error.clone());
+    let o = block(&mut h, t, 0, error);
     let [d] = o.decisions.as_slice() else {
         panic!("{o:?}")
     };
