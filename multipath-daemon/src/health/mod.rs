@@ -621,7 +621,12 @@ impl Path {
     /// An ACK alone would not do: the kernel shows it only when the next segment comes,
     /// which on a slow path (a 150 ms delay in the lab) is after the grace.
     fn heard_since(&self, t: Ns) -> bool {
-        self.acked_ns.is_some_and(|a| a > t) || self.heard_ns.is_some_and(|a| a > t)
+        self.last_heard_ns() > t
+    }
+
+    /// When the target was last heard from (the probe's clock), 0 if never.
+    fn last_heard_ns(&self) -> Ns {
+        self.acked_ns.unwrap_or(0).max(self.heard_ns.unwrap_or(0))
     }
 
     /// Whether the retransmission at `r` went unanswered: nothing heard from the target
@@ -632,7 +637,7 @@ impl Path {
     /// slower keeps answering, one round trip apart, while a tail-loss probe's answer
     /// can come a whole new round trip after it.
     fn unanswered(&self, r: Ns, grace: Ns, now: Ns) -> bool {
-        let last = self.acked_ns.unwrap_or(0).max(self.heard_ns.unwrap_or(0));
+        let last = self.last_heard_ns();
         let due = (r + grace).max(last + 2 * grace);
         last <= r && now >= due && self.reading_ns >= due
     }
@@ -1409,7 +1414,7 @@ impl Health {
             return None;
         }
         let p = self.paths.get(&dev)?;
-        let last = p.acked_ns.unwrap_or(0).max(p.heard_ns.unwrap_or(0));
+        let last = p.last_heard_ns();
         if last != 0 && now.saturating_sub(last) < 2 * ns(self.retrans_grace(p)) {
             return None;
         }
