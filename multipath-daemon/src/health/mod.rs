@@ -592,6 +592,8 @@ struct Path {
     acked_ns: Option<Ns>,
     /// When a segment last arrived from the target (the probe's clock).
     heard_ns: Option<Ns>,
+    /// When a reading last showed loss (the loss rule's measure, stall or not).
+    lossy_ns: Option<Ns>,
     /// Between readings while ACKs moved: (reading time, retransmissions, bytes acked).
     loss_marks: Vec<(Ns, u64, u64)>,
     stall: Option<Stall>,
@@ -722,6 +724,7 @@ impl Health {
                             last_retrans_ns: None,
                             acked_ns: None,
                             heard_ns: None,
+                            lossy_ns: None,
                             retrans_run: 0,
                             stuck_ns: None,
                             loss_marks: Vec::new(),
@@ -1232,6 +1235,10 @@ impl Health {
         // a share of the traffic (a segment of ~1448 bytes per retransmission).
         let spread =
             p.loss_marks.len() >= 2 && lost * MSS * 100 >= acked * u64::from(self.cfg.loss_percent);
+        if lossy && spread && self.cfg.loss_retrans > 0 && lost >= u64::from(self.cfg.loss_retrans)
+        {
+            p.lossy_ns = Some(now);
+        }
         let slow_rtt = r.srtt > rtt_limit;
         if p.state == PathState::Active && r.srtt > Duration::ZERO && !slow_rtt {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
@@ -1601,7 +1608,12 @@ impl Health {
             // spaced ACKs 600 ms apart); a sibling's progress then needs the longer
             // `stall_alive` before it proves this path is broken. A dead path is the
             // retransmission rule's, which this does not slow.
-            let alive = p.heard_since(stall.began_ns);
+            // So was a path losing packets just now (the loss rule's measure): on a lossy
+            // link a retransmission timeout stalls I/O for 0.5 s and more with the target
+            // silent meanwhile, and the lab's 5% loss had a path failed that way at 532 ms.
+            let alive = p.heard_since(stall.began_ns)
+                || p.lossy_ns
+                    .is_some_and(|t| now.saturating_sub(t) < ns(self.cfg.loss_window));
             // Judged only on a reading taken after the deadline, so what the ACKs did until
             // then is known (the loop may lag behind the kernel under load).
             let seen_after = |t: Ns| p.reading_ns >= t;

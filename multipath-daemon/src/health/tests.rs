@@ -684,6 +684,42 @@ fn a_slow_rtt_is_not_learned_and_demotes_from_the_reading() {
     assert_eq!(h.limits(dev(0)).unwrap().rtt, Duration::from_millis(100));
 }
 
+/// Seen in the lab: 5% loss on the active path, a retransmission timeout (55 segments at
+/// once), the target silent meanwhile, a stall reported between two readings that showed
+/// the loss, and the sibling rule failed the lossy but live path at 532 ms. A path losing
+/// packets just now waits `stall_alive` for the sibling rule, as a live one does.
+#[test]
+fn a_stall_right_after_loss_waits_as_a_live_path_does() {
+    let mut h = two_maps();
+    let t = 30 * S;
+    let lossy = |h: &mut Health, now: Ns, una: u32, retransmits: u64| {
+        h.handle(
+            now,
+            Input::Reading {
+                dev: dev(0),
+                reading: Reading {
+                    inflight: 4,
+                    snd_una: Some(una),
+                    retransmits,
+                    ..Reading::default()
+                },
+            },
+        )
+    };
+    lossy(&mut h, t - 900 * MS, 1_000, 0);
+    lossy(&mut h, t - 400 * MS, 60_000, 55);
+    assert!(block(&mut h, t, 0, stalled(300)).decisions.is_empty());
+    let o = lossy(&mut h, t + 50 * MS, 70_000, 63);
+    assert!(failed_devs(&o).is_empty(), "{o:?}");
+    for i in 1..=14 {
+        let now = t + i * 100 * MS;
+        let o = completed(&mut h, now, 16, now);
+        assert!(failed_devs(&o).is_empty(), "at +{} ms: {o:?}", (now - t) / MS);
+        let o = lossy(&mut h, now + MS, 70_000, 63);
+        assert!(failed_devs(&o).is_empty(), "at +{} ms: {o:?}", (now - t) / MS);
+    }
+}
+
 #[test]
 fn the_same_stall_on_every_path_of_a_map_fails_nothing() {
     let mut h = two_maps();
