@@ -21,8 +21,8 @@
 //!   no snd_una move) nor for twice the grace in all (judged on a reading taken after
 //!   that), or a
 //!   sibling path completed I/O after the stall began and the stall lasted
-//!   `stall_sibling` (`stall_alive` if the target was heard from during the stall:
-//!   slow, not dead). The same stall on every usable
+//!   `stall_sibling` (`stall_alive` if the target was heard from during the stall, or
+//!   the path showed loss just before: slow, not dead). The same stall on every usable
 //!   path of a map is the LUN or the array, and fails nothing. A stall is never
 //!   corroborated for the last usable path of a map.
 //! - Soft signals (slow completions, a request stuck while the path completes others,

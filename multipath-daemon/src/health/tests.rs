@@ -714,9 +714,17 @@ fn a_stall_right_after_loss_waits_as_a_live_path_does() {
     for i in 1..=14 {
         let now = t + i * 100 * MS;
         let o = completed(&mut h, now, 16, now);
-        assert!(failed_devs(&o).is_empty(), "at +{} ms: {o:?}", (now - t) / MS);
+        assert!(
+            failed_devs(&o).is_empty(),
+            "at +{} ms: {o:?}",
+            (now - t) / MS
+        );
         let o = lossy(&mut h, now + MS, 70_000, 63);
-        assert!(failed_devs(&o).is_empty(), "at +{} ms: {o:?}", (now - t) / MS);
+        assert!(
+            failed_devs(&o).is_empty(),
+            "at +{} ms: {o:?}",
+            (now - t) / MS
+        );
     }
 }
 
