@@ -84,6 +84,19 @@ fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
     )
 }
 
+/// The portal-1 connection (sda's, sdc's) retransmitted `consecutive` times in a row, as
+/// the probe reports it at `now`.
+fn retransmits(h: &mut Health, now: Ns, consecutive: u32) -> Output {
+    h.handle(
+        now,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: now,
+            signal: ConnSignal::Retransmits { consecutive },
+        },
+    )
+}
+
 fn up(h: &mut Health, now: Ns, minor: u32) -> Output {
     h.handle(
         now,
@@ -243,14 +256,7 @@ fn a_connection_reset_fails_every_path_it_carries_in_every_map_in_one_batch() {
 fn a_stall_with_retransmissions_and_no_ack_progress_fails_the_path() {
     let mut h = two_maps();
     // Silent loss at t=10 s: the connection retransmits (tail-loss probe) at +10 ms...
-    h.handle(
-        10 * S + 10 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: 10 * S + 10 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 1 },
-        },
-    );
+    retransmits(&mut h, 10 * S + 10 * MS, 1);
     // ...a single retransmission run is no soft signal yet.
     assert_eq!(h.state(dev(0)), Some(PathState::Active));
     // A reading after the grace shows no ACK since...
@@ -276,14 +282,7 @@ fn a_retransmission_just_now_waits_the_grace_for_ack_progress() {
     let t = 20 * S;
     let o = block(&mut h, t, 0, stalled(250));
     assert!(o.decisions.is_empty());
-    h.handle(
-        t + MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + MS,
-            signal: ConnSignal::Retransmits { consecutive: 1 },
-        },
-    );
+    retransmits(&mut h, t + MS, 1);
     assert!(h.tick(t + 20 * MS).decisions.is_empty(), "grace not over");
     // The retransmission got through: completions resume, the stall is over.
     completed(&mut h, t + 30 * MS, 0, t + 25 * MS);
@@ -341,14 +340,7 @@ fn a_stall_on_a_slow_but_live_connection_is_not_a_dead_path() {
     let t = 35 * S;
     acked(&mut h, t - 300 * MS, 0, 1000, t - 310 * MS);
     assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
-    h.handle(
-        t + 10 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + 10 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + 10 * MS, 2);
     up(&mut h, t + 20 * MS, 16);
     completed(&mut h, t + 40 * MS, 16, t + 35 * MS);
     acked(&mut h, t + 50 * MS, 0, 1000, t - 310 * MS);
@@ -493,14 +485,7 @@ fn a_stuck_request_then_no_completion_at_all_is_a_stall() {
     assert!(o.decisions.is_empty(), "{o:?}");
     assert_eq!(o.check_now, [dev(16)], "a stall now: siblings checked");
     // The connection retransmits without ACK progress: the stall is corroborated.
-    h.handle(
-        t + 230 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + 230 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + 230 * MS, 2);
     let o = quiet(&mut h, t + 435 * MS);
     assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
 }
@@ -512,14 +497,7 @@ fn retransmissions_after_the_last_ack_still_corroborate() {
     acked(&mut h, t - 300 * MS, 0, 1000, t - 300 * MS);
     acked(&mut h, t - 100 * MS, 0, 2000, t - 120 * MS);
     assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
-    h.handle(
-        t + 10 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + 10 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + 10 * MS, 2);
     acked(&mut h, t + 100 * MS, 0, 2000, t - 120 * MS);
     assert!(
         h.tick(t + 212 * MS).decisions.is_empty(),
@@ -548,14 +526,7 @@ fn a_segment_heard_after_the_retransmission_is_a_live_path() {
     let t = 37 * S;
     acked(&mut h, t - 300 * MS, 0, 1000, t - 300 * MS);
     assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
-    h.handle(
-        t + 10 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + 10 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + 10 * MS, 2);
     // The target's ACK arrives 160 ms after the retransmission; snd_una as the probe
     // saw it has not moved since before the stall.
     let heard = |h: &mut Health, now: Ns| {
@@ -594,14 +565,7 @@ fn a_segment_heard_after_the_retransmission_is_a_live_path() {
     let mut h = two_maps();
     acked(&mut h, t - 300 * MS, 0, 1000, t - 300 * MS);
     block(&mut h, t, 0, stalled(250));
-    h.handle(
-        t + 10 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + 10 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + 10 * MS, 2);
     let o = acked(&mut h, t + 215 * MS, 0, 1000, t - 300 * MS);
     assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
 }
@@ -631,14 +595,7 @@ fn a_late_answer_to_a_tail_loss_probe_is_waited_for() {
     };
     reading(&mut h, t - 40 * MS, t - 50 * MS);
     assert!(block(&mut h, t, 0, stalled(250)).decisions.is_empty());
-    h.handle(
-        t + 20 * MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + 20 * MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + 20 * MS, 2);
     let o = reading(&mut h, t + 225 * MS, t - 50 * MS);
     assert!(o.decisions.is_empty(), "heard 275 ms ago: {o:?}");
     let o = reading(&mut h, t + 300 * MS, t + 250 * MS);
@@ -766,14 +723,7 @@ fn a_stall_on_the_last_usable_path_is_never_corroborated() {
     );
     let t = 50 * S;
     block(&mut h, t, 0, stalled(250));
-    h.handle(
-        t + MS,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: t + MS,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, t + MS, 2);
     let o = h.tick(t + 2 * S);
     assert!(failed_devs(&o).is_empty(), "{o:?}");
     assert_eq!(h.state(dev(0)), Some(PathState::Active));
@@ -1318,14 +1268,7 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
     );
     assert_eq!(h.limits(dev(0)).unwrap().stall, Duration::from_millis(450));
     // A 300 ms gap with a retransmission is that network's normal, not a dead path.
-    h.handle(
-        2 * S,
-        Input::Conn {
-            conn: conn(40001, 1),
-            at_ns: 2 * S,
-            signal: ConnSignal::Retransmits { consecutive: 2 },
-        },
-    );
+    retransmits(&mut h, 2 * S, 2);
     let o = block(&mut h, 2 * S + 300 * MS, 0, stalled(300));
     assert!(failed_devs(&o).is_empty(), "{o:?}");
     assert!(failed_devs(&h.tick(2 * S + 400 * MS)).is_empty());
