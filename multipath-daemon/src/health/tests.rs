@@ -63,6 +63,17 @@ fn stalled(oldest_ms: u64) -> BlockSignal {
     }
 }
 
+/// A reading of `minor`'s probes at `now`.
+fn read(h: &mut Health, now: Ns, minor: u32, reading: Reading) -> Output {
+    h.handle(
+        now,
+        Input::Reading {
+            dev: dev(minor),
+            reading,
+        },
+    )
+}
+
 fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
     h.handle(
         now,
@@ -125,15 +136,14 @@ fn no_rescue_while_the_target_still_talks() {
     let mut h = two_maps();
     let t = 11 * S;
     let talk = |h: &mut Health, now: Ns, rcv: Ns| {
-        h.handle(
+        read(
+            h,
             now,
-            Input::Reading {
-                dev: dev(0),
-                reading: Reading {
-                    inflight: 1,
-                    last_rcv_ns: rcv,
-                    ..Reading::default()
-                },
+            0,
+            Reading {
+                inflight: 1,
+                last_rcv_ns: rcv,
+                ..Reading::default()
             },
         )
     };
@@ -465,17 +475,16 @@ fn a_stuck_request_then_no_completion_at_all_is_a_stall() {
     assert!(h.wants_readings());
     // ...then nothing completes: the readings show the last completion at t - 40 ms.
     let quiet = |h: &mut Health, now: Ns| {
-        h.handle(
+        read(
+            h,
             now,
-            Input::Reading {
-                dev: dev(0),
-                reading: Reading {
-                    last_complete_ns: t - 40 * MS,
-                    inflight: 4,
-                    completions: 100,
-                    ok_completions: 100,
-                    ..Reading::default()
-                },
+            0,
+            Reading {
+                last_complete_ns: t - 40 * MS,
+                inflight: 4,
+                completions: 100,
+                ok_completions: 100,
+                ..Reading::default()
             },
         )
     };
@@ -530,17 +539,16 @@ fn a_segment_heard_after_the_retransmission_is_a_live_path() {
     // The target's ACK arrives 160 ms after the retransmission; snd_una as the probe
     // saw it has not moved since before the stall.
     let heard = |h: &mut Health, now: Ns| {
-        h.handle(
+        read(
+            h,
             now,
-            Input::Reading {
-                dev: dev(0),
-                reading: Reading {
-                    inflight: 4,
-                    snd_una: Some(1000),
-                    last_ack_ns: t - 300 * MS,
-                    last_rcv_ns: t + 170 * MS,
-                    ..Reading::default()
-                },
+            0,
+            Reading {
+                inflight: 4,
+                snd_una: Some(1000),
+                last_ack_ns: t - 300 * MS,
+                last_rcv_ns: t + 170 * MS,
+                ..Reading::default()
             },
         )
     };
@@ -579,17 +587,16 @@ fn a_late_answer_to_a_tail_loss_probe_is_waited_for() {
     let mut h = two_maps();
     let t = 37 * S;
     let reading = |h: &mut Health, now: Ns, rcv: Ns| {
-        h.handle(
+        read(
+            h,
             now,
-            Input::Reading {
-                dev: dev(0),
-                reading: Reading {
-                    inflight: 4,
-                    snd_una: Some(1000),
-                    last_ack_ns: t - 300 * MS,
-                    last_rcv_ns: rcv,
-                    ..Reading::default()
-                },
+            0,
+            Reading {
+                inflight: 4,
+                snd_una: Some(1000),
+                last_ack_ns: t - 300 * MS,
+                last_rcv_ns: rcv,
+                ..Reading::default()
             },
         )
     };
@@ -612,19 +619,18 @@ fn a_slow_rtt_is_not_learned_and_demotes_from_the_reading() {
     let mut h = two_maps();
     let t = 20 * S;
     let rtt = |h: &mut Health, now: Ns, ms: f64| {
-        h.handle(
+        read(
+            h,
             now,
-            Input::Reading {
-                dev: dev(0),
-                reading: Reading {
-                    last_complete_ns: now,
-                    inflight: 1,
-                    completions: now / MS,
-                    ok_completions: now / MS,
-                    ewma: Duration::from_millis(2),
-                    srtt: Duration::from_secs_f64(ms / 1000.0),
-                    ..Reading::default()
-                },
+            0,
+            Reading {
+                last_complete_ns: now,
+                inflight: 1,
+                completions: now / MS,
+                ok_completions: now / MS,
+                ewma: Duration::from_millis(2),
+                srtt: Duration::from_secs_f64(ms / 1000.0),
+                ..Reading::default()
             },
         )
     };
@@ -650,16 +656,15 @@ fn a_stall_right_after_loss_waits_as_a_live_path_does() {
     let mut h = two_maps();
     let t = 30 * S;
     let lossy = |h: &mut Health, now: Ns, una: u32, retransmits: u64| {
-        h.handle(
+        read(
+            h,
             now,
-            Input::Reading {
-                dev: dev(0),
-                reading: Reading {
-                    inflight: 4,
-                    snd_una: Some(una),
-                    retransmits,
-                    ..Reading::default()
-                },
+            0,
+            Reading {
+                inflight: 4,
+                snd_una: Some(una),
+                retransmits,
+                ..Reading::default()
             },
         )
     };
