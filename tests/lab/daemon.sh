@@ -79,6 +79,16 @@ lab_mpathd_kill() {
 	lab_event mpathd "daemon killed (SIGKILL)"
 }
 
+# On a failure, mpathd's view of the paths and its last decisions go to the console:
+# CI keeps only the tail of its output, and that has to say why.
+lab__on_fail() {
+	[ -n "${LAB_MPATHD_PID:-}" ] || return 0
+	echo "mpathd show paths:"
+	timeout 5 "$MPATHD" --socket "$LAB_SOCK" show paths
+	echo "last lines of mpathd.log:"
+	tail -40 "$LAB_OUT/mpathd.log" | cut -c1-400
+}
+
 # lab_mpathd CMD...: the CLI against the lab daemon.
 lab_mpathd() { "$MPATHD" --socket "$LAB_SOCK" "$@"; }
 
@@ -171,6 +181,28 @@ for _ in range(ng):
 		[ "${LAB_DEVT[i]}" = "$g" ] && { echo "$i"; return; }
 	done
 	echo 1
+}
+
+# lab_io_path: the path number I whose disk completes the I/O now, from the disks' own
+# counters (dm's active group says where the next I/O goes, and none is active right
+# after a reload); returns 1 if no path moves for 5 s. The checker's one read a second
+# per path stays below the threshold.
+lab_io_path() {
+	local i best n d
+	local -a before
+	for _ in $(seq 10); do
+		for i in $(seq "$LAB_PORTALS"); do
+			before[i]=$(awk '{print $1 + $5}' "/sys/block/${LAB_DEV[i]}/stat")
+		done
+		sleep 0.5
+		best=0 n=5
+		for i in $(seq "$LAB_PORTALS"); do
+			d=$(($(awk '{print $1 + $5}' "/sys/block/${LAB_DEV[i]}/stat") - before[i]))
+			[ "$d" -gt "$n" ] && { best=$i n=$d; }
+		done
+		[ "$best" -gt 0 ] && { echo "$best"; return; }
+	done
+	return 1
 }
 
 # lab_tmo_is SECS: every iSCSI session's recovery_tmo is SECS.

@@ -63,6 +63,8 @@ lab_step() {
 
 lab_fail() {
 	lab_event fail "step '$LAB_STEP': $*"
+	# What a scenario's helpers know that explains a failure (daemon.sh: mpathd's view).
+	declare -F lab__on_fail >/dev/null && { lab__on_fail; } 2>&1 | sed 's/^/  | /'
 	echo "LAB-FAIL step=$LAB_STEP: $*"
 	exit 1
 }

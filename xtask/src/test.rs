@@ -55,6 +55,7 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
     bootstrap::ensure(root, bootstrap::Need::All)?;
     host_prepare();
     let mut tally = Tally::default();
+    let mut consoles = Vec::new();
 
     let t = Instant::now();
     let ok = cargo(root, &["fmt", "--all", "--check"])?;
@@ -113,9 +114,18 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
             let name = format!("lab {}", o.name);
             if !o.passed {
                 eprintln!("xtask test: {name}: {}", o.detail);
+                if let Some(c) = &o.console {
+                    consoles.push((name.clone(), c.clone()));
+                }
             }
             tally.record(&name, o.passed, o.wall.as_secs_f64());
         }
+    }
+
+    // CI keeps only the tail of the output: the failed scenarios' last console lines
+    // (the lab prints the daemon's view there on a failure) go last, beside the summary.
+    for (name, path) in &consoles {
+        print_tail(name, path, CONSOLE_TAIL_LINES);
     }
 
     eprintln!(
@@ -130,6 +140,26 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// How much of a failed scenario's console the end of the run repeats.
+const CONSOLE_TAIL_LINES: usize = 80;
+
+fn print_tail(name: &str, path: &Path, lines: usize) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("xtask test: {name}: no console log at {}", path.display());
+        return;
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    eprintln!(
+        "xtask test: {name}: the last {} lines of {}:",
+        all.len() - from,
+        path.display()
+    );
+    for l in &all[from..] {
+        eprintln!("  {l}");
+    }
 }
 
 /// Builds the fuzz targets once, then runs each for [`FUZZ_SECONDS`]: one item each.

@@ -27,14 +27,15 @@ lab_event info "healthy p99 ${healthy_p99} ms"
 # gray NAME NETEM: the fault on the active path during IO; demoted within 2 s; then a
 # second run of IO while the fault lasts must see the healthy path's latency.
 gray() {
-	local name=$1 spec=$2 a b mark t sampler
+	local name=$1 spec=$2 a b mark t sampler now
 	mark=$(lab_log_lines)
 	lab_io_start
 	sleep 2
-	# The path carrying the IO now: after a reload no group is active until IO comes
-	# (the 5% loss once went onto an idle path that way).
-	a=$(lab_active_path)
+	# The path carrying the IO now, from the disks' counters: after a reload no group is
+	# active until IO comes (the 5% loss once went onto an idle path that way).
+	a=$(lab_io_path) || lab_fail "no path completed I/O in 5 s: $(dmsetup status sanvol1)"
 	b=$((3 - a))
+	[ "$(lab_active_path)" = "$a" ] || lab_event info "dm's active group is not path $a's: $(dmsetup status sanvol1)"
 	lab_step "$name on the active path $a (${LAB_DEV[a]})"
 	t=$EPOCHREALTIME
 	# What TCP itself counts on the faulty path, each second, to read beside mpathd's log.
@@ -48,9 +49,10 @@ gray() {
 	grep -E "mpathd::daemon: demote: " "$LAB_OUT/mpathd.log" | tail -1
 	sleep 2
 	kill "$sampler" 2>/dev/null
+	now=$(lab_io_path) || lab_fail "no path completed I/O in 5 s after the demote: $(dmsetup status sanvol1)"
+	[ "$now" != "$a" ] || lab_fail "I/O still goes to the demoted path $a: $(dmsetup status sanvol1)"
 	lab_io_stop
 	lab_io_check errors=0 mismatches=0
-	[ "$(lab_active_path)" != "$a" ] || lab_fail "I/O still goes to the demoted path $a: $(dmsetup status sanvol1)"
 	lab_step "$name goes on: the application is back to the healthy path's latency"
 	lab_io_start
 	sleep 6

@@ -47,6 +47,8 @@ pub struct ScenarioOutcome {
     pub passed: bool,
     pub wall: std::time::Duration,
     pub detail: String,
+    /// The guest console's log, when the scenario got as far as booting.
+    pub console: Option<PathBuf>,
 }
 
 pub fn run(root: &Path, args: LabArgs) -> Result<()> {
@@ -82,6 +84,7 @@ pub fn run_builtin_scenarios(root: &Path) -> Vec<ScenarioOutcome> {
                 passed: false,
                 wall: Duration::ZERO,
                 detail: format!("{e:#}"),
+                console: None,
             }];
         }
     };
@@ -106,6 +109,7 @@ pub fn run_builtin_scenarios(root: &Path) -> Vec<ScenarioOutcome> {
                         passed: r.passed,
                         wall: r.wall,
                         detail,
+                        console: Some(r.out_dir.join("console.log")),
                     }
                 }
                 Err(e) => ScenarioOutcome {
@@ -113,6 +117,7 @@ pub fn run_builtin_scenarios(root: &Path) -> Vec<ScenarioOutcome> {
                     passed: false,
                     wall: t0.elapsed(),
                     detail: format!("{e:#}"),
+                    console: None,
                 },
             }
         })
