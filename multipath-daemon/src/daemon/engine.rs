@@ -1201,6 +1201,18 @@ impl Engine {
         out
     }
 
+    /// The failed paths of maps left with no usable path: checked every second, so the
+    /// first path back carries the map's I/O again at once.
+    pub fn pathless_check_targets(&self) -> Vec<CheckTarget> {
+        let pathless = self.health.pathless();
+        if pathless.is_empty() {
+            return Vec::new();
+        }
+        let mut v = self.check_targets();
+        v.retain(|t| pathless.contains(&t.dev));
+        v
+    }
+
     /// How to check one path now (a sibling's answer may corroborate a stall).
     pub fn check_target(&self, dev: DevT) -> Option<CheckTarget> {
         self.check_targets().into_iter().find(|t| t.dev == dev)

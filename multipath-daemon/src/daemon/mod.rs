@@ -338,7 +338,12 @@ pub async fn serve<D: DmBackend + 'static>(
                     d.watcher = None;
                 }
             },
-            _ = readings_tick.tick() => d.fetch_readings(),
+            _ = readings_tick.tick() => {
+                d.fetch_readings();
+                for t in d.engine.pathless_check_targets() {
+                    d.check_one(t);
+                }
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => sd_notify("WATCHDOG=1"),
             Some(req) = next_metrics(&mut metrics) => {
                 req.answer(crate::metrics::from_engine(&d.engine, &d.stats), d.watcher.clone());

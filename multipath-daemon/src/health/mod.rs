@@ -31,7 +31,9 @@
 //!   last usable path of a map.
 //! - A failed path comes back through probation: `reinstate_checks` clean checks in a row,
 //!   no new hard signal, and a hold that doubles each time the path fails again soon
-//!   after it came back (flap damping).
+//!   after it came back (flap damping). While its map has no usable path at all, one
+//!   clean check and no hold: any path beats none (the daemon then checks such paths
+//!   every second, [`Health::pathless`]).
 
 #[cfg(test)]
 mod tests;
@@ -1154,11 +1156,16 @@ impl Health {
     }
 
     fn maybe_reinstate(&mut self, now: Ns, dev: DevT, out: &mut Output) {
+        // The map's I/O is queued or failing meanwhile: waiting for more checks or a flap
+        // hold only lengthens the outage.
+        let alone = self.others_usable(dev) == 0;
         let p = &self.paths[&dev];
-        if p.state == PathState::Probation
-            && p.clean_checks >= self.cfg.reinstate_checks.max(1)
-            && now >= p.hold_until
-        {
+        let (needed, hold_until) = if alone {
+            (1, 0)
+        } else {
+            (self.cfg.reinstate_checks.max(1), p.hold_until)
+        };
+        if p.state == PathState::Probation && p.clean_checks >= needed && now >= hold_until {
             let checks = p.clean_checks;
             self.transition(
                 now,
@@ -1449,6 +1456,17 @@ impl Health {
             .values()
             .filter(|q| q.info.map == p.info.map && q.info.dev != dev && q.state.usable())
             .count()
+    }
+
+    /// Failed paths (or paths in probation) of maps with no usable path: the daemon
+    /// checks these every second, not every `polling_interval`.
+    pub fn pathless(&self) -> BTreeSet<DevT> {
+        self.paths
+            .values()
+            .filter(|p| matches!(p.state, PathState::Failed | PathState::Probation))
+            .filter(|p| self.others_usable(p.info.dev) == 0)
+            .map(|p| p.info.dev)
+            .collect()
     }
 
     /// Other paths of `dev`'s map that are not admin-failed.

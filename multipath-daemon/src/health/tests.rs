@@ -892,26 +892,82 @@ fn the_checker_fails_an_idle_path_and_reinstates_it_after_n_clean_checks() {
         },
     );
     assert_eq!(failed_devs(&o), [dev(48)]);
-    // First clean check: probation, still failed in dm.
+    // Map b has no usable path left: both are checked every second from now.
+    assert_eq!(h.pathless(), BTreeSet::from([dev(32), dev(48)]));
+    // The first clean check of either brings it back at once: any path beats none.
     let o = up(&mut h, 15 * S, 32);
-    assert_eq!(o.decisions[0].to, PathState::Probation);
-    assert_eq!(o.decisions[0].action, Action::None);
-    assert_eq!(h.held_down("b"), [dev(32), dev(48)]);
-    // Second: reinstated (reinstate_checks = 2, no flap yet so no hold).
-    let o = up(&mut h, 20 * S, 32);
-    assert_eq!(o.decisions[0].action, Action::Reinstate);
+    assert_eq!(o.decisions.last().unwrap().action, Action::Reinstate);
     assert_eq!(h.state(dev(32)), Some(PathState::Active));
+    assert!(h.pathless().is_empty());
+    // With a sibling carrying the I/O again, the other one waits for probation.
+    let o = up(&mut h, 16 * S, 48);
+    assert_eq!(o.decisions[0].to, PathState::Probation);
+    assert_eq!(o.decisions[0].action, Action::None, "still failed in dm");
+    assert_eq!(h.held_down("b"), [dev(48)]);
+    // Second clean check: reinstated (reinstate_checks = 2, no flap yet so no hold).
+    let o = up(&mut h, 17 * S, 48);
+    assert_eq!(o.decisions[0].action, Action::Reinstate);
     // A bad check in probation sends the path back.
-    up(&mut h, 21 * S, 48);
+    up(&mut h, 21 * S, 32);
     let o = h.handle(
         22 * S,
         Input::Check {
-            dev: dev(48),
+            dev: dev(32),
+            verdict: CheckVerdict::Timeout,
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(32)]);
+    up(&mut h, 23 * S, 32);
+    let o = h.handle(
+        24 * S,
+        Input::Check {
+            dev: dev(32),
             verdict: CheckVerdict::Timeout,
         },
     );
     assert_eq!(o.decisions[0].to, PathState::Failed);
     assert_eq!(o.decisions[0].action, Action::None, "already failed in dm");
+}
+
+/// A flapping path is held back while a sibling carries the I/O, never while it is the
+/// only path that could: then the hold would only lengthen the outage.
+#[test]
+fn the_flap_hold_never_keeps_a_map_without_any_path() {
+    let mut h = two_maps();
+    let reset = |h: &mut Health, now: Ns| {
+        h.handle(
+            now,
+            Input::Conn {
+                conn: conn(40001, 1),
+                at_ns: now,
+                signal: ConnSignal::Reset,
+            },
+        )
+    };
+    // sda flaps: failed, back after two checks, failed again within a second.
+    reset(&mut h, 10 * S);
+    up(&mut h, 11 * S, 0);
+    assert_eq!(up(&mut h, 12 * S, 0).decisions[0].action, Action::Reinstate);
+    reset(&mut h, 13 * S);
+    // Back up, but held: sdb serves map a.
+    up(&mut h, 14 * S, 0);
+    let o = up(&mut h, 14 * S + 500 * MS, 0);
+    assert!(o.decisions.is_empty(), "{o:?}");
+    assert_eq!(h.state(dev(0)), Some(PathState::Probation));
+    // sdb dies within the hold: map a has nothing but the held path, which comes back
+    // on its next check.
+    let o = h.handle(
+        15 * S,
+        Input::Check {
+            dev: dev(16),
+            verdict: CheckVerdict::Timeout,
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(16)]);
+    assert_eq!(h.pathless(), BTreeSet::from([dev(0), dev(16)]));
+    let o = up(&mut h, 15 * S + 500 * MS, 0);
+    assert_eq!(o.decisions[0].action, Action::Reinstate);
+    assert_eq!(h.state(dev(0)), Some(PathState::Active));
 }
 
 #[test]
