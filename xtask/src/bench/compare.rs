@@ -501,9 +501,13 @@ fn figures(run: &RunMeta) -> Result<Value> {
         .iter()
         .find(|(t, g)| *t >= tf && !in_use(g, &run.devt))
         .map(|(t, _)| *t);
-    // The kernel's own stamp when dm failed the path; the recorder's (woken by the dm
-    // event, or up to its read's end after a reload) otherwise.
-    let act = dm_fail.or(rerouted);
+    // The stack acted when dm failed the path (the kernel's own stamp) or when IO left
+    // it, whichever came first: a demote moves IO with the path still active in dm, and
+    // a fail can follow seconds later.
+    let act = [dm_fail, rerouted]
+        .into_iter()
+        .flatten()
+        .min_by(f64::total_cmp);
     let settled =
         |g: &[Group]| usable(g, &run.devt) && before.as_ref().is_some_and(|b| shape(b) == shape(g));
     // The kernel alone never puts a path back: a path back in its records was
@@ -1061,6 +1065,22 @@ mod tests {
         assert_eq!(m["recover_s"], 10.5);
         assert_eq!(m["left_the_path"], true);
         assert_eq!(m["iops"], 8.0);
+        // A demote moves IO first with the path still active in dm; the fail follows.
+        let demoted = "0 1 multipath 2 0 0 0 2 2 E 0 1 0 8:0 A 0 A 0 1 0 8:16 A 0";
+        std::fs::write(
+            dir.join("status.tsv"),
+            format!("96.0\t{a}\n100.3\t{demoted}\n100.7\t{f}\n140.5\t{back}\n"),
+        )
+        .unwrap();
+        let d = figures(&meta("mpathd", &base)).unwrap();
+        assert_eq!(d["io_left_path_s"], 0.3);
+        assert_eq!(d["dm_failing_path_s"], 0.6);
+        assert_eq!(d["act_s"], 0.3);
+        std::fs::write(
+            dir.join("status.tsv"),
+            format!("96.0\t{a}\n100.7\t{f}\n140.5\t{back}\n"),
+        )
+        .unwrap();
         let plot = m["plot"]["worst_wait_ms"].as_array().unwrap();
         assert_eq!(
             plot.len(),
