@@ -188,17 +188,18 @@ for _ in range(ng):
 # after a reload); returns 1 if no path moves for 5 s. The checker's one read a second
 # per path stays below the threshold.
 lab_io_path() {
-	local i best n d
-	local -a before
-	for _ in $(seq 10); do
-		for i in $(seq "$LAB_PORTALS"); do
-			before[i]=$(awk '{print $1 + $5}' "/sys/block/${LAB_DEV[i]}/stat")
+	local i best n try
+	local -a before f
+	for ((try = 0; try < 10; try++)); do
+		for ((i = 1; i <= LAB_PORTALS; i++)); do
+			read -ra f <"/sys/block/${LAB_DEV[i]}/stat"
+			before[i]=$((f[0] + f[4]))
 		done
 		sleep 0.5
 		best=0 n=5
-		for i in $(seq "$LAB_PORTALS"); do
-			d=$(($(awk '{print $1 + $5}' "/sys/block/${LAB_DEV[i]}/stat") - before[i]))
-			[ "$d" -gt "$n" ] && { best=$i n=$d; }
+		for ((i = 1; i <= LAB_PORTALS; i++)); do
+			read -ra f <"/sys/block/${LAB_DEV[i]}/stat"
+			(( f[0] + f[4] - before[i] > n )) && { best=$i n=$((f[0] + f[4] - before[i])); }
 		done
 		[ "$best" -gt 0 ] && { echo "$best"; return; }
 	done
