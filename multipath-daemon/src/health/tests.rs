@@ -690,6 +690,112 @@ fn a_stall_right_after_loss_waits_as_a_live_path_does() {
     }
 }
 
+/// Seen in the lab: 5% loss with 4 KB I/O, a few retransmissions a second against MBs
+/// acked (under the loss rule's 2%), then a stall of 510 ms with the target silent, and
+/// the sibling rule failed the path. Loss recovered from just before the stall makes it
+/// wait `stall_alive`; a retransmission in the stall left unanswered still fails it.
+#[test]
+fn a_stall_right_after_recovered_retransmissions_waits_as_a_live_path_does() {
+    let mut h = two_maps();
+    let t = 30 * S;
+    lossy(&mut h, t - 2 * S, 0, 1_000_000, 0);
+    lossy(&mut h, t - S, 0, 3_200_000, 4);
+    let o = lossy(&mut h, t - 50 * MS, 0, 5_000_000, 9);
+    assert!(o.decisions.is_empty(), "not lossy by the loss rule: {o:?}");
+    assert!(
+        block(&mut h, t + 250 * MS, 0, stalled(250))
+            .decisions
+            .is_empty()
+    );
+    for i in 1..=14 {
+        let now = t + 250 * MS + i * 100 * MS;
+        let o = completed(&mut h, now, 16, now);
+        assert!(
+            failed_devs(&o).is_empty(),
+            "at +{} ms: {o:?}",
+            (now - t) / MS
+        );
+        let o = read(
+            &mut h,
+            now + MS,
+            0,
+            Reading {
+                inflight: 4,
+                snd_una: Some(5_000_000),
+                retransmits: 9,
+                last_complete_ns: t,
+                ..Reading::default()
+            },
+        );
+        assert!(
+            failed_devs(&o).is_empty(),
+            "at +{} ms: {o:?}",
+            (now - t) / MS
+        );
+    }
+    // Without that loss just before, the sibling rule fails it at 500 ms.
+    let mut h = two_maps();
+    lossy(&mut h, t - 2 * S, 0, 1_000_000, 0);
+    lossy(&mut h, t - S, 0, 3_200_000, 0);
+    lossy(&mut h, t - 50 * MS, 0, 5_000_000, 0);
+    block(&mut h, t + 250 * MS, 0, stalled(250));
+    let mut failed_at = None;
+    for i in 1..=14 {
+        let now = t + 250 * MS + i * 100 * MS;
+        completed(&mut h, now, 16, now);
+        let o = read(
+            &mut h,
+            now + MS,
+            0,
+            Reading {
+                inflight: 4,
+                snd_una: Some(5_000_000),
+                last_complete_ns: t,
+                ..Reading::default()
+            },
+        );
+        if !failed_devs(&o).is_empty() {
+            failed_at = Some((now - t) / MS);
+            break;
+        }
+    }
+    assert_eq!(failed_at, Some(550));
+    // The same recovered loss, then a dead link: the retransmissions in the stall go
+    // unanswered and the retransmission rule fails the path, not slower for that loss.
+    let mut h = two_maps();
+    lossy(&mut h, t - 2 * S, 0, 1_000_000, 0);
+    lossy(&mut h, t - S, 0, 3_200_000, 4);
+    lossy(&mut h, t - 50 * MS, 0, 5_000_000, 9);
+    block(&mut h, t + 250 * MS, 0, stalled(250));
+    retransmits(&mut h, t + 300 * MS, 1);
+    let mut failed_at = None;
+    for i in 1..=14 {
+        let now = t + 250 * MS + i * 100 * MS;
+        completed(&mut h, now, 16, now);
+        let o = read(
+            &mut h,
+            now + MS,
+            0,
+            Reading {
+                inflight: 4,
+                snd_una: Some(5_000_000),
+                retransmits: 10,
+                last_complete_ns: t,
+                ..Reading::default()
+            },
+        );
+        if let Some(d) = o.decisions.iter().find(|d| d.dev == dev(0)) {
+            assert!(
+                matches!(d.reason, Reason::Stall { by, .. } if by.starts_with("retransmissions")),
+                "{d:?}"
+            );
+            failed_at = Some((now - t) / MS);
+            break;
+        }
+    }
+    assert_eq!(failed_at, Some(550));
+}
+
 #[test]
 fn the_same_stall_on_every_path_of_a_map_fails_nothing() {
     let mut h = two_maps();
