@@ -231,6 +231,13 @@ impl Engine {
         &self.health
     }
 
+    /// Whether [`Engine::tick`] has something to judge within milliseconds: a stall or
+    /// error waiting for corroboration, a silent connection, or a reload deferred until
+    /// stuck I/O drains. Otherwise a tick a second keeps the slower timers.
+    pub fn wants_fast_ticks(&self) -> bool {
+        self.health.wants_ticks() || !self.deferred.is_empty()
+    }
+
     pub fn maps(&self) -> &BTreeMap<String, MapState> {
         &self.maps
     }

@@ -298,8 +298,12 @@ pub async fn serve<D: DmBackend + 'static>(
     let mut check = tokio::time::interval(interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
+    // 20 ticks a second only while the engine has something to judge that fast; an idle
+    // daemon wakes for the slow tick (under TCG each wakeup's clock reads are syscalls).
     let mut health_tick = tokio::time::interval(Duration::from_millis(50));
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slow_tick = tokio::time::interval(Duration::from_secs(1));
+    slow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut readings_tick = tokio::time::interval(Duration::from_secs(1));
     readings_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut debounce_at: Option<tokio::time::Instant> = None;
@@ -367,14 +371,8 @@ pub async fn serve<D: DmBackend + 'static>(
             }
             _ = rescan.tick() => d.start_pass(None),
             _ = check.tick() => d.check_all(),
-            _ = health_tick.tick() => {
-                // A stall waiting for corroboration needs fresh counters.
-                if d.engine.health().wants_readings() {
-                    d.fetch_readings();
-                }
-                let cmds = d.engine.tick(monotonic_ns());
-                d.execute(cmds);
-            }
+            _ = health_tick.tick(), if d.engine.wants_fast_ticks() => d.health_tick(),
+            _ = slow_tick.tick() => d.health_tick(),
             _ = hup.recv() => {
                 info!("SIGHUP: re-reading the config");
                 d.reconfigure(None);
@@ -907,6 +905,15 @@ impl<D: DmBackend + 'static> Daemon<D> {
             let r = pool.check(t.dev, t.node, t.kind, t.timeout).await;
             let _ = tx.send(Event::Checked(r));
         });
+    }
+
+    /// The health engine's clock: timed rules, and fresh counters for a pending stall.
+    fn health_tick(&mut self) {
+        if self.engine.health().wants_readings() {
+            self.fetch_readings();
+        }
+        let cmds = self.engine.tick(monotonic_ns());
+        self.execute(cmds);
     }
 
     /// The checker's interval: check every path, read the maps' status and sessions.

@@ -457,6 +457,8 @@ pub struct BlockProbes {
     nr_cpus: usize,
     memory: ProbeMemory,
     per_request: bool,
+    /// Whether the last stall scan saw a request in flight on a watched path.
+    busy: bool,
 }
 
 impl BlockProbes {
@@ -572,6 +574,7 @@ impl BlockProbes {
             nr_cpus,
             memory,
             per_request: btf.is_some(),
+            busy: false,
         })
     }
 
@@ -825,11 +828,13 @@ impl BlockProbes {
     pub fn scan_stalls(&mut self) -> Result<Vec<PathEvent>, EbpfError> {
         let mut out = Vec::new();
         let devs: Vec<(DevT, u32)> = self.paths.iter().map(|(d, w)| (*d, w.slot)).collect();
+        self.busy = false;
         for (dev, slot) in devs {
             let (o, now) = self.outstanding(slot);
             let last = self.last_complete_ns(slot);
             let w = self.paths.get_mut(&dev).expect("listed above");
             let a = w.tracker.update(&o, now, last);
+            self.busy |= a.inflight > 0;
             if w.tracker.newly_stalled(&a, w.thresholds.stall_limit) {
                 out.push(PathEvent {
                     dev,
@@ -845,6 +850,12 @@ impl BlockProbes {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the last [`scan_stalls`](Self::scan_stalls) saw any request in flight on a
+    /// watched path: with none, nothing can stall before the next request is issued.
+    pub fn busy(&self) -> bool {
+        self.busy
     }
 
     /// Takes the kernel's event stream; it can be taken once and read from a tokio task.

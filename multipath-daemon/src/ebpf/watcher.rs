@@ -48,7 +48,9 @@ pub struct WatcherOptions {
     /// The iSCSI portals' TCP port: the TCP programs skip everything else at once.
     pub portal_port: u16,
     /// How often to look for stalled requests: the stall rule's resolution. At most 1 s
-    /// (the kernel keeps request ages by epoch for 1.07 s).
+    /// (the kernel keeps request ages by epoch for 1.07 s). With no request in flight at
+    /// the last scan, the next comes after [`IDLE_SCAN`] instead (an idle host wakes
+    /// 5 times a second, not 20).
     pub scan_interval: Duration,
     /// Watch the TCP connections of iSCSI paths (the TCP probes are loaded the first
     /// time a path with a connection is watched).
@@ -229,10 +231,15 @@ struct Task {
     counters: Arc<Counters>,
 }
 
+/// The stall scan's interval while no request is in flight: a request issued just after
+/// a scan is seen at the next one, long before it could count as stalled, and from then
+/// on scans come every `scan_interval`.
+pub const IDLE_SCAN: Duration = Duration::from_millis(200);
+
 impl Task {
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
-        let mut scan = tokio::time::interval(self.opts.scan_interval);
-        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let scan = tokio::time::sleep(self.opts.scan_interval);
+        tokio::pin!(scan);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut batch = Vec::new();
         let mut tcp_batch = Vec::new();
@@ -267,14 +274,22 @@ impl Task {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
-                _ = scan.tick() => match self.block.scan_stalls() {
-                    Ok(stalls) => {
-                        for ev in stalls {
-                            self.deliver(ProbeEvent::Path(ev), None);
+                _ = &mut scan => {
+                    match self.block.scan_stalls() {
+                        Ok(stalls) => {
+                            for ev in stalls {
+                                self.deliver(ProbeEvent::Path(ev), None);
+                            }
                         }
+                        Err(e) => tracing::error!("stall scan: {e}"),
                     }
-                    Err(e) => tracing::error!("stall scan: {e}"),
-                },
+                    let next = if self.block.busy() {
+                        self.opts.scan_interval
+                    } else {
+                        IDLE_SCAN.max(self.opts.scan_interval)
+                    };
+                    scan.as_mut().reset(tokio::time::Instant::now() + next);
+                }
                 _ = housekeeping.tick() => self.housekeeping(),
             }
             if !batch.is_empty() || !tcp_batch.is_empty() {

@@ -846,6 +846,17 @@ impl Health {
             .any(|p| p.stall.is_some() || p.generic_error.is_some() || p.stuck_ns.is_some())
     }
 
+    /// Whether [`Health::tick`] may decide something within the next second: a stall, a
+    /// generic error or a stuck request waiting for corroboration, or a connection
+    /// retransmitting on a path with no completion seen yet (the silent-connection rule).
+    pub fn wants_ticks(&self) -> bool {
+        self.wants_readings()
+            || self
+                .paths
+                .values()
+                .any(|p| p.state.usable() && p.retrans_run >= 2 && p.reading.last_complete_ns == 0)
+    }
+
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, now: Ns, input: Input) -> Output {
         let mut out = Output::default();

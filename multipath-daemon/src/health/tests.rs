@@ -796,6 +796,21 @@ fn a_stall_right_after_recovered_retransmissions_waits_as_a_live_path_does() {
     assert_eq!(failed_at, Some(550));
 }
 
+/// The daemon ticks the engine 20 times a second only while it asks for it.
+#[test]
+fn fast_ticks_only_while_something_waits_for_corroboration() {
+    let mut h = two_maps();
+    assert!(!h.wants_ticks(), "idle");
+    block(&mut h, 10 * S, 0, stalled(300));
+    assert!(h.wants_ticks(), "a stall waits for corroboration");
+    completed(&mut h, 10 * S + 100 * MS, 0, 10 * S + 90 * MS);
+    assert!(!h.wants_ticks(), "the stall ended");
+    // A connection retransmitting twice in a row on a path with no completion seen yet.
+    let mut h = two_maps();
+    retransmits(&mut h, 20 * S, 2);
+    assert!(h.wants_ticks());
+}
+
 #[test]
 fn the_same_stall_on_every_path_of_a_map_fails_nothing() {
     let mut h = two_maps();
