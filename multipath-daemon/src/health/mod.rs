@@ -22,7 +22,7 @@
 //!   that), or a
 //!   sibling path completed I/O after the stall began and the stall lasted
 //!   `stall_sibling` (`stall_alive` if the target was heard from during the stall, or
-//!   the path recovered from loss just before: slow, not dead). The same stall on every usable
+//!   the path showed loss just before: slow, not dead). The same stall on every usable
 //!   path of a map is the LUN or the array, and fails nothing. A stall is never
 //!   corroborated for the last usable path of a map.
 //! - Soft signals (slow completions, a request stuck while the path completes others,
@@ -596,9 +596,6 @@ struct Path {
     heard_ns: Option<Ns>,
     /// When a reading last showed loss (the loss rule's measure, stall or not).
     lossy_ns: Option<Ns>,
-    /// When a reading last showed retransmissions while ACKs moved: loss the connection
-    /// recovered from, however little.
-    recovered_ns: Option<Ns>,
     /// Between readings while ACKs moved: (reading time, retransmissions, bytes acked).
     loss_marks: Vec<(Ns, u64, u64)>,
     stall: Option<Stall>,
@@ -730,7 +727,6 @@ impl Health {
                             acked_ns: None,
                             heard_ns: None,
                             lossy_ns: None,
-                            recovered_ns: None,
                             retrans_run: 0,
                             stuck_ns: None,
                             loss_marks: Vec::new(),
@@ -1244,7 +1240,6 @@ impl Health {
             if n > 0 {
                 p.loss_marks
                     .push((now, n, u64::from(una.wrapping_sub(before))));
-                p.recovered_ns = Some(now);
             }
             lossy = true;
         }
@@ -1642,16 +1637,12 @@ impl Health {
             // spaced ACKs 600 ms apart); a sibling's progress then needs the longer
             // `stall_alive` before it proves this path is broken. A dead path is the
             // retransmission rule's, which this does not slow.
-            // So was a path that recovered from loss just now: on a lossy link a
-            // retransmission timeout stalls I/O for 0.5 s and more with the target silent
-            // meanwhile. The lab's 5% loss had a path failed that way at 532 ms, and again
-            // at 510 ms with its loss under the loss rule's 2% (4 KB I/O: 26 retransmissions
-            // against 4.4 MB acked in 2 s). A dead link stays the retransmission rule's,
-            // which fires as fast (its retransmissions go unanswered).
-            let recent =
-                |t: Option<Ns>| t.is_some_and(|t| now.saturating_sub(t) < ns(self.cfg.loss_window));
-            let alive =
-                p.heard_since(stall.began_ns) || recent(p.lossy_ns) || recent(p.recovered_ns);
+            // So was a path losing packets just now (the loss rule's measure): on a lossy
+            // link a retransmission timeout stalls I/O for 0.5 s and more with the target
+            // silent meanwhile, and the lab's 5% loss had a path failed that way at 532 ms.
+            let alive = p.heard_since(stall.began_ns)
+                || p.lossy_ns
+                    .is_some_and(|t| now.saturating_sub(t) < ns(self.cfg.loss_window));
             // Judged only on a reading taken after the deadline, so what the ACKs did until
             // then is known (the loop may lag behind the kernel under load).
             let seen_after = |t: Ns| p.reading_ns >= t;
