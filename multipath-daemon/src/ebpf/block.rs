@@ -955,7 +955,14 @@ fn measure_memory(ebpf: &Ebpf, max_paths: u32, cpus: u32) -> ProbeMemory {
 /// A numeric field of /proc/self/fdinfo/FD (bpf maps and programs list their memory and
 /// run statistics there).
 pub(crate) fn fdinfo_field(fd: i32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    fdinfo_value(
+        &std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?,
+        field,
+    )
+}
+
+/// A numeric field of an fdinfo text already read.
+pub(crate) fn fdinfo_value(text: &str, field: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         (k.trim() == field).then(|| v.trim().parse().ok())?

@@ -141,8 +141,10 @@ fn program_stats(
             })?
             .as_fd()
             .as_raw_fd();
-        // fdinfo has all three, recursion_misses among them (ProgramInfo lacks it).
-        let field = |f| block::fdinfo_field(fd, f).unwrap_or(0);
+        // fdinfo has all three, recursion_misses among them (ProgramInfo lacks it): one
+        // read for the three.
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        let field = |f| block::fdinfo_value(&text, f).unwrap_or(0);
         out.push(ProgramStats {
             tracepoint,
             program: name,

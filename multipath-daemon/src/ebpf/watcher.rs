@@ -241,6 +241,7 @@ impl Task {
         let scan = tokio::time::sleep(self.opts.scan_interval);
         tokio::pin!(scan);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let mut rounds = 0u64;
         let mut batch = Vec::new();
         let mut tcp_batch = Vec::new();
         loop {
@@ -290,7 +291,12 @@ impl Task {
                     };
                     scan.as_mut().reset(tokio::time::Instant::now() + next);
                 }
-                _ = housekeeping.tick() => self.housekeeping(),
+                _ = housekeeping.tick() => {
+                    // The programs' statistics take a file read each: every 10 s is soon
+                    // enough for a warning about skipped runs.
+                    self.housekeeping(rounds.is_multiple_of(10));
+                    rounds += 1;
+                }
             }
             if !batch.is_empty() || !tcp_batch.is_empty() {
                 let now = monotonic_ns();
@@ -339,9 +345,12 @@ impl Task {
         };
     }
 
-    fn housekeeping(&self) {
+    fn housekeeping(&self, with_program_stats: bool) {
         let c = &self.counters;
         c.ring_full.store(self.block.ring_full(), Ordering::Relaxed);
+        if !with_program_stats {
+            return;
+        }
         let mut misses = 0;
         if let Ok(stats) = self.block.program_stats() {
             misses += stats.iter().map(|p| p.recursion_misses).sum::<u64>();
