@@ -457,6 +457,11 @@ pub struct PathInfo {
 
 /// A TCP segment's payload on Ethernet, to turn retransmissions into bytes.
 const MSS: u64 = 1448;
+/// The least traffic a loss share is taken of, per second of `loss_window`: on a nearly
+/// idle connection a few spurious tail-loss probes (a busy host answering late; 1 to 3 a
+/// second on a healthy path in the lab under TCG) would otherwise be a high share of
+/// almost nothing.
+const LOSS_MIN_BYTES_PER_S: u64 = 256 * 1024;
 
 /// The engine's knobs. Defaults suit iSCSI paths whose healthy latency is milliseconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -1247,7 +1252,12 @@ impl Health {
         p.loss_marks
             .retain(|&(t, _, _)| now.saturating_sub(t) < window);
         let lost: u64 = p.loss_marks.iter().map(|&(_, n, _)| n).sum();
-        let acked: u64 = p.loss_marks.iter().map(|&(_, _, b)| b).sum();
+        let acked: u64 = p
+            .loss_marks
+            .iter()
+            .map(|&(_, _, b)| b)
+            .sum::<u64>()
+            .max(LOSS_MIN_BYTES_PER_S * self.cfg.loss_window.as_secs().max(1));
         // One timeout retransmits a whole flight at once (a spurious one too, after a
         // hiccup of the host): loss is retransmissions seen in two readings or more, and
         // a share of the traffic (a segment of ~1448 bytes per retransmission).

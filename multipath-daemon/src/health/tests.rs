@@ -421,12 +421,18 @@ fn single_retransmissions_while_acks_move_demote_a_lossy_path() {
     // 5% loss: retransmissions, never two in a row, so no run event; ACKs keep moving.
     let mut h = two_maps();
     let t = 39 * S;
-    lossy(&mut h, t, 0, 100, 0);
-    assert!(lossy(&mut h, t + S, 0, 200, 3).decisions.is_empty());
-    let o = lossy(&mut h, t + 2 * S, 0, 300, 7);
+    lossy(&mut h, t, 0, 0, 0);
+    assert!(lossy(&mut h, t + S, 0, 200_000, 4).decisions.is_empty());
+    let o = lossy(&mut h, t + 2 * S, 0, 400_000, 9);
     assert_eq!(o.decisions.len(), 1, "{o:?}");
     assert_eq!(o.decisions[0].action, Action::Demote);
-    assert!(matches!(o.decisions[0].reason, Reason::Loss { events: 7 }));
+    assert!(matches!(o.decisions[0].reason, Reason::Loss { events: 9 }));
+    // A few spurious tail-loss probes a second on a nearly idle connection are no loss
+    // rate (seen in the lab: 2, 1, 3 against 30 KB acked a second demoted a healthy path).
+    let mut h = two_maps();
+    lossy(&mut h, t, 0, 0, 0);
+    lossy(&mut h, t + S, 0, 30_000, 3);
+    assert!(lossy(&mut h, t + 2 * S, 0, 60_000, 6).decisions.is_empty());
     // The same counts on a path whose ACKs stopped are the stall rules' business.
     let mut h = two_maps();
     lossy(&mut h, t, 0, 100, 0);
