@@ -63,6 +63,11 @@ fn try_main() -> Result<()> {
 }
 
 fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
+    // No transparent huge pages for a long-running daemon with a small working set: the
+    // lab measured 40 of its 62 MiB resident as huge pages that its allocations only
+    // partly use. Best effort: an old kernel without the option changes nothing else.
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let secs = |v: f64, what: &str| {
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
