@@ -120,6 +120,17 @@ fn up(h: &mut Health, now: Ns, minor: u32) -> Output {
     )
 }
 
+/// The checker's command on `minor` got no answer in time.
+fn timed_out(h: &mut Health, now: Ns, minor: u32) -> Output {
+    h.handle(
+        now,
+        Input::Check {
+            dev: dev(minor),
+            verdict: CheckVerdict::Timeout,
+        },
+    )
+}
+
 fn failed_devs(o: &Output) -> Vec<DevT> {
     o.decisions
         .iter()
@@ -905,13 +916,7 @@ fn the_checker_fails_an_idle_path_and_reinstates_it_after_n_clean_checks() {
     assert_eq!(failed_devs(&o), [dev(32)]);
     // A checker failure is not a connection signal: no rescue.
     assert_eq!(o.decisions[0].action, Action::Fail { rescue: None });
-    let o = h.handle(
-        11 * S,
-        Input::Check {
-            dev: dev(48),
-            verdict: CheckVerdict::Timeout,
-        },
-    );
+    let o = timed_out(&mut h, 11 * S, 48);
     assert_eq!(failed_devs(&o), [dev(48)]);
     // Map b has no usable path left: both are checked every second from now.
     assert_eq!(h.pathless(), BTreeSet::from([dev(32), dev(48)]));
@@ -930,22 +935,10 @@ fn the_checker_fails_an_idle_path_and_reinstates_it_after_n_clean_checks() {
     assert_eq!(o.decisions[0].action, Action::Reinstate);
     // A bad check in probation sends the path back.
     up(&mut h, 21 * S, 32);
-    let o = h.handle(
-        22 * S,
-        Input::Check {
-            dev: dev(32),
-            verdict: CheckVerdict::Timeout,
-        },
-    );
+    let o = timed_out(&mut h, 22 * S, 32);
     assert_eq!(failed_devs(&o), [dev(32)]);
     up(&mut h, 23 * S, 32);
-    let o = h.handle(
-        24 * S,
-        Input::Check {
-            dev: dev(32),
-            verdict: CheckVerdict::Timeout,
-        },
-    );
+    let o = timed_out(&mut h, 24 * S, 32);
     assert_eq!(o.decisions[0].to, PathState::Failed);
     assert_eq!(o.decisions[0].action, Action::None, "already failed in dm");
 }
@@ -977,13 +970,7 @@ fn the_flap_hold_never_keeps_a_map_without_any_path() {
     assert_eq!(h.state(dev(0)), Some(PathState::Probation));
     // sdb dies within the hold: map a has nothing but the held path, which comes back
     // on its next check.
-    let o = h.handle(
-        15 * S,
-        Input::Check {
-            dev: dev(16),
-            verdict: CheckVerdict::Timeout,
-        },
-    );
+    let o = timed_out(&mut h, 15 * S, 16);
     assert_eq!(failed_devs(&o), [dev(16)]);
     assert_eq!(h.pathless(), BTreeSet::from([dev(0), dev(16)]));
     let o = up(&mut h, 15 * S + 500 * MS, 0);
