@@ -108,6 +108,18 @@ fn retransmits(h: &mut Health, now: Ns, consecutive: u32) -> Output {
     )
 }
 
+/// The target reset the portal-1 connection (sda's, sdc's) at `now`.
+fn reset(h: &mut Health, now: Ns) -> Output {
+    h.handle(
+        now,
+        Input::Conn {
+            conn: conn(40001, 1),
+            at_ns: now,
+            signal: ConnSignal::Reset,
+        },
+    )
+}
+
 fn up(h: &mut Health, now: Ns, minor: u32) -> Output {
     h.handle(
         now,
@@ -948,16 +960,6 @@ fn the_checker_fails_an_idle_path_and_reinstates_it_after_n_clean_checks() {
 #[test]
 fn the_flap_hold_never_keeps_a_map_without_any_path() {
     let mut h = two_maps();
-    let reset = |h: &mut Health, now: Ns| {
-        h.handle(
-            now,
-            Input::Conn {
-                conn: conn(40001, 1),
-                at_ns: now,
-                signal: ConnSignal::Reset,
-            },
-        )
-    };
     // sda flaps: failed, back after two checks, failed again within a second.
     reset(&mut h, 10 * S);
     up(&mut h, 11 * S, 0);
@@ -1012,14 +1014,7 @@ fn a_path_flapping_every_second_is_failed_once_and_not_reinstated() {
     for sec in 0..60u64 {
         let now = 1000 * S + sec * S;
         let o = if sec % 2 == 0 {
-            h.handle(
-                now,
-                Input::Conn {
-                    conn: conn(40001, 1),
-                    at_ns: now,
-                    signal: ConnSignal::Reset,
-                },
-            )
+            reset(&mut h, now)
         } else {
             up(&mut h, now, 0)
         };
@@ -1045,14 +1040,7 @@ fn a_path_that_keeps_failing_soon_after_it_came_back_waits_longer_each_time() {
         match (h.state(dev(0)), active_since) {
             // Each time it has served 1 s, it dies again.
             (Some(PathState::Active), Some(t)) if sec > t => {
-                h.handle(
-                    now,
-                    Input::Conn {
-                        conn: conn(40001, 1),
-                        at_ns: now,
-                        signal: ConnSignal::Reset,
-                    },
-                );
+                reset(&mut h, now);
                 active_since = None;
             }
             (Some(PathState::Active), _) => {
