@@ -955,10 +955,12 @@ fn measure_memory(ebpf: &Ebpf, max_paths: u32, cpus: u32) -> ProbeMemory {
 /// A numeric field of /proc/self/fdinfo/FD (bpf maps and programs list their memory and
 /// run statistics there).
 pub(crate) fn fdinfo_field(fd: i32, field: &str) -> Option<u64> {
-    fdinfo_value(
-        &std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?,
-        field,
-    )
+    fdinfo_value(&fdinfo(fd)?, field)
+}
+
+/// The whole of /proc/self/fdinfo/FD, to read several fields from one read.
+pub(crate) fn fdinfo(fd: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()
 }
 
 /// A numeric field of an fdinfo text already read.

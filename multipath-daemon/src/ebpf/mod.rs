@@ -143,7 +143,7 @@ fn program_stats(
             .as_raw_fd();
         // fdinfo has all three, recursion_misses among them (ProgramInfo lacks it): one
         // read for the three.
-        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        let text = block::fdinfo(fd).unwrap_or_default();
         let field = |f| block::fdinfo_value(&text, f).unwrap_or(0);
         out.push(ProgramStats {
             tracepoint,
