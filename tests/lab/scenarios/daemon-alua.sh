@@ -24,8 +24,8 @@ lab_event info "table: $table"
 grep -q ' 1 alua ' <<<"$table" || lab_fail "no ALUA hardware handler in the table: $table"
 [ "$(lab_map_groups sanvol1)" = 2 ] || lab_fail "expected 2 path groups (one per port group): $table"
 lab_mpathd show config | tee "$LAB_OUT/config.txt"
-for want in '^path_grouping_policy +group_by_prio +built-in: Linux-IO' '^prio +alua +built-in: Linux-IO' \
-	'^failback +immediate +built-in: Linux-IO' '^hardware_handler +1 alua +built-in'; do
+for want in '^ +path_grouping_policy +group_by_prio +built-in: Linux-IO' '^ +prio +alua +built-in: Linux-IO' \
+	'^ +failback +immediate +built-in: Linux-IO' '^ +hardware_handler +1 alua +built-in'; do
 	grep -Eq "$want" "$LAB_OUT/config.txt" || lab_fail "show config has no line matching /$want/"
 done
 
