@@ -759,7 +759,8 @@ lab_alua_set() {
 	*) lab_fail "lab_alua_set: unknown ALUA state '$2'" ;;
 	esac
 	echo "$code" >"$(lab__backstore)/alua/pg$i/alua_access_state" || lab_fail "LIO refused ALUA state $2 for port group pg$i"
-	lab_event fault "target port group pg$i (portal $i): ALUA $2"
+	LAB_ALUA_AT=$EPOCHREALTIME # when the target had it (events are late by a fork or two under TCG)
+	lab_event_at "$LAB_ALUA_AT" fault "target port group pg$i (portal $i): ALUA $2"
 }
 
 # lab_setup_alua STATE...: like lab_setup, with one ALUA port group per portal in the

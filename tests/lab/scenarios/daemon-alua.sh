@@ -3,11 +3,12 @@
 . "$LAB_LIB"
 . "${LAB_LIB%/*}/daemon.sh"
 LAB_MAP=sanvol1
-# The checker's interval (mpathd --check-secs): a move must be followed within it, plus
-# LAB_ALUA_SLACK for the kernel to learn the new states and the reload (suspend, resume)
-# under emulation.
+# The checker's interval (mpathd --check-secs): the map must be regrouped within it after
+# the target's move, plus LAB_ALUA_SLACK for the kernel to learn the new states (a unit
+# attention, then REPORT TARGET PORT GROUPS) and the reload (suspend, resume) under
+# emulation. Measured from the target's last configfs write to mpathd's reload line.
 : "${LAB_CHECK_SECS:=2}"
-: "${LAB_ALUA_SLACK:=3}"
+: "${LAB_ALUA_SLACK:=2}"
 # Seconds of IO counted per path to tell where IO goes.
 : "${LAB_ALUA_WINDOW:=3}"
 
@@ -65,23 +66,37 @@ lab_io_start
 sleep 2
 alua_io_only 1
 
+# alua_regrouped_at LINE I: epoch of mpathd's first reload, from log line LINE on, that
+# put path I's group first because the priorities changed.
+alua_regrouped_at() {
+	local ts
+	ts=$(tail -n +"$1" "$LAB_OUT/mpathd.log" |
+		grep -m1 -E "reloaded map: .*path priorities changed.* paths=\[\"${LAB_DEV[$2]}\"" | cut -d' ' -f1) || return 1
+	[ -n "$ts" ] && date -u -d "$ts" +%s.%N
+}
+
 # alua_move TO FROM: the target makes portal TO's port group optimized and FROM's
 # non-optimized; mpathd must regroup within the checker interval (+ slack), and IO follow.
 alua_move() {
-	local to=$1 from=$2 t lines took
+	local to=$1 from=$2 t0 t lines at took
 	lab_step "the target moves its optimized port to portal $to"
 	lines=$(lab_log_lines)
-	t=$EPOCHREALTIME
 	lab_alua_set "$to" active/optimized
+	t0=$LAB_ALUA_AT
 	lab_alua_set "$from" active/non-optimized
-	lab_wait $((LAB_CHECK_SECS + LAB_ALUA_SLACK)) "path $to's group first in sanvol1's table" alua_first_is "$to"
-	took=$(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.2f", b-a}')
-	lab_event info "path $to's group first in the table ${took} s after the switch (checker interval ${LAB_CHECK_SECS} s)"
+	t=$LAB_ALUA_AT
+	# A generous bound for the wait; the check is on mpathd's own timestamps below
+	# (each poll here forks dmsetup and python, a second or so under emulation).
+	lab_wait 20 "path $to's group first in sanvol1's table" alua_first_is "$to"
+	at=$(alua_regrouped_at "$lines" "$to") || lab_fail "mpathd.log has no reload putting path $to first because priorities changed"
+	lab_event_at "$at" mpathd "sanvol1 regrouped, path $to (${LAB_DEV[to]}) first"
+	took=$(awk -v a="$t" -v b="$at" 'BEGIN{printf "%.2f", b-a}')
+	lab_event info "regrouped $took s after the target's last write ($(awk -v a="$t0" -v b="$at" 'BEGIN{printf "%.2f", b-a}') s after its first), checker interval ${LAB_CHECK_SECS} s"
+	awk -v d="$took" -v m="$((LAB_CHECK_SECS + LAB_ALUA_SLACK))" 'BEGIN{exit !(d <= m)}' ||
+		lab_fail "regrouped $took s after the move, more than the checker interval ${LAB_CHECK_SECS} s + ${LAB_ALUA_SLACK} s"
 	lab_event info "kernel: path $to $(cat "/sys/block/${LAB_DEV[to]}/device/access_state"), path $from $(cat "/sys/block/${LAB_DEV[from]}/device/access_state")"
 	# How mpathd learned it: a udev unit attention, or the checker interval's reread.
-	tail -n +"$lines" "$LAB_OUT/mpathd.log" | grep -E 'ASYMMETRIC_ACCESS_STATE_CHANGED|ALUA state|path priorities changed' | head -8
-	tail -n +"$lines" "$LAB_OUT/mpathd.log" | grep -q "reloaded map: .*path priorities changed" ||
-		lab_fail "mpathd.log has no reload saying the priorities changed"
+	tail -n +"$lines" "$LAB_OUT/mpathd.log" | grep -E 'ASYMMETRIC_ACCESS_STATE_CHANGED|ALUA state|path priorities changed|demote|restore' | head -10
 	if [ "$to" = 1 ]; then
 		lab_wait 5 "prios 50/10 in show paths" alua_prios 50 10
 	else
