@@ -11,6 +11,12 @@ LAB_MAP=sanvol1
 : "${LAB_ALUA_SLACK:=2}"
 # Seconds of IO counted per path to tell where IO goes.
 : "${LAB_ALUA_WINDOW:=3}"
+# Without the eBPF probes: under emulation on a busy host, the load moving at once onto a
+# path that was idle makes slow completions (its latency limit was learned idle) and a
+# burst of retransmissions on the old one, and the health engine demotes one of them
+# right after the move, which sends I/O back to the other group for its quiet time. This
+# scenario proves the ALUA regrouping; LAB_MPATHD_ARGS= runs it with the probes.
+: "${LAB_MPATHD_ARGS=--no-probes}"
 
 lab_udev_start
 lab_setup_alua active/optimized active/non-optimized
