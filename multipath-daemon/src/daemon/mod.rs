@@ -8,9 +8,10 @@
 //! table: signals, the control socket, udev events, checks and `fail_path` messages go on.
 //!
 //! What feeds the [`Engine`]: a reconcile pass at start, on udev events for paths and
-//! SCSI unit attentions (debounced, so a login of 128 LUNs is one pass), on `reconfigure`/SIGHUP and every
-//! `rescan_interval`; every `check_interval` a check of every path and a poll of the maps'
-//! status, the iSCSI sessions and the paths' ALUA states; the health engine's timers.
+//! SCSI unit attentions (debounced, so a login of 128 LUNs is one pass), on
+//! `reconfigure`/SIGHUP and every `rescan_interval`; every `check_interval` a check of
+//! every path and a poll of the maps' status, the iSCSI sessions and the paths' ALUA
+//! states; the health engine's timers.
 //!
 //! Exiting never touches the maps: a stopped or crashed daemon leaves every map as it
 //! was, serving I/O on the paths it has. On SIGTERM the iSCSI sessions' recovery timeouts
