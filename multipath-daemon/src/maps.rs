@@ -475,6 +475,7 @@ mod tests {
                 state: "running".into(),
                 wwid: wwid.map(String::from),
                 access_state: None,
+                preferred: false,
             },
             prio: 1,
         }

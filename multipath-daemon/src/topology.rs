@@ -70,9 +70,22 @@ pub struct ScsiDisk {
     /// by), from the kernel's `wwid` attribute; `None` when the LUN reports none.
     pub wwid: Option<String>,
     /// ALUA access state of this path's target port group (`active/optimized`,
-    /// `active/non-optimized`, `standby`, `unavailable`...), when the ALUA device
-    /// handler is attached; the `alua` prio source reads it.
+    /// `active/non-optimized`, `standby`, `unavailable`, `lba-dependent`, `offline`,
+    /// `transitioning`), when the ALUA device handler is attached; the `alua` prio
+    /// source reads it.
     pub access_state: Option<String>,
+    /// The target marks this path's port group preferred (the PREF bit of REPORT TARGET
+    /// PORT GROUPS, the kernel's `preferred_path`).
+    pub preferred: bool,
+}
+
+/// A path's ALUA state as the kernel's device handler last learned it (from REPORT
+/// TARGET PORT GROUPS, re-sent when the target reports a state change).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Alua {
+    /// `None` when no ALUA handler is attached to the device.
+    pub access_state: Option<String>,
+    pub preferred: bool,
 }
 
 /// SCSI disks grouped by the LUN they reach (WWID), in WWID order; disks without a WWID
@@ -169,6 +182,20 @@ impl Sysfs {
         read(&self.block_dir(name)?.join("device/state"))
     }
 
+    /// A SCSI disk's ALUA state now: two small reads, cheap enough for every checker
+    /// interval, so a port group the target moved is seen without a full scan.
+    pub fn alua(&self, name: &str) -> Result<Alua, TopologyError> {
+        let sdev = self.block_dir(name)?.join("device");
+        if !sdev.exists() {
+            return Err(TopologyError::NoDevice(name.into(), self.path("sys/block")));
+        }
+        Ok(Alua {
+            // Absent without a handler; the kernel answers EINVAL when it has none.
+            access_state: read(&sdev.join("access_state")).ok(),
+            preferred: read(&sdev.join("preferred_path")).is_ok_and(|p| p == "1"),
+        })
+    }
+
     /// Whether a block device is read-only; `None` when that cannot be read.
     pub fn read_only(&self, name: &str) -> Option<bool> {
         match read(&self.block_dir(name).ok()?.join("ro")).ok()?.as_str() {
@@ -219,6 +246,7 @@ impl Sysfs {
                     state: read(&sdev.join("state"))?,
                     wwid: read(&sdev.join("wwid")).ok().and_then(|w| scsi_id_wwid(&w)),
                     access_state: read(&sdev.join("access_state")).ok(),
+                    preferred: read(&sdev.join("preferred_path")).is_ok_and(|p| p == "1"),
                     name: name.clone(),
                 })
             })();
@@ -374,6 +402,66 @@ mod tests {
         let groups = group_by_wwid(&disks);
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].1.len(), 2);
+    }
+
+    /// A writable copy of the recorded tree, for attributes the recording lacks.
+    fn lab_copy(tag: &str) -> (Sysfs, PathBuf) {
+        let root = std::env::temp_dir().join(format!("mpathd-topo-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let ok = std::process::Command::new("cp")
+            .args([
+                "-a",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/sysfs/lab-2portals"
+                ),
+            ])
+            .arg(&root)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "copying the recorded sysfs tree");
+        (Sysfs::new(&root), root)
+    }
+
+    #[test]
+    fn alua_state_and_preference_come_from_the_device_handler() {
+        let (s, root) = lab_copy("alua");
+        // The recording has no ALUA handler attached: no state, not preferred.
+        assert_eq!(s.alua("sda").unwrap(), Alua::default());
+        assert_eq!(s.scsi_disks().unwrap()[0].access_state, None);
+        // As the kernel shows them once scsi_dh_alua is attached.
+        let dev = |n: &str| root.join("sys/block").join(n).join("device");
+        std::fs::write(dev("sda").join("access_state"), "active/optimized\n").unwrap();
+        std::fs::write(dev("sda").join("preferred_path"), "0\n").unwrap();
+        std::fs::write(dev("sdb").join("access_state"), "active/non-optimized\n").unwrap();
+        std::fs::write(dev("sdb").join("preferred_path"), "1\n").unwrap();
+        let disks = s.scsi_disks().unwrap();
+        assert_eq!(
+            (disks[0].access_state.as_deref(), disks[0].preferred),
+            (Some("active/optimized"), false)
+        );
+        assert_eq!(
+            (disks[1].access_state.as_deref(), disks[1].preferred),
+            (Some("active/non-optimized"), true)
+        );
+        assert_eq!(
+            s.alua("sdb").unwrap(),
+            Alua {
+                access_state: Some("active/non-optimized".into()),
+                preferred: true
+            }
+        );
+        // The target moved its optimized port: the light read sees it.
+        std::fs::write(dev("sda").join("access_state"), "active/non-optimized\n").unwrap();
+        assert_eq!(
+            s.alua("sda").unwrap().access_state.as_deref(),
+            Some("active/non-optimized")
+        );
+        // loop0 is no SCSI disk; sdz does not exist.
+        assert!(matches!(s.alua("loop0"), Err(TopologyError::NoDevice(..))));
+        assert!(matches!(s.alua("sdz"), Err(TopologyError::NoDevice(..))));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -711,3 +711,95 @@ lab_setup_luns() {
 	pidof systemd-udevd >/dev/null && lab_do udevadm settle --timeout=600
 	lab_event iscsi "$((n * LAB_PORTALS)) SCSI disks ($n LUNs x $LAB_PORTALS portals)"
 }
+
+# --- ALUA: one target port group per portal ---------------------------------------------
+# LIO keeps ALUA port groups on the backstore (core/<hba>/<dev>/alua/<group>) and each
+# iSCSI TPG's LUN is a member of one. A TPG of its own per portal gives each path its own
+# port group, as an array's two controllers do; the states are then set per portal.
+: "${LAB_ALUA_TYPE:=1}"          # alua_access_type: 1 implicit (the target alone moves its
+                                 # states: the initiator's handler sends no SET TARGET PORT
+                                 # GROUPS), 3 implicit and explicit
+: "${LAB_ALUA_NONOP_DELAY_MS:=0}" # LIO delays each command on a non-optimized port by this
+                                 # (100 ms by default, far beyond an array's proxy cost:
+                                 # 0 keeps the health engine's latency rules out of it)
+
+lab__backstore() { # the LUN's backstore dir in configfs
+	if [ "$LAB_LUN_BACKEND" = dm ]; then echo "$LAB_CFG/core/iblock_0/lun0"; else echo "$LAB_CFG/core/fileio_0/lun0"; fi
+}
+
+# lab_alua_tpgs: after lab_target_start, before the login. Portal i > 1 moves from
+# tpgt_1 to a TPG of its own, tpgt_i, exporting the same LUN; port group pg<i> (id i) is
+# made for TPG i's LUN, active/optimized until lab_alua_set says otherwise.
+lab_alua_tpgs() {
+	local i T G bs T1="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1"
+	bs=$(lab__backstore)
+	for i in $(seq 2 "$LAB_PORTALS"); do
+		T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_$i"
+		lab_do nsenter --net=/run/netns/tgt rmdir "$T1/np/10.99.$i.2:3260"
+		lab_do mkdir "$T"
+		lab_do nsenter --net=/run/netns/tgt mkdir "$T/np/10.99.$i.2:3260"
+		lab_do mkdir -p "$T/lun/lun_0"
+		lab_do ln -s "$bs" "$T/lun/lun_0/lun0"
+		echo 1 >"$T/attrib/generate_node_acls"
+		echo 0 >"$T/attrib/demo_mode_write_protect"
+		echo 0 >"$T/attrib/authentication"
+		echo 1 >"$T/attrib/cache_dynamic_acls"
+		echo 1 >"$T/enable" || lab_fail "enabling $T"
+	done
+	for i in $(seq "$LAB_PORTALS"); do
+		G=$bs/alua/pg$i
+		lab_do mkdir "$G"
+		echo "$i" >"$G/tg_pt_gp_id" || lab_fail "setting the id of port group $G"
+		echo "$LAB_ALUA_TYPE" >"$G/alua_access_type" || lab_fail "setting the access type of $G"
+		echo "$LAB_ALUA_NONOP_DELAY_MS" >"$G/nonop_delay_msecs" || lab_fail "setting nonop_delay_msecs of $G"
+		echo "pg$i" >"$LAB_CFG/iscsi/$LAB_IQN/tpgt_$i/lun/lun_0/alua_tg_pt_gp" ||
+			lab_fail "putting TPG $i's LUN into port group pg$i"
+	done
+	lab_event info "LIO: one TPG and ALUA port group per portal (pg1..pg$LAB_PORTALS, access type $LAB_ALUA_TYPE, nonop delay ${LAB_ALUA_NONOP_DELAY_MS} ms)"
+}
+
+# lab_alua_set I STATE: the target sets port group pg<I> (portal I) to STATE
+# (active/optimized, active/non-optimized, standby, unavailable, transitioning), as an
+# array moving its ports does; each I_T nexus of the group gets a unit attention.
+lab_alua_set() {
+	local i=$1 code
+	case $2 in
+	active/optimized) code=0 ;;
+	active/non-optimized) code=1 ;;
+	standby) code=2 ;;
+	unavailable) code=3 ;;
+	transitioning) code=15 ;;
+	*) lab_fail "lab_alua_set: unknown ALUA state '$2'" ;;
+	esac
+	echo "$code" >"$(lab__backstore)/alua/pg$i/alua_access_state" || lab_fail "LIO refused ALUA state $2 for port group pg$i"
+	LAB_ALUA_AT=$EPOCHREALTIME # when the target had it (events are late by a fork or two under TCG)
+	lab_event_at "$LAB_ALUA_AT" fault "target port group pg$i (portal $i): ALUA $2"
+}
+
+# lab_setup_alua STATE...: like lab_setup, with one ALUA port group per portal in the
+# given states (path 1's first). scsi_dh_alua is loaded before the login: the kernel
+# attaches the handler, and shows access_state, only for disks that appear after it (as
+# on hosts that load it from the initramfs).
+lab_setup_alua() {
+	local i w0 w st
+	lab_step "setup: modules, LIO target with one ALUA port group per portal, iSCSI login"
+	lab_modules
+	lab_do modprobe scsi_dh_alua
+	lab_target_start
+	lab_alua_tpgs
+	for i in $(seq "$#"); do lab_alua_set "$i" "${!i}"; done
+	lab_login
+	w0=$(cat "/sys/block/${LAB_DEV[1]}/device/wwid")
+	for i in $(seq "$LAB_PORTALS"); do
+		w=$(cat "/sys/block/${LAB_DEV[i]}/device/wwid")
+		[ "$w" = "$w0" ] || lab_fail "path $i (${LAB_DEV[i]}) has WWID $w, path 1 has $w0"
+		st=$(cat "/sys/block/${LAB_DEV[i]}/device/access_state" 2>/dev/null) ||
+			lab_fail "path $i (${LAB_DEV[i]}) has no access_state: the ALUA handler is not attached"
+		lab_event info "path $i (${LAB_DEV[i]}, portal $i): access_state $st, preferred_path $(cat "/sys/block/${LAB_DEV[i]}/device/preferred_path")"
+	done
+}
+
+# lab_path_io I: "READS WRITES" completed on path I's sd device so far (what iostat reads).
+lab_path_io() {
+	awk '{print $1, $5}' "/sys/block/${LAB_DEV[$1]}/stat"
+}

@@ -29,7 +29,7 @@ use crate::{
     health::{Action, Decision, Health, HealthConfig, Input, Ns, PathInfo, PathState, Rescue},
     maps::{self, Candidate, Grouping, LiveMap, MapPolicy, Rules, Step},
     model::{Conn, DevT},
-    topology::{IscsiPath, ScsiDisk},
+    topology::{Alua, IscsiPath, ScsiDisk},
 };
 
 /// What one reconcile pass did.
@@ -172,6 +172,10 @@ pub struct Engine {
     /// iSCSI sessions by disk name, as last read.
     iscsi: BTreeMap<String, IscsiPath>,
     prio: BTreeMap<String, u32>,
+    /// Each path's priority from its map's prio source alone (before a demotion), by
+    /// disk name: held while its ALUA state is in transition, and compared with at
+    /// every checker interval to see a port group the target moved.
+    base_prio: BTreeMap<String, u32>,
     /// Paths left out of every map, with why (logged once each).
     skipped: BTreeMap<String, String>,
     /// WWIDs whose map an admin removed: not made again until reconfigure.
@@ -211,6 +215,7 @@ impl Engine {
             disks: Vec::new(),
             iscsi: BTreeMap::new(),
             prio: BTreeMap::new(),
+            base_prio: BTreeMap::new(),
             skipped: BTreeMap::new(),
             removed: BTreeSet::new(),
             maps: BTreeMap::new(),
@@ -322,6 +327,7 @@ impl Engine {
         let mut candidates = Vec::new();
         let mut skipped = BTreeMap::new();
         let mut demoted_wwids = BTreeSet::new();
+        let mut base_prio = BTreeMap::new();
         for d in &self.disks {
             let id = DeviceId {
                 devnode: &d.name,
@@ -335,6 +341,7 @@ impl Engine {
                 continue;
             }
             let mut prio = self.prio_of(d);
+            base_prio.insert(d.name.clone(), prio);
             if demoted.contains(&d.dev) {
                 // Below every healthy path, in a group of its own.
                 prio = 0;
@@ -357,10 +364,14 @@ impl Engine {
                 c.prio = c.prio.max(1);
             }
         }
-        self.prio = candidates
-            .iter()
-            .map(|c| (c.disk.name.clone(), c.prio))
-            .collect();
+        self.base_prio = base_prio;
+        let old_prio = std::mem::replace(
+            &mut self.prio,
+            candidates
+                .iter()
+                .map(|c| (c.disk.name.clone(), c.prio))
+                .collect(),
+        );
         let expired: BTreeSet<String> = self
             .maps
             .values()
@@ -506,7 +517,20 @@ impl Engine {
                         },
                     );
                 }
-                Step::Reload { want, why } => {
+                Step::Reload { want, mut why } => {
+                    // Say so when priorities moved the paths (the target moved its
+                    // optimized port): the group order is what changed.
+                    let moved: Vec<String> = want
+                        .paths
+                        .iter()
+                        .filter_map(|p| {
+                            let (old, new) = (old_prio.get(p)?, self.prio.get(p)?);
+                            (old != new).then(|| format!("{p} {old} -> {new}"))
+                        })
+                        .collect();
+                    if !moved.is_empty() {
+                        why = format!("{why}; path priorities changed: {}", moved.join(", "));
+                    }
                     // A suspend waits for the I/O in flight, and I/O stuck on a path that
                     // is not failed yet may not come back for the transport's timeout:
                     // wait until that path fails (its I/O is handed back) or recovers.
@@ -969,6 +993,9 @@ impl Engine {
             })
             .collect();
         self.health.set_paths(infos, now);
+        if self.alua_moved(p.alua) {
+            cmds.push(Command::Replan);
+        }
         for (map, st) in p.status {
             let st = match st {
                 Ok(s) => s,
@@ -1423,17 +1450,52 @@ impl Engine {
         self.cfg.settings_for(&maps::map_ident(wwid, paths))
     }
 
+    /// Learns the paths' ALUA states read at the checker interval. True when a path's
+    /// priority changed (or its ALUA handler came or went, which changes the map's
+    /// settings): the maps must be regrouped, as a reconcile pass does.
+    fn alua_moved(&mut self, alua: BTreeMap<String, Alua>) -> bool {
+        let mut moved = false;
+        for (name, a) in alua {
+            let Some(d) = self.disks.iter_mut().find(|d| d.name == name) else {
+                continue;
+            };
+            if d.access_state == a.access_state && d.preferred == a.preferred {
+                continue;
+            }
+            let before = alua_words(d.access_state.as_deref(), d.preferred);
+            let handler_changed = d.access_state.is_some() != a.access_state.is_some();
+            d.access_state = a.access_state;
+            d.preferred = a.preferred;
+            let d = d.clone();
+            let new = self.prio_of(&d);
+            let old = self.base_prio.get(&name).copied();
+            let map = self
+                .maps
+                .iter()
+                .find(|(_, m)| m.table.path_devs().any(|p| p == d.dev.to_string()))
+                .map(|(n, _)| n.as_str())
+                .unwrap_or("-");
+            let after = alua_words(d.access_state.as_deref(), d.preferred);
+            if old == Some(new) && !handler_changed {
+                debug!(path = %name, map = %map, "ALUA state {before} -> {after}; prio stays {new}");
+                continue;
+            }
+            info!(path = %name, map = %map, "ALUA state {before} -> {after}; prio {} -> {new}: regrouping",
+                old.map_or("-".to_string(), |o| o.to_string()));
+            moved = true;
+        }
+        moved
+    }
+
+    /// The path's priority from its map's prio source.
     fn prio_of(&self, d: &ScsiDisk) -> u32 {
         match self.cfg.settings_for(&maps::path_ident(d)).prio {
             PrioSource::Const => 1,
-            // multipath-tools' alua prio values, so group_by_prio orders the same.
-            PrioSource::Alua => match d.access_state.as_deref() {
-                Some("active/optimized") => 50,
-                Some("active/non-optimized") => 10,
-                Some("lba-dependent") => 5,
-                Some("standby") => 1,
-                _ => 0,
-            },
+            PrioSource::Alua => alua_prio(d.access_state.as_deref(), d.preferred)
+                // In transition: keep the last priority until the kernel learns the new
+                // state (it asks again until the transition ends), so a map is not
+                // regrouped twice for one move.
+                .unwrap_or_else(|| self.base_prio.get(&d.name).copied().unwrap_or(0)),
             PrioSource::Weighted(ws) => {
                 let portal = self.iscsi.get(&d.name).map(|i| i.portal.to_string());
                 ws.iter()
@@ -1442,6 +1504,36 @@ impl Engine {
                     .unwrap_or(0)
             }
         }
+    }
+}
+
+/// multipath-tools' `alua` and `sysfs` prioritizers' values, so group_by_prio orders the
+/// paths as multipathd does: optimized 50, non-optimized 10, LBA-dependent 5, standby 1,
+/// anything else (unavailable, offline, no handler) 0; a preferred port group adds 80
+/// unless it is optimized already (their default, without `exclusive_pref_bit`). `None`
+/// while the port group is in transition: the state is not known yet.
+fn alua_prio(access_state: Option<&str>, preferred: bool) -> Option<u32> {
+    let base = match access_state {
+        Some("transitioning") => return None,
+        Some("active/optimized") => 50,
+        Some("active/non-optimized") => 10,
+        Some("lba-dependent") => 5,
+        Some("standby") => 1,
+        _ => 0,
+    };
+    Some(if preferred && base != 50 {
+        base + 80
+    } else {
+        base
+    })
+}
+
+/// `active/optimized`, `standby (preferred)`, `no ALUA handler`: for the log.
+fn alua_words(access_state: Option<&str>, preferred: bool) -> String {
+    match (access_state, preferred) {
+        (None, _) => "no ALUA handler".into(),
+        (Some(s), false) => s.into(),
+        (Some(s), true) => format!("{s} (preferred)"),
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     dm::{DmBackend, MultipathStatus},
     maps::LiveMap,
-    topology::{IscsiPath, ScsiDisk, Sysfs},
+    topology::{Alua, IscsiPath, ScsiDisk, Sysfs},
 };
 
 /// Everything one reconcile pass plans from.
@@ -94,14 +94,18 @@ fn live_maps<D: DmBackend + ?Sized>(
     Ok(out)
 }
 
-/// What the checker's interval reads: each managed map's status and the iSCSI session of
-/// each of its paths.
+/// What the checker's interval reads: each managed map's status, and the iSCSI session
+/// and ALUA state of each of its paths.
 #[derive(Debug, Default)]
 pub struct Poll {
     /// When the reads began (CLOCK_MONOTONIC ns): what mpathd changed after is newer.
     pub started_ns: u64,
     pub status: BTreeMap<String, Result<MultipathStatus, String>>,
     pub iscsi: BTreeMap<String, IscsiPath>,
+    /// Each path's ALUA state, by disk name (a path gone meanwhile is left out): the
+    /// target may move its optimized port at any time, and the TUR checker sees no
+    /// difference between optimized and non-optimized.
+    pub alua: BTreeMap<String, Alua>,
     pub took: Duration,
 }
 
@@ -118,10 +122,15 @@ pub fn poll<D: DmBackend + ?Sized>(
         .map(|m| (m.clone(), dm.status(m).map_err(|e| e.to_string())))
         .collect();
     let iscsi = iscsi_of(sysfs, paths.iter().map(String::as_str));
+    let alua = paths
+        .iter()
+        .filter_map(|n| Some((n.clone(), sysfs.alua(n).ok()?)))
+        .collect();
     Poll {
         started_ns,
         status,
         iscsi,
+        alua,
         took: t0.elapsed(),
     }
 }

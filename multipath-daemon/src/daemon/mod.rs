@@ -7,10 +7,11 @@
 //! suspend stuck behind I/O on a dead path therefore delays nothing but its own map's
 //! table: signals, the control socket, udev events, checks and `fail_path` messages go on.
 //!
-//! What feeds the [`Engine`]: a reconcile pass at start, on udev events for paths
-//! (debounced, so a login of 128 LUNs is one pass), on `reconfigure`/SIGHUP and every
-//! `rescan_interval`; every `check_interval` a check of every path and a poll of the maps'
-//! status and the iSCSI sessions; the health engine's timers.
+//! What feeds the [`Engine`]: a reconcile pass at start, on udev events for paths and
+//! SCSI unit attentions (debounced, so a login of 128 LUNs is one pass), on
+//! `reconfigure`/SIGHUP and every `rescan_interval`; every `check_interval` a check of
+//! every path and a poll of the maps' status, the iSCSI sessions and the paths' ALUA
+//! states; the health engine's timers.
 //!
 //! Exiting never touches the maps: a stopped or crashed daemon leaves every map as it
 //! was, serving I/O on the paths it has. On SIGTERM the iSCSI sessions' recovery timeouts
@@ -1168,17 +1169,21 @@ async fn next_probe(rx: &mut Option<mpsc::Receiver<ProbeEvent>>) -> Option<Probe
 
 type Udev = tokio::io::unix::AsyncFd<tokio_udev::MonitorSocket>;
 
-/// Block-disk events from udevd (after its rules ran, so WWIDs and nodes are in place).
+/// Block-disk events from udevd (after its rules ran, so WWIDs and nodes are in place),
+/// and SCSI devices' unit attentions (an ALUA port group moved, a capacity changed).
 fn udev_monitor() -> std::io::Result<Udev> {
     let sock = tokio_udev::MonitorBuilder::new()?
         .match_subsystem_devtype("block", "disk")?
+        .match_subsystem_devtype("scsi", "scsi_device")?
         .listen()?;
     // SAFETY: the monitor socket owns its fd and lives inside the AsyncFd.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)
 }
 
-/// The next event for a SCSI disk (sd*); `None` if the monitor failed.
+/// The next event for a SCSI disk (sd*) or a unit attention the kernel reported for a
+/// SCSI device (`SDEV_UA=ASYMMETRIC_ACCESS_STATE_CHANGED`...); `None` if the monitor
+/// failed.
 async fn next_udev(udev: &mut Option<Udev>) -> Option<String> {
     let Some(fd) = udev else {
         return std::future::pending().await;
@@ -1190,6 +1195,9 @@ async fn next_udev(udev: &mut Option<Udev>) -> Option<String> {
             // Our own dm-N changes come here too: only paths matter.
             if name.starts_with("sd") {
                 return Some(format!("{:?} {name}", ev.event_type()));
+            }
+            if let Some(ua) = ev.property_value("SDEV_UA") {
+                return Some(format!("{name} {}", ua.to_string_lossy()));
             }
         }
         guard.clear_ready();

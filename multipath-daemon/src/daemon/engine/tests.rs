@@ -773,3 +773,224 @@ fn a_changed_alias_renames_the_live_map_on_reconfigure_without_a_reload() {
     assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
     assert!(d2.dm.info("data01").unwrap().is_some());
 }
+
+impl Driver {
+    /// Sets a path's ALUA state as the kernel's handler shows it (`None`: no handler).
+    fn alua(&self, name: &str, state: Option<&str>, preferred: bool) {
+        let dev = self.sysfs_root.join("sys/block").join(name).join("device");
+        for (file, value) in [
+            ("access_state", state.map(String::from)),
+            (
+                "preferred_path",
+                state.map(|_| u8::from(preferred).to_string()),
+            ),
+        ] {
+            match value {
+                Some(v) => std::fs::write(dev.join(file), format!("{v}\n")).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(dev.join(file));
+                }
+            }
+        }
+    }
+
+    /// The devices of the map's groups, in table order.
+    fn groups(&self, map: &str) -> Vec<Vec<String>> {
+        self.dm
+            .table(map)
+            .unwrap()
+            .groups
+            .iter()
+            .map(|g| g.paths.iter().map(|p| p.dev.clone()).collect())
+            .collect()
+    }
+
+    fn replans(&self) -> usize {
+        self.other
+            .iter()
+            .filter(|c| matches!(c, Command::Replan))
+            .count()
+    }
+}
+
+#[test]
+fn alua_prio_follows_multipath_tools_values_and_the_preferred_bit() {
+    let cases = [
+        (Some("active/optimized"), false, Some(50)),
+        (Some("active/optimized"), true, Some(50)),
+        (Some("active/non-optimized"), false, Some(10)),
+        (Some("active/non-optimized"), true, Some(90)),
+        (Some("lba-dependent"), false, Some(5)),
+        (Some("standby"), false, Some(1)),
+        (Some("standby"), true, Some(81)),
+        (Some("unavailable"), false, Some(0)),
+        (Some("offline"), false, Some(0)),
+        (Some("unknown"), false, Some(0)),
+        (None, false, Some(0)),
+        (Some("transitioning"), false, None),
+        (Some("transitioning"), true, None),
+    ];
+    for (state, preferred, want) in cases {
+        assert_eq!(
+            super::alua_prio(state, preferred),
+            want,
+            "{state:?} preferred={preferred}"
+        );
+    }
+}
+
+#[test]
+fn alua_groups_by_access_state_and_regroups_when_the_target_moves_its_optimized_port() {
+    // Nothing in the file: the built-in LIO entry (group_by_prio, prio alua, failback
+    // immediate) and the generic ALUA entry's handler.
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    d.alua("sda", Some("active/optimized"), false);
+    d.alua("sdb", Some("active/non-optimized"), false);
+    assert_eq!(d.reconcile().created, [WWID]);
+    let t = d.dm.table(WWID).unwrap();
+    assert_eq!(
+        t.hw_handler.as_ref().map(|h| h.name.as_str()),
+        Some("alua"),
+        "{t}"
+    );
+    assert_eq!(d.groups(WWID), [["8:0"], ["8:16"]], "optimized first: {t}");
+    assert_eq!(t.initial_pg, 1);
+    let Response::Paths(paths) = d.request(Request::ShowPaths) else {
+        panic!()
+    };
+    let prios: Vec<(&str, u32)> = paths.iter().map(|p| (p.name.as_str(), p.prio)).collect();
+    assert_eq!(prios, [("sda", 50), ("sdb", 10)]);
+
+    // An interval with nothing new: no pass, no reload.
+    d.dm.clear_log();
+    d.poll();
+    assert_eq!(d.replans(), 0);
+    assert!(
+        !d.dm.log().iter().any(|l| l.starts_with("reload")),
+        "{:?}",
+        d.dm.log()
+    );
+
+    // The target moves its optimized port; the checker's interval reads it and the map
+    // is regrouped, the newly optimized path first.
+    d.alua("sda", Some("active/non-optimized"), false);
+    d.alua("sdb", Some("active/optimized"), false);
+    d.poll();
+    assert_eq!(d.replans(), 1);
+    assert!(
+        d.dm.log().contains(&format!("reload {WWID}")),
+        "{:?}",
+        d.dm.log()
+    );
+    assert_eq!(d.groups(WWID), [["8:16"], ["8:0"]]);
+    assert_eq!(
+        d.dm.table(WWID).unwrap().initial_pg,
+        1,
+        "failback immediate"
+    );
+
+    // Mid-transition the kernel shows `transitioning`: the last priority holds, so the
+    // map is not regrouped before the new state is known.
+    d.dm.clear_log();
+    d.alua("sdb", Some("transitioning"), false);
+    d.poll();
+    assert_eq!(d.replans(), 1, "no pass for a transition");
+    let s = d.reconcile();
+    assert!(
+        s.reloaded.is_empty(),
+        "a pass meanwhile keeps the groups: {s:?}"
+    );
+    assert_eq!(d.groups(WWID), [["8:16"], ["8:0"]]);
+
+    // And back.
+    d.alua("sda", Some("active/optimized"), false);
+    d.alua("sdb", Some("active/non-optimized"), false);
+    d.poll();
+    assert_eq!(d.replans(), 2);
+    assert_eq!(d.groups(WWID), [["8:0"], ["8:16"]]);
+}
+
+#[test]
+fn a_regroup_says_which_priorities_changed() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    d.alua("sda", Some("active/optimized"), false);
+    d.alua("sdb", Some("active/non-optimized"), false);
+    d.reconcile();
+    d.alua("sda", Some("standby"), false);
+    d.alua("sdb", Some("active/optimized"), false);
+    let snap = gather::snapshot(&d.sysfs, &d.dm, true);
+    let (works, _) = d.e.plan(snap, d.now);
+    let whys: Vec<&str> = works
+        .iter()
+        .filter_map(|w| match (&w.op, &w.why) {
+            (DmOp::Reload { .. }, Why::Plan { why, .. }) => Some(why.as_str()),
+            _ => None,
+        })
+        .collect();
+    let [why] = whys.as_slice() else {
+        panic!("one reload: {works:?}")
+    };
+    assert!(
+        why.ends_with("path priorities changed: sdb 10 -> 50, sda 50 -> 1"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_preferred_port_group_goes_first_unless_another_is_optimized_and_preferred() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    // multipath-tools' rule: preferred adds 80 to a non-optimized port group.
+    d.alua("sda", Some("active/optimized"), false);
+    d.alua("sdb", Some("active/non-optimized"), true);
+    d.reconcile();
+    assert_eq!(d.groups(WWID), [["8:16"], ["8:0"]]);
+    // The preference moves: picked up at the interval like a state change.
+    d.alua("sda", Some("active/optimized"), true);
+    d.alua("sdb", Some("active/non-optimized"), false);
+    d.poll();
+    assert_eq!(d.replans(), 1);
+    assert_eq!(d.groups(WWID), [["8:0"], ["8:16"]]);
+}
+
+#[test]
+fn an_alua_handler_attached_later_brings_the_alua_settings_at_the_next_interval() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    // No handler: the LUN shows no ALUA, prio alua falls back to const: one group.
+    d.reconcile();
+    let t = d.dm.table(WWID).unwrap();
+    assert!(t.hw_handler.is_none(), "{t}");
+    assert_eq!(d.groups(WWID), [["8:0", "8:16"]]);
+    // scsi_dh_alua attached (modprobe, or dm loading a table naming it).
+    d.alua("sda", Some("active/optimized"), false);
+    d.alua("sdb", Some("active/non-optimized"), false);
+    d.poll();
+    assert_eq!(d.replans(), 1);
+    let t = d.dm.table(WWID).unwrap();
+    assert_eq!(
+        t.hw_handler.as_ref().map(|h| h.name.as_str()),
+        Some("alua"),
+        "{t}"
+    );
+    assert_eq!(d.groups(WWID), [["8:0"], ["8:16"]]);
+}
+
+#[test]
+fn an_alua_state_change_on_a_const_prio_map_reloads_nothing() {
+    let mut d = Driver::new(
+        "find_multipaths = \"greedy\"\n[overrides]\nprio = \"const\"\npath_grouping_policy = \"multibus\"\n",
+    );
+    d.alua("sda", Some("active/optimized"), false);
+    d.alua("sdb", Some("active/non-optimized"), false);
+    d.reconcile();
+    assert_eq!(d.groups(WWID), [["8:0", "8:16"]]);
+    d.dm.clear_log();
+    d.alua("sda", Some("active/non-optimized"), false);
+    d.alua("sdb", Some("active/optimized"), false);
+    d.poll();
+    assert_eq!(d.replans(), 0);
+    assert!(
+        !d.dm.log().iter().any(|l| l.starts_with("reload")),
+        "{:?}",
+        d.dm.log()
+    );
+}
