@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dm;
 pub mod ebpf;
 pub mod health;
+pub mod logging;
 pub mod maps;
 pub mod metrics;
 pub mod model;

@@ -20,16 +20,14 @@ use mpathd::{
 };
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MPATHD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let journal = mpathd::logging::init();
     if let Err(e) = try_main() {
-        eprintln!("mpathd: error: {e:#}");
+        if journal {
+            // With its priority (error), not as a plain line of standard error.
+            tracing::error!("{e:#}");
+        } else {
+            eprintln!("mpathd: error: {e:#}");
+        }
         std::process::exit(1);
     }
 }

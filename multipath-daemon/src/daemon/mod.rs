@@ -1044,18 +1044,18 @@ fn log_decision(d: &Decision, done: Option<&Result<(), String>>, observe: bool) 
     let prefix = if observe { "observe: would " } else { "" };
     match done {
         Some(Ok(())) => info!(
-            path = %d.name, dev = %d.dev, map = %d.map,
+            path = %d.name, dev = %d.dev, map = %d.map, action = what, reason = d.reason.label(),
             signal_to_decision_ms = to_decision_ms,
             decision_to_done_ms = now.saturating_sub(d.decided_ns) as f64 / 1e6,
             "{}: {} -> {} ({}): {}", what, d.from, d.to, d.reason.label(), d.reason
         ),
         Some(Err(e)) => warn!(
-            path = %d.name, dev = %d.dev, map = %d.map,
+            path = %d.name, dev = %d.dev, map = %d.map, action = what, reason = d.reason.label(),
             "{}: {} -> {} ({}) failed in device-mapper: {e}", what, d.from, d.to, d.reason
         ),
         None => info!(
-            path = %d.name, dev = %d.dev, map = %d.map,
-            signal_to_decision_ms = to_decision_ms,
+            path = %d.name, dev = %d.dev, map = %d.map, action = what, reason = d.reason.label(),
+            observe, signal_to_decision_ms = to_decision_ms,
             "{prefix}{}: {} -> {} ({}): {}", what, d.from, d.to, d.reason.label(), d.reason
         ),
     }
