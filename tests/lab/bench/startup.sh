@@ -150,6 +150,27 @@ rec "$(printf '{"kind":"tools","max_rounds":%d,"budget_s":%d,"multipath_version"
 	"$([ $mpathd_available = 1 ] && echo true || echo false)" "$(jstr "$mpathd_why")")"
 
 # --- one round of each ---------------------------------------------------------------------------
+# bench_stuck PID: the state of a stuck tool and of udev, for the lab dir.
+bench_stuck() {
+	local p
+	echo "pid $1: $(sed -n 's/^State:\t//p' "/proc/$1/status"), wchan $(cat "/proc/$1/wchan")"
+	echo "--- its kernel stack"
+	cat "/proc/$1/stack"
+	echo "--- its threads"
+	for p in /proc/"$1"/task/*; do echo "${p##*/} $(cat "$p/wchan") $(sed -n 's/^State:\t//p' "$p/status")"; done
+	echo "--- dmsetup udevcookies"
+	dmsetup udevcookies
+	echo "--- udev's queue: $(udevadm settle --timeout=0 2>&1 && echo empty || echo busy)"
+	echo "--- processes of udev, multipath and device-mapper"
+	ps -eo pid,ppid,stat,wchan:32,etimes,args | grep -E 'udev|multipath|kpartx|dmsetup|blkid|scsi_id' | grep -v grep
+	echo "--- dm devices"
+	dmsetup info -c -o name,major,minor,attr,open,segments,events,uuid
+	for p in $(pgrep -f 'systemd-udevd|multipath -[uU]|kpartx|dmsetup'); do
+		echo "--- stack of $p: $(tr '\0' ' ' <"/proc/$p/cmdline")"
+		cat "/proc/$p/stack"
+	done
+}
+
 # multipath -r: reloads every map, creating those missing (plain `multipath` does the same
 # from nothing). No multipathd runs; udev sync is on (DM_DISABLE_UDEV unset), as on a host.
 round_multipath() {
@@ -159,7 +180,18 @@ round_multipath() {
 	bench__watch_maps "$BENCH_LUNS" "$end" "$B/maps.$r" &
 	local w=$!
 	t0=$EPOCHREALTIME
-	timeout "$BENCH_ROUND_TIMEOUT" env -u DM_DISABLE_UDEV multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1
+	env -u DM_DISABLE_UDEV multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1 &
+	local mp=$!
+	while kill -0 "$mp" 2>/dev/null && [ "${EPOCHREALTIME%.*}" -lt "$end" ]; do
+		read -r -t 0.1 -u "$BENCH_SLEEP_FD" _
+	done
+	if kill -0 "$mp" 2>/dev/null; then
+		# Still running at the deadline: where it waits, and what udev is doing then.
+		bench_stuck "$mp" >"$LAB_OUT/multipath-r$r.stuck" 2>&1
+		lab_event info "multipath -r round $r stuck: $(head -1 "$LAB_OUT/multipath-r$r.stuck")"
+		kill -KILL "$mp"
+	fi
+	wait "$mp"
 	rc=$?
 	t1=$EPOCHREALTIME
 	wait "$w"
