@@ -16,4 +16,5 @@ pub mod logging;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod sockdiag;
 pub mod topology;

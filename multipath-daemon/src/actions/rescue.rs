@@ -22,7 +22,6 @@ use std::{
     collections::BTreeMap,
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -31,177 +30,12 @@ use crate::model::Conn;
 /// Where the daemon keeps the sessions' original recovery timeouts.
 pub const DEFAULT_LEDGER: &str = "/run/mpathd/recovery_tmo.json";
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct NlMsgHdr {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-}
-
-/// `struct inet_diag_sockid`: ports and addresses in network byte order.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct InetDiagSockId {
-    sport: [u8; 2],
-    dport: [u8; 2],
-    src: [u8; 16],
-    dst: [u8; 16],
-    ifindex: u32,
-    cookie: [u32; 2],
-}
-
-/// `struct inet_diag_req_v2`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct InetDiagReqV2 {
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    id: InetDiagSockId,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct DestroyMsg {
-    hdr: NlMsgHdr,
-    req: InetDiagReqV2,
-}
-
-fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
-    match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (libc::AF_INET as u8, b)
-        }
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            // An IPv4 connection seen through a dual-stack address.
-            Some(v4) => addr_bytes(IpAddr::V4(v4)),
-            None => (libc::AF_INET6 as u8, a.octets()),
-        },
-    }
-}
-
 /// Destroys the local TCP socket of `conn` (local = the initiator's end), as `ss -K`
 /// does: its owner (the iSCSI initiator) sees the connection fail with ECONNABORTED at
 /// once. Errors: ENOENT if no such socket, EOPNOTSUPP if the kernel lacks
 /// CONFIG_INET_DIAG_DESTROY, EPERM without CAP_NET_ADMIN.
 pub fn destroy_socket(conn: &Conn) -> io::Result<()> {
-    let (family, src) = addr_bytes(conn.local.ip());
-    let (family_r, dst) = addr_bytes(conn.remote.ip());
-    if family != family_r {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{conn}: local and remote address families differ"),
-        ));
-    }
-    let port = |a: &SocketAddr| a.port().to_be_bytes();
-    let msg = DestroyMsg {
-        hdr: NlMsgHdr {
-            len: std::mem::size_of::<DestroyMsg>() as u32,
-            kind: SOCK_DESTROY,
-            flags: NLM_F_REQUEST | NLM_F_ACK,
-            seq: 1,
-            pid: 0,
-        },
-        req: InetDiagReqV2 {
-            family,
-            protocol: libc::IPPROTO_TCP as u8,
-            ext: 0,
-            pad: 0,
-            states: !0,
-            id: InetDiagSockId {
-                sport: port(&conn.local),
-                dport: port(&conn.remote),
-                src,
-                dst,
-                ifindex: 0,
-                // INET_DIAG_NOCOOKIE: match by the four-tuple alone.
-                cookie: [!0, !0],
-            },
-        },
-    };
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Never block the caller's thread for long on a kernel that does not answer.
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: valid fd, option and pointer to a timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: the message is plain integers of the size given; the address is valid.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            (&msg as *const DestroyMsg).cast(),
-            std::mem::size_of::<DestroyMsg>(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = [0u8; 512];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    let hdr_len = std::mem::size_of::<NlMsgHdr>();
-    if n < hdr_len + 4 {
-        return Err(io::Error::other(format!(
-            "sock_diag answered {n} bytes, too short for an acknowledgement"
-        )));
-    }
-    // SAFETY: n >= the header's size; the header is plain integers.
-    let hdr: NlMsgHdr = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-    if hdr.kind != NLMSG_ERROR {
-        return Err(io::Error::other(format!(
-            "sock_diag answered message type {} instead of an acknowledgement",
-            hdr.kind
-        )));
-    }
-    let code = i32::from_ne_bytes(buf[hdr_len..hdr_len + 4].try_into().expect("4 bytes"));
-    match code {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(-e)),
-    }
+    crate::sockdiag::destroy(conn)
 }
 
 /// Makes the kernel ready for a rescue before one is needed, and says whether it can do

@@ -164,7 +164,8 @@ enum Event {
     },
     Config(Box<Result<Config>>, Option<oneshot::Sender<Response>>),
     FailbackDue(String),
-    Readings(Vec<PathReading>),
+    /// The probes' readings, and the `tcp_info` loss counters of their connections.
+    Readings(Vec<PathReading>, BTreeMap<Conn, u64>),
     ProbesStarted(Box<Result<(Watcher, mpsc::Receiver<ProbeEvent>), crate::ebpf::EbpfError>>),
 }
 
@@ -212,6 +213,8 @@ struct Daemon<D: DmBackend + 'static> {
     /// Each path's connection counters at the previous reading (retransmissions,
     /// snd_una), to log retransmissions as they happen.
     last_conn: HashMap<crate::model::DevT, (u64, u32)>,
+    /// A failed `tcp_info` read was logged (once: it fails the same way every second).
+    tcp_info_warned: Arc<std::sync::atomic::AtomicBool>,
     stats: crate::metrics::Stats,
 }
 
@@ -254,6 +257,7 @@ pub async fn serve<D: DmBackend + 'static>(
         watching: Vec::new(),
         readings_pending: false,
         last_conn: HashMap::new(),
+        tcp_info_warned: Default::default(),
         stats: crate::metrics::Stats::new(),
     };
     if d.opts.observe {
@@ -642,7 +646,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                     warn!("the eBPF probes do not run ({e}): only the checker will see paths fail")
                 }
             },
-            Event::Readings(rs) => {
+            Event::Readings(rs, lost) => {
                 self.readings_pending = false;
                 let now = monotonic_ns();
                 let mut cmds = Vec::new();
@@ -670,6 +674,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         retransmits: r.conn.map(|(_, c)| c.retransmits).unwrap_or_default(),
                         last_ack_ns: r.conn.map(|(_, c)| c.last_ack_ns).unwrap_or_default(),
                         last_rcv_ns: r.conn.map(|(_, c)| c.last_rcv_ns).unwrap_or_default(),
+                        lost: r.conn.and_then(|(conn, _)| lost.get(&conn).copied()),
                     };
                     cmds.extend(self.engine.input(
                         now,
@@ -742,8 +747,15 @@ impl<D: DmBackend + 'static> Daemon<D> {
         }
         self.readings_pending = true;
         let tx = self.events.clone();
+        let warned = self.tcp_info_warned.clone();
         tokio::spawn(async move {
-            let _ = tx.send(Event::Readings(w.readings().await));
+            let rs = w.readings().await;
+            let conns: Vec<Conn> = rs.iter().filter_map(|r| r.conn.map(|(c, _)| c)).collect();
+            // One sock_diag request per watched connection, off the loop.
+            let lost = tokio::task::spawn_blocking(move || lost_counters(&conns, &warned))
+                .await
+                .unwrap_or_default();
+            let _ = tx.send(Event::Readings(rs, lost));
         });
     }
 
@@ -1027,6 +1039,35 @@ impl<D: DmBackend + 'static> Daemon<D> {
             warn!("saving {}: {e}", self.opts.ledger.display());
         }
     }
+}
+
+/// Each connection's lost segments (`tcp_info`), for [`Reading::lost`]. A connection
+/// closed meanwhile is left out; any other failure is logged once (`warned`), and the
+/// engine then judges loss by the probes' counts alone.
+fn lost_counters(conns: &[Conn], warned: &std::sync::atomic::AtomicBool) -> BTreeMap<Conn, u64> {
+    let warn_once = |what: String| {
+        if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(
+                "reading tcp_info over sock_diag: {what}; loss is judged from the probes' retransmission counts alone"
+            );
+        }
+    };
+    let mut out = BTreeMap::new();
+    match crate::sockdiag::tcp_counters(conns) {
+        Ok(rs) => {
+            for (conn, r) in conns.iter().zip(rs) {
+                match r {
+                    Ok(c) => {
+                        out.insert(*conn, u64::from(c.lost()));
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => warn_once(format!("{conn}: {e}")),
+                }
+            }
+        }
+        Err(e) => warn_once(e.to_string()),
+    }
+    out
 }
 
 /// One line per decision, with its reason and timing: kernel signal -> decision, and

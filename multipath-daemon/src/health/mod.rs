@@ -202,6 +202,12 @@ pub struct Reading {
     /// When a segment last arrived from the target on the connection (kernel clock), 0 if
     /// unknown: the target heard from, stamped without that lag.
     pub last_rcv_ns: Ns,
+    /// The connection's retransmissions of data the target did not already have (the
+    /// kernel's `tcp_info`: retransmitted segments less those the target reported as
+    /// duplicates with D-SACK), None if unknown. On a healthy path every retransmission
+    /// is a spurious tail-loss probe the target D-SACKs, so this stays put; on a lossy
+    /// one it climbs; a cut link sends nothing, so it does not move either.
+    pub lost: Option<u64>,
 }
 
 /// Something the engine is told.
@@ -462,6 +468,8 @@ const MSS: u64 = 1448;
 /// second on a healthy path in the lab under TCG) would otherwise be a high share of
 /// almost nothing.
 const LOSS_MIN_BYTES_PER_S: u64 = 256 * 1024;
+/// Lost segments ([`Reading::lost`]) within `2 * loss_window` that make a path lossy.
+const LOST_MIN: u64 = 2;
 
 /// The engine's knobs. Defaults suit iSCSI paths whose healthy latency is milliseconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -599,10 +607,13 @@ struct Path {
     acked_ns: Option<Ns>,
     /// When a segment last arrived from the target (the probe's clock).
     heard_ns: Option<Ns>,
-    /// When a reading last showed loss (the loss rule's measure, stall or not).
+    /// When a reading last showed loss (the loss rule's measure, or data lost while ACKs
+    /// moved: [`Reading::lost`]), stall or not.
     lossy_ns: Option<Ns>,
     /// Between readings while ACKs moved: (reading time, retransmissions, bytes acked).
     loss_marks: Vec<(Ns, u64, u64)>,
+    /// [`Reading::lost`] as read over the last `2 * loss_window`: (reading time, count).
+    lost_marks: Vec<(Ns, u64)>,
     stall: Option<Stall>,
     /// When a stuck request was reported while the path completed others: if the path
     /// then completes nothing for the stall limit, that is a stall (the probe reports a
@@ -732,6 +743,7 @@ impl Health {
                             acked_ns: None,
                             heard_ns: None,
                             lossy_ns: None,
+                            lost_marks: Vec::new(),
                             retrans_run: 0,
                             stuck_ns: None,
                             loss_marks: Vec::new(),
@@ -1267,6 +1279,24 @@ impl Health {
         {
             p.lossy_ns = Some(now);
         }
+        // Data lost (not merely retransmitted) while ACKs move: a lossy path, whose next
+        // retransmission timeout may silence it for over 0.5 s (the lab's 5% loss had a
+        // path failed that way by the sibling rule). Its retransmissions alone are no
+        // measure: 2 to 5 a second at 5% loss, as many as a healthy path's spurious
+        // probes under emulation. Two readings' worth, so one probe whose D-SACK came a
+        // reading late is not loss.
+        p.lost_marks
+            .retain(|&(t, _)| now.saturating_sub(t) < 2 * window);
+        if let Some(l) = r.lost {
+            let since = p
+                .lost_marks
+                .first()
+                .map_or(0, |&(_, first)| l.saturating_sub(first));
+            if lossy && since >= LOST_MIN {
+                p.lossy_ns = Some(now);
+            }
+            p.lost_marks.push((now, l));
+        }
         let slow_rtt = r.srtt > rtt_limit;
         if p.state == PathState::Active && r.srtt > Duration::ZERO && !slow_rtt {
             p.rtt_baseline = if p.rtt_baseline.is_zero() {
@@ -1650,9 +1680,11 @@ impl Health {
             // So was a path losing packets just now (the loss rule's measure): on a lossy
             // link a retransmission timeout stalls I/O for 0.5 s and more with the target
             // silent meanwhile, and the lab's 5% loss had a path failed that way at 532 ms.
+            // Loss within `loss_window` before the stall began counts, however long the
+            // stall has lasted since: a stalled path shows no loss (nothing moves).
             let alive = p.heard_since(stall.began_ns)
                 || p.lossy_ns
-                    .is_some_and(|t| now.saturating_sub(t) < ns(self.cfg.loss_window));
+                    .is_some_and(|t| t + ns(self.cfg.loss_window) >= stall.began_ns);
             // Judged only on a reading taken after the deadline, so what the ACKs did until
             // then is known (the loop may lag behind the kernel under load).
             let seen_after = |t: Ns| p.reading_ns >= t;

@@ -90,6 +90,7 @@ fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
                 retransmits: 0,
                 last_ack_ns: 0,
                 last_rcv_ns: 0,
+                lost: None,
             },
         },
     )
@@ -166,6 +167,7 @@ fn no_rescue_while_the_target_still_talks() {
             Reading {
                 inflight: 1,
                 last_rcv_ns: rcv,
+                lost: None,
                 ..Reading::default()
             },
         )
@@ -359,6 +361,7 @@ fn acked(h: &mut Health, now: Ns, minor: u32, una: u32, ack_ns: Ns) -> Output {
                 snd_una: Some(una),
                 last_ack_ns: ack_ns,
                 last_rcv_ns: 0,
+                lost: None,
                 ..Reading::default()
             },
         },
@@ -577,6 +580,7 @@ fn a_segment_heard_after_the_retransmission_is_a_live_path() {
                 snd_una: Some(1000),
                 last_ack_ns: t - 300 * MS,
                 last_rcv_ns: t + 170 * MS,
+                lost: None,
                 ..Reading::default()
             },
         )
@@ -625,6 +629,7 @@ fn a_late_answer_to_a_tail_loss_probe_is_waited_for() {
                 snd_una: Some(1000),
                 last_ack_ns: t - 300 * MS,
                 last_rcv_ns: rcv,
+                lost: None,
                 ..Reading::default()
             },
         )
@@ -716,6 +721,53 @@ fn a_stall_right_after_loss_waits_as_a_live_path_does() {
             "at +{} ms: {o:?}",
             (now - t) / MS
         );
+    }
+}
+
+/// daemon-gray's 5% loss with 4 KB I/O: 2 to 5 retransmissions a second against 2 to
+/// 3 MB acked, under the loss rule's share and no more than a healthy path's spurious
+/// tail-loss probes under emulation. Then a retransmission timeout with the
+/// retransmission lost too: the target silent for over 0.5 s, and the sibling rule failed
+/// the path at 510 ms. What tells the two apart is the kernel's `tcp_info`: the target
+/// D-SACKs every spurious probe (a healthy path's lost count stays put, 40 readings in
+/// the lab), while a lossy path's lost count climbs (35 to 119 a second at 5%).
+#[test]
+fn a_stall_after_data_was_lost_waits_as_a_live_path_does_and_spurious_probes_do_not() {
+    let reading = |una: u32, retransmits: u64, lost: u64| Reading {
+        inflight: 4,
+        snd_una: Some(una),
+        retransmits,
+        lost: Some(lost),
+        ..Reading::default()
+    };
+    for (case, lost_per_s) in [("lossy", 3), ("healthy", 0)] {
+        let mut h = two_maps();
+        let t = 30 * S;
+        for i in 0..4u64 {
+            let at = t - (4 - i) * S + 100 * MS;
+            let o = read(
+                &mut h,
+                at,
+                0,
+                reading(1 + i as u32 * 2_500_000, 3 * i, lost_per_s * i),
+            );
+            assert!(o.decisions.is_empty(), "{case}: {o:?}");
+        }
+        assert!(block(&mut h, t, 0, stalled(300)).decisions.is_empty());
+        let mut failed_at = None;
+        for i in 1..=14 {
+            let now = t + i * 100 * MS;
+            completed(&mut h, now, 16, now);
+            let o = read(&mut h, now + MS, 0, reading(7_500_001, 9, lost_per_s * 3));
+            if !failed_devs(&o).is_empty() {
+                failed_at = Some(i * 100);
+                break;
+            }
+        }
+        match case {
+            "lossy" => assert_eq!(failed_at, None, "lost data: waits stall_alive"),
+            _ => assert_eq!(failed_at, Some(200), "spurious probes only: stall_sibling"),
+        }
     }
 }
 
@@ -1168,6 +1220,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     retransmits: 0,
                     last_ack_ns: 0,
                     last_rcv_ns: 0,
+                    lost: None,
                 },
             },
         );
@@ -1209,6 +1262,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                     retransmits: 0,
                     last_ack_ns: 0,
                     last_rcv_ns: 0,
+                    lost: None,
                 },
             },
         );
@@ -1320,6 +1374,7 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
                 retransmits: 0,
                 last_ack_ns: 0,
                 last_rcv_ns: 0,
+                lost: None,
             },
         },
     );

@@ -498,6 +498,7 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
             snd_una: Some(1000),
             last_ack_ns: d.now - S,
             last_rcv_ns: 0,
+            lost: None,
             ..Default::default()
         },
     });
