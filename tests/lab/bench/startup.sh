@@ -202,14 +202,19 @@ round_multipath() {
 		"$r" "$rc" "$(secs "$t0" "$t1")" "$(jsecs "$t0" "$tm")" "$maps")"
 }
 
-bench_stop() { # bench_stop PID: SIGTERM, then SIGKILL after 30 s
-	local i
+bench_stop() { # bench_stop PID OUT: SIGTERM, then SIGKILL after 30 s; OUT: its threads then
+	local i t
 	kill -TERM "$1" 2>/dev/null || return 0
 	for i in $(seq 300); do
 		kill -0 "$1" 2>/dev/null || break
+		# Still there after 5 s: what each thread waits in, for the lab dir.
+		[ "$i" = 50 ] && for t in /proc/"$1"/task/*; do
+			echo "--- thread ${t##*/} $(cat "$t/comm"): $(sed -n 's/^State:\t//p' "$t/status"), wchan $(cat "$t/wchan")"
+			cat "$t/stack"
+		done >"$2" 2>&1
 		read -r -t 0.1 -u "$BENCH_SLEEP_FD" _
 	done
-	kill -0 "$1" 2>/dev/null && { lab_event info "mpathd ignored SIGTERM for 30 s: SIGKILL"; kill -KILL "$1"; }
+	kill -0 "$1" 2>/dev/null && { lab_event info "mpathd ignored SIGTERM for 30 s: SIGKILL (its threads at 5 s: ${2##*/})"; kill -KILL "$1"; }
 	wait "$1" 2>/dev/null
 }
 
@@ -245,7 +250,7 @@ round_mpathd() {
 	maps=$(bench_mp_maps)
 	local rline=""
 	[ -e "$ready" ] && rline=$(cut -d' ' -f2- "$ready")
-	bench_stop "$pid"
+	bench_stop "$pid" "$LAB_OUT/mpathd-r$r.sigterm"
 	lab_event info "mpathd round $r: ready after $(jsecs "$t0" "$tr") s, $BENCH_LUNS maps live after $(jsecs "$t0" "$tm") s, $maps maps"
 	rec "$(printf '{"kind":"round","tool":"mpathd","round":%d,"ready_s":%s,"maps_s":%s,"maps":%d,"ready_line":%s,"error":%s}' \
 		"$r" "$(jsecs "$t0" "$tr")" "$(jsecs "$t0" "$tm")" "$maps" "$(jstr "$rline")" "$why")"
@@ -262,7 +267,11 @@ for r in $(seq "$BENCH_ROUNDS"); do
 	fi
 	lab_step "round $r: multipath -r"
 	bench_flush
+	# udev's events during the round, for the lab dir (why multipath -r waits).
+	udevadm monitor --udev --subsystem-match=block >"$LAB_OUT/udev-multipath-r$r.log" 2>&1 &
+	um=$!
 	round_multipath "$r"
+	kill "$um"
 	[ "$r" = 1 ] && dmsetup table >"$LAB_OUT/multipath-tables.txt"
 	if [ $mpathd_available = 1 ]; then
 		lab_step "round $r: mpathd daemon"
