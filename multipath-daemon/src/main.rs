@@ -95,10 +95,14 @@ fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
         opts.engine.health.rescue = false;
         opts.engine.fast_recovery_tmo = None;
     }
-    tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(mpathd::daemon::run(opts))
+        .build()?;
+    let r = rt.block_on(mpathd::daemon::run(opts));
+    // The daemon waited for its device-mapper calls; a check or a sysfs read still
+    // running (on a dead path it can take its whole timeout) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    r
 }
 
 fn client(socket: Option<PathBuf>, req: Request, json: bool) -> Result<()> {

@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -127,6 +127,24 @@ pub struct DmExec<D: DmBackend + 'static> {
     lanes: HashMap<(String, Lane), mpsc::UnboundedSender<Job>>,
     events: mpsc::UnboundedSender<DmEvent>,
     next: Arc<AtomicU64>,
+    /// Calls in the kernel now (see [`DmExec::running`]).
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts a call in [`DmExec::running`] while it lives, a panicking one too.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<D: DmBackend + 'static> DmExec<D> {
@@ -137,7 +155,14 @@ impl<D: DmBackend + 'static> DmExec<D> {
             lanes: HashMap::new(),
             events,
             next: Arc::new(AtomicU64::new(1)),
+            running: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Device-mapper calls running now. A daemon that exits waits for them: a reload
+    /// stopped between its suspend and its resume would leave the map suspended.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 
     pub fn backend(&self) -> &Arc<D> {
@@ -177,12 +202,17 @@ impl<D: DmBackend + 'static> DmExec<D> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let dm = self.dm.clone();
         let events = self.events.clone();
+        let running = self.running.clone();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let started = Instant::now();
                 let queued = started - job.submitted;
                 let (dm2, map2, op2) = (dm.clone(), map.clone(), job.op.clone());
-                let mut call = tokio::task::spawn_blocking(move || run(&*dm2, &map2, &op2));
+                let guard = Running::new(&running);
+                let mut call = tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
+                    run(&*dm2, &map2, &op2)
+                });
                 let mut deadline = job.op.deadline();
                 let result = loop {
                     tokio::select! {
@@ -378,11 +408,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // An exiting daemon waits for it: it is the one call in the kernel now.
+        assert_eq!(ex.running(), 1);
         dm.release();
         let d = next_done(&mut rx).await;
         assert_eq!(d.id, reload);
         assert!(d.result.is_ok());
         assert!(d.took >= Duration::from_secs(2));
+        assert_eq!(ex.running(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]

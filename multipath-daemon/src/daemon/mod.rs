@@ -388,6 +388,7 @@ pub async fn serve<D: DmBackend + 'static>(
         }
     }
     d.restore_recovery_tmo().await;
+    d.finish_dm_calls().await;
     Ok(())
 }
 
@@ -1001,6 +1002,37 @@ impl<D: DmBackend + 'static> Daemon<D> {
         });
     }
 
+    /// On the way out: waits for the device-mapper calls running now (a reload stopped
+    /// between its suspend and its resume would leave its map suspended), up to
+    /// `DM_EXIT_WAIT`. Nothing else is waited for: a check or a sysfs walk is abandoned.
+    async fn finish_dm_calls(&self) {
+        let t0 = Instant::now();
+        let mut said = false;
+        while self.exec.running() > 0 {
+            if !said {
+                info!(
+                    calls = self.exec.running(),
+                    "waiting for the device-mapper calls running now before exiting"
+                );
+                said = true;
+            }
+            if t0.elapsed() > DM_EXIT_WAIT {
+                warn!(
+                    calls = self.exec.running(),
+                    "device-mapper calls still running after {DM_EXIT_WAIT:?}: exiting anyway (dmsetup info shows a map left suspended)"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if said {
+            info!(
+                waited_ms = t0.elapsed().as_millis() as u64,
+                "device-mapper calls done"
+            );
+        }
+    }
+
     /// Puts every session's original recovery timeout back (SIGTERM).
     async fn restore_recovery_tmo(&mut self) {
         if self.opts.observe {
@@ -1069,6 +1101,9 @@ fn lost_counters(conns: &[Conn], warned: &std::sync::atomic::AtomicBool) -> BTre
     }
     out
 }
+
+/// How long an exiting daemon waits for device-mapper calls in flight.
+const DM_EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// One line per decision, with its reason and timing: kernel signal -> decision, and
 /// decision -> device-mapper done when it needed device-mapper.
