@@ -263,6 +263,28 @@ impl Sysfs {
     /// The iSCSI session and connection behind a block device; `None` when the device is
     /// not a SCSI disk on an iSCSI session.
     pub fn iscsi_path(&self, name: &str) -> Result<Option<IscsiPath>, TopologyError> {
+        self.iscsi_path_cached(name, &mut SessionCache::default())
+    }
+
+    /// [`Sysfs::iscsi_path`] of many devices: each session's and connection's attributes
+    /// are read once, not once per LUN (a session carries every LUN of its target: 128
+    /// LUNs made a poll read them 128 times). Devices that are not iSCSI paths, or that
+    /// cannot be read, are left out.
+    pub fn iscsi_paths<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+    ) -> std::collections::BTreeMap<String, IscsiPath> {
+        let mut cache = SessionCache::default();
+        names
+            .filter_map(|n| Some((n.to_string(), self.iscsi_path_cached(n, &mut cache).ok()??)))
+            .collect()
+    }
+
+    fn iscsi_path_cached(
+        &self,
+        name: &str,
+        cache: &mut SessionCache,
+    ) -> Result<Option<IscsiPath>, TopologyError> {
         let dev = self.block_devt(name)?;
         let link = self.block_dir(name)?.join("device");
         let Ok(sdev) = std::fs::canonicalize(&link) else {
@@ -277,47 +299,81 @@ impl Sysfs {
         let Some(session_dir) = session_dir else {
             return Ok(None);
         };
-        let session = name_of(session_dir);
-        let sid = &session["session".len()..];
-        let host_dir = session_dir.parent().unwrap_or(session_dir);
-        let host = name_of(host_dir);
-        let sattr = session_dir.join("iscsi_session").join(&session);
-        let cattr = session_dir
-            .join(format!("connection{sid}:0"))
-            .join("iscsi_connection")
-            .join(format!("connection{sid}:0"));
-        let portal = SocketAddr::new(
-            parse(&cattr.join("persistent_address"), |t| t.parse::<IpAddr>())?,
-            parse(&cattr.join("persistent_port"), |t| t.parse::<u16>())?,
-        );
-        // The live connection: absent or unparsable while the session is reconnecting.
-        let conn = (|| {
-            let local_ip = read(&host_dir.join("iscsi_host").join(&host).join("ipaddress"))
-                .ok()?
-                .parse::<IpAddr>()
-                .ok()?;
-            let local_port = read(&cattr.join("local_port")).ok()?.parse::<u16>().ok()?;
-            let remote_ip = read(&cattr.join("address")).ok()?.parse::<IpAddr>().ok()?;
-            let remote_port = read(&cattr.join("port")).ok()?.parse::<u16>().ok()?;
-            Some(Conn {
-                local: SocketAddr::new(local_ip, local_port),
-                remote: SocketAddr::new(remote_ip, remote_port),
-            })
-        })();
+        let s = match cache.0.get(session_dir) {
+            Some(s) => s.clone(),
+            None => {
+                let s = session_attrs(session_dir)?;
+                cache.0.insert(session_dir.to_owned(), s.clone());
+                s
+            }
+        };
         Ok(Some(IscsiPath {
             name: name.to_owned(),
             dev,
             hctl: name_of(&sdev),
-            target: read(&sattr.join("targetname"))?,
-            session_state: read(&sattr.join("state"))?,
-            recovery_tmo: read(&sattr.join("recovery_tmo"))
-                .ok()
-                .and_then(|t| t.parse().ok()),
-            session,
-            portal,
-            conn,
+            target: s.target,
+            session_state: s.session_state,
+            recovery_tmo: s.recovery_tmo,
+            session: s.session,
+            portal: s.portal,
+            conn: s.conn,
         }))
     }
+}
+
+/// What a session and its connection say, shared by every LUN of the session.
+#[derive(Clone)]
+struct SessionAttrs {
+    session: String,
+    target: String,
+    session_state: String,
+    recovery_tmo: Option<u32>,
+    portal: SocketAddr,
+    conn: Option<Conn>,
+}
+
+/// Sessions already read in one [`Sysfs::iscsi_paths`] call, by their sysfs directory.
+#[derive(Default)]
+struct SessionCache(std::collections::HashMap<PathBuf, SessionAttrs>);
+
+fn session_attrs(session_dir: &Path) -> Result<SessionAttrs, TopologyError> {
+    let session = name_of(session_dir);
+    let sid = &session["session".len()..];
+    let host_dir = session_dir.parent().unwrap_or(session_dir);
+    let host = name_of(host_dir);
+    let sattr = session_dir.join("iscsi_session").join(&session);
+    let cattr = session_dir
+        .join(format!("connection{sid}:0"))
+        .join("iscsi_connection")
+        .join(format!("connection{sid}:0"));
+    let portal = SocketAddr::new(
+        parse(&cattr.join("persistent_address"), |t| t.parse::<IpAddr>())?,
+        parse(&cattr.join("persistent_port"), |t| t.parse::<u16>())?,
+    );
+    // The live connection: absent or unparsable while the session is reconnecting.
+    let conn = (|| {
+        let local_ip = read(&host_dir.join("iscsi_host").join(&host).join("ipaddress"))
+            .ok()?
+            .parse::<IpAddr>()
+            .ok()?;
+        let local_port = read(&cattr.join("local_port")).ok()?.parse::<u16>().ok()?;
+        let remote_ip = read(&cattr.join("address")).ok()?.parse::<IpAddr>().ok()?;
+        let remote_port = read(&cattr.join("port")).ok()?.parse::<u16>().ok()?;
+        Some(Conn {
+            local: SocketAddr::new(local_ip, local_port),
+            remote: SocketAddr::new(remote_ip, remote_port),
+        })
+    })();
+    Ok(SessionAttrs {
+        target: read(&sattr.join("targetname"))?,
+        session_state: read(&sattr.join("state"))?,
+        recovery_tmo: read(&sattr.join("recovery_tmo"))
+            .ok()
+            .and_then(|t| t.parse().ok()),
+        session,
+        portal,
+        conn,
+    })
 }
 
 fn is_number(s: &str) -> bool {
@@ -488,6 +544,21 @@ mod tests {
         let s = lab();
         assert_eq!(s.iscsi_path("loop0").unwrap(), None);
         assert_eq!(s.block_devices().unwrap(), ["loop0", "sda", "sdb"]);
+    }
+
+    #[test]
+    fn many_paths_read_at_once_are_the_paths_read_one_by_one() {
+        let s = lab();
+        let all = s.iscsi_paths(["sda", "loop0", "sdb", "sdz"].into_iter());
+        // Not iSCSI, or not there: left out.
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["sda", "sdb"]);
+        for n in ["sda", "sdb"] {
+            assert_eq!(all[n], s.iscsi_path(n).unwrap().unwrap(), "{n}");
+        }
+        // Two LUNs of one session: its attributes are read once and both get them.
+        let one = s.iscsi_paths(["sda", "sda"].into_iter());
+        assert_eq!(one.len(), 1);
+        assert_eq!(one["sda"].session, all["sda"].session);
     }
 
     #[test]

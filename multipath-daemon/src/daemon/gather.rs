@@ -56,9 +56,7 @@ pub fn iscsi_of<'a>(
     sysfs: &Sysfs,
     names: impl Iterator<Item = &'a str>,
 ) -> BTreeMap<String, IscsiPath> {
-    names
-        .filter_map(|n| Some((n.to_string(), sysfs.iscsi_path(n).ok()??)))
-        .collect()
+    sysfs.iscsi_paths(names)
 }
 
 fn live_maps<D: DmBackend + ?Sized>(
