@@ -376,6 +376,25 @@ fn session_attrs(session_dir: &Path) -> Result<SessionAttrs, TopologyError> {
     })
 }
 
+/// Copies the sysfs tree recorded in the lab (two portals) to `to`, for tests that write
+/// into it.
+#[cfg(test)]
+pub(crate) fn copy_lab_fixture(to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .args([
+            "-a",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/sysfs/lab-2portals"
+            ),
+        ])
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "copying the recorded sysfs tree");
+}
+
 fn is_number(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
@@ -464,19 +483,7 @@ mod tests {
     fn lab_copy(tag: &str) -> (Sysfs, PathBuf) {
         let root = std::env::temp_dir().join(format!("mpathd-topo-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let ok = std::process::Command::new("cp")
-            .args([
-                "-a",
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/fixtures/sysfs/lab-2portals"
-                ),
-            ])
-            .arg(&root)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "copying the recorded sysfs tree");
+        copy_lab_fixture(&root);
         (Sysfs::new(&root), root)
     }
 

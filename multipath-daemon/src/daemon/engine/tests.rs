@@ -50,19 +50,7 @@ fn tmpdir() -> PathBuf {
 /// writes (recovery timeouts) reads back as on a host.
 fn lab_sysfs(dir: &std::path::Path) -> (Sysfs, PathBuf) {
     let root = dir.join("sysfs");
-    let ok = std::process::Command::new("cp")
-        .args([
-            "-a",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/sysfs/lab-2portals"
-            ),
-        ])
-        .arg(&root)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "copying the recorded sysfs tree");
+    crate::topology::copy_lab_fixture(&root);
     // The class links a host has (the recording kept only the device tree).
     let class = root.join("sys/class/iscsi_session");
     std::fs::create_dir_all(&class).unwrap();
