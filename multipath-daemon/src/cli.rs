@@ -126,7 +126,8 @@ pub struct DaemonArgs {
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
-    /// Block devices to watch: /dev/sdX paths or MAJOR:MINOR.
+    /// Block devices to watch: /dev/sdX paths, links to them, or MAJOR:MINOR (an iSCSI
+    /// disk's connection is watched too, however it is named).
     #[arg(required = true)]
     pub devices: Vec<String>,
     /// Print JSON lines instead of text.

@@ -10,12 +10,8 @@ use clap::Parser;
 use mpathd::{
     cli::{Cli, Cmd, DaemonArgs, ProbeArgs, ShowWhat},
     control::{self, DEFAULT_SOCKET, Request, Response},
-    ebpf::{
-        ConnEvent, ConnEventKind, ConnThresholds, DevT, EbpfError, ErrorClass, PathEvent,
-        PathEventKind, PathThresholds, ProbeEvent, ProbeVariant, WatchSpec, Watcher,
-        WatcherOptions, monotonic_ns,
-    },
-    model::Conn,
+    ebpf::{ConnThresholds, PathThresholds},
+    probe,
     topology::{Sysfs, group_by_wwid},
 };
 
@@ -60,19 +56,23 @@ fn try_main() -> Result<()> {
     }
 }
 
+/// A command-line number of seconds, as a duration; `what` names the option.
+fn positive_secs(v: f64, what: &str) -> Result<Duration> {
+    // Duration::from_secs_f64 panics on a negative, infinite or too large value.
+    if v.is_finite() && v > 0.0 && v <= u32::MAX as f64 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        bail!("--{what} must be a positive number of seconds, not {v}")
+    }
+}
+
 fn daemon(a: DaemonArgs, socket: Option<PathBuf>) -> Result<()> {
     // No transparent huge pages for a long-running daemon with a small working set: the
     // lab measured 40 of its 62 MiB resident as huge pages that its allocations only
     // partly use. Best effort: an old kernel without the option changes nothing else.
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    let secs = |v: f64, what: &str| {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            bail!("--{what} must be a positive number of seconds, not {v}")
-        }
-    };
+    let secs = positive_secs;
     let mut opts = mpathd::daemon::Options::new(a.config);
     opts.socket = socket;
     opts.rescan_interval = secs(a.rescan_secs, "rescan-secs")?;
@@ -252,327 +252,37 @@ fn scan(json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A device named on the command line.
-struct Target {
-    name: String,
-    dev: DevT,
-    /// Its iSCSI connection, when it is an iSCSI disk with one.
-    conn: Option<Conn>,
-}
-
-fn resolve(arg: &str) -> Result<Target> {
-    if let Some((ma, mi)) = arg.split_once(':')
-        && let (Ok(major), Ok(minor)) = (ma.parse(), mi.parse())
-    {
-        return Ok(Target {
-            name: arg.to_owned(),
-            dev: DevT::new(major, minor),
-            conn: None,
-        });
-    }
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let path = PathBuf::from(arg);
-    let meta = std::fs::metadata(&path)
-        .with_context(|| format!("{arg}: not a device path or MAJOR:MINOR"))?;
-    if !meta.file_type().is_block_device() {
-        bail!("{arg} is not a block device");
-    }
-    let rdev = meta.rdev();
-    let name = Path::new(arg)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| arg.to_owned());
-    // The sysfs name is the node's name for sdX; anything else simply has no iSCSI side.
-    let conn = Sysfs::default()
-        .iscsi_path(&name)
-        .ok()
-        .flatten()
-        .and_then(|p| p.conn);
-    Ok(Target {
-        name,
-        dev: DevT::new(libc::major(rdev), libc::minor(rdev)),
-        conn,
-    })
-}
-
 fn probe(args: ProbeArgs) -> Result<()> {
-    let mut targets: Vec<Target> = Vec::new();
-    for d in &args.devices {
-        let t = resolve(d)?;
-        // The same device twice (a path and its MAJ:MIN) is watched once.
-        if !targets.iter().any(|x| x.dev == t.dev) {
-            targets.push(t);
-        }
-    }
+    let duration = args
+        .duration
+        .map(|v| positive_secs(v, "duration"))
+        .transpose()?;
+    let sysfs = Sysfs::default();
+    let targets = probe::resolve_all(&args.devices, &sysfs)?;
     if args.scan_ms == 0 || args.scan_ms > 1000 {
         bail!(
             "--scan-ms must be 1 to 1000, not {}: the kernel keeps request ages for 1.07 s",
             args.scan_ms
         );
     }
-    let thresholds = PathThresholds {
-        latency_limit: Duration::from_millis(args.latency_limit_ms),
-        slow_count: args.slow_count,
-        slow_window: Duration::from_millis(args.slow_window_ms),
-        stall_limit: Duration::from_millis(args.stall_ms),
-        event_gap: Duration::from_millis(args.event_gap_ms),
+    let opts = probe::Options {
+        json: args.json,
+        path: PathThresholds {
+            latency_limit: Duration::from_millis(args.latency_limit_ms),
+            slow_count: args.slow_count,
+            slow_window: Duration::from_millis(args.slow_window_ms),
+            stall_limit: Duration::from_millis(args.stall_ms),
+            event_gap: Duration::from_millis(args.event_gap_ms),
+        },
+        tcp: ConnThresholds {
+            retrans_limit: args.retrans_limit,
+            rtt_limit: Duration::from_millis(args.rtt_limit_ms),
+            event_gap: Duration::from_millis(args.event_gap_ms),
+        },
+        portal_port: args.portal_port,
+        scan_interval: Duration::from_millis(args.scan_ms),
+        watch_tcp: !args.no_tcp,
+        duration,
     };
-    let conn_thresholds = ConnThresholds {
-        retrans_limit: args.retrans_limit,
-        rtt_limit: Duration::from_millis(args.rtt_limit_ms),
-        event_gap: Duration::from_millis(args.event_gap_ms),
-    };
-    let specs = |targets: &[Target]| -> Vec<WatchSpec> {
-        targets
-            .iter()
-            .map(|t| WatchSpec {
-                dev: t.dev,
-                name: t.name.clone(),
-                conn: t.conn,
-                path: thresholds,
-                tcp: conn_thresholds,
-            })
-            .collect()
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    rt.block_on(async move {
-        let opts = WatcherOptions {
-            portal_port: args.portal_port,
-            scan_interval: Duration::from_millis(args.scan_ms),
-            tcp: !args.no_tcp,
-            variant: ProbeVariant::Auto,
-            // Sized for exactly the devices given: kernel memory grows with it.
-            max_paths: targets.len() as u32,
-        };
-        let (watcher, mut events) = Watcher::start(opts).context("loading the probes")?;
-        let report = |failed: Vec<(DevT, EbpfError)>| -> Result<()> {
-            for (dev, e) in failed {
-                match e {
-                    // The block device is watched; only its connection is not.
-                    EbpfError::Conn { .. } => tracing::warn!(dev = %dev, "{e}"),
-                    e => return Err(e).with_context(|| format!("watching {dev}")),
-                }
-            }
-            Ok(())
-        };
-        report(watcher.set(specs(&targets)).await)?;
-        let name_of = |targets: &[Target], dev: DevT| {
-            targets
-                .iter()
-                .find(|t| t.dev == dev)
-                .map_or_else(|| dev.to_string(), |t| t.name.clone())
-        };
-        // Several paths can share one connection (one session, several LUNs).
-        let conn_name = |targets: &[Target], c: &Conn| {
-            let names: Vec<&str> = targets
-                .iter()
-                .filter(|t| t.conn.as_ref() == Some(c))
-                .map(|t| t.name.as_str())
-                .collect();
-            if names.is_empty() {
-                c.to_string()
-            } else {
-                names.join(",")
-            }
-        };
-        // A session that reconnects gets a new TCP connection (a new local port); sysfs
-        // says which, so it is re-read every second and the watch follows it.
-        let mut relearn = tokio::time::interval(Duration::from_secs(1));
-        let sysfs = Sysfs::default();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let stop = async {
-            match args.duration {
-                Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(ProbeEvent::Path(ev)) => print_event(&ev, &name_of(&targets, ev.dev), args.json),
-                    Some(ProbeEvent::Conn(ev)) => print_conn_event(&ev, &conn_name(&targets, &ev.conn), args.json),
-                    None => bail!("the probes stopped"),
-                },
-                _ = relearn.tick(), if !args.no_tcp => {
-                    let mut changed = false;
-                    for t in targets.iter_mut() {
-                        let now = sysfs.iscsi_path(&t.name).ok().flatten().and_then(|x| x.conn);
-                        if now.is_some() && now != t.conn {
-                            tracing::info!(device = %t.name, old = ?t.conn.map(|c| c.to_string()), new = ?now.map(|c| c.to_string()), "iSCSI connection changed; watching the new one");
-                            t.conn = now;
-                            changed = true;
-                        }
-                    }
-                    if changed {
-                        report(watcher.set(specs(&targets)).await)?;
-                    }
-                }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = &mut stop => break,
-            }
-        }
-        for r in watcher.readings().await {
-            let s = &r.block;
-            let class = |c| s.errors_by_class(c);
-            let summary = serde_json::json!({
-                "summary": name_of(&targets, r.dev),
-                "dev": r.dev.to_string(),
-                "issues": s.stats.issues,
-                "completions": s.stats.completions(),
-                "errors": s.stats.errors(),
-                "errors_by_class": {
-                    "path": class(ErrorClass::Path),
-                    "generic": class(ErrorClass::Generic),
-                    "lun": class(ErrorClass::Lun),
-                },
-                "bytes": s.stats.bytes(),
-                "inflight": s.inflight(),
-                "oldest_ms": s.oldest.map(|d| d.as_millis() as u64),
-                "untimed": s.stats.untimed,
-                "ewma_read_us": s.ewma[0].as_micros() as u64,
-                "ewma_write_us": s.ewma[1].as_micros() as u64,
-                "conn": r.conn.map(|(c, t)| serde_json::json!({
-                    "conn": c.to_string(), "retransmits": t.retransmits, "resets": t.resets,
-                    "srtt_us": t.srtt.as_micros() as u64,
-                })),
-            });
-            println!("{summary}");
-        }
-        let st = watcher.stats();
-        tracing::debug!(
-            events = st.events,
-            suppressed = st.suppressed,
-            ring_full = st.ring_full,
-            dropped = st.dropped,
-            skipped_runs = st.recursion_misses,
-            "probe statistics"
-        );
-        anyhow::Ok(())
-    })
-}
-
-/// Wall-clock seconds of a CLOCK_MONOTONIC instant, so events line up with other logs.
-fn wall_secs(mono_ns: u64) -> f64 {
-    let now_wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let age = monotonic_ns().saturating_sub(mono_ns) as f64 / 1e9;
-    now_wall - age
-}
-
-fn print_conn_event(ev: &ConnEvent, name: &str, json: bool) {
-    let wall = wall_secs(ev.at_ns);
-    let kind = match ev.kind {
-        ConnEventKind::Reset { .. } => "tcp_reset",
-        ConnEventKind::LeftEstablished { .. } => "tcp_left_established",
-        ConnEventKind::Retransmits => "tcp_retransmits",
-        ConnEventKind::SlowRtt => "tcp_slow_rtt",
-    };
-    let mut detail = serde_json::json!({
-        "conn": ev.conn.to_string(),
-        "srtt_us": ev.srtt.as_micros() as u64,
-        "consecutive_retrans": ev.consecutive_retrans,
-    });
-    match ev.kind {
-        ConnEventKind::Reset { state } => detail["state"] = state.into(),
-        ConnEventKind::LeftEstablished { new_state } => detail["new_state"] = new_state.into(),
-        _ => {}
-    }
-    emit(
-        wall,
-        ev.at_ns,
-        name,
-        None,
-        kind,
-        ev.suppressed,
-        detail,
-        json,
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    wall: f64,
-    mono_ns: u64,
-    name: &str,
-    dev: Option<DevT>,
-    kind: &str,
-    suppressed: u32,
-    detail: serde_json::Value,
-    json: bool,
-) {
-    if json {
-        // How long after the kernel saw it the daemon had it in hand.
-        let lag_us = monotonic_ns().saturating_sub(mono_ns) / 1000;
-        let mut v = serde_json::json!({
-            "wall": wall, "mono_ns": mono_ns, "lag_us": lag_us, "device": name, "kind": kind,
-            "suppressed": suppressed,
-        });
-        if let Some(d) = dev {
-            v["dev"] = d.to_string().into();
-        }
-        if let (Some(o), Some(d)) = (v.as_object_mut(), detail.as_object()) {
-            o.extend(d.clone());
-        }
-        println!("{v}");
-    } else {
-        let dev = dev.map(|d| format!(" ({d})")).unwrap_or_default();
-        let held = if suppressed > 0 {
-            format!(" (+{suppressed} suppressed)")
-        } else {
-            String::new()
-        };
-        println!("{wall:.6} {name}{dev} {kind} {detail}{held}");
-    }
-}
-
-fn print_event(ev: &PathEvent, name: &str, json: bool) {
-    let wall = wall_secs(ev.at_ns);
-    let (kind, detail) = match &ev.kind {
-        PathEventKind::IoError {
-            errno,
-            class,
-            dir,
-            sector,
-            latency,
-        } => (
-            "io_error",
-            serde_json::json!({"errno": errno, "error": std::io::Error::from_raw_os_error(-errno).to_string(),
-                "class": class, "dir": dir, "sector": sector, "latency_us": latency.as_micros() as u64}),
-        ),
-        PathEventKind::Slow {
-            latency,
-            count,
-            dir,
-        } => (
-            "slow",
-            serde_json::json!({"latency_us": latency.as_micros() as u64, "count": count, "dir": dir}),
-        ),
-        PathEventKind::Stalled {
-            inflight,
-            oldest,
-            since_completion,
-        } => (
-            "stalled",
-            serde_json::json!({"inflight": inflight, "oldest_ms": oldest.as_millis() as u64,
-                "since_completion_ms": since_completion.map(|d| d.as_millis() as u64)}),
-        ),
-    };
-    emit(
-        wall,
-        ev.at_ns,
-        name,
-        Some(ev.dev),
-        kind,
-        ev.suppressed,
-        detail,
-        json,
-    );
+    probe::run(targets, sysfs, opts)
 }

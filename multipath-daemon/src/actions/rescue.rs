@@ -205,11 +205,7 @@ mod tests {
 
     #[test]
     fn sudo_warm_up_finds_no_socket_and_says_the_rescue_works() {
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("MPATHD_TEST_STRICT").is_none(),
-                "needs root (MPATHD_TEST_STRICT is set)"
-            );
+        if !crate::test_root() {
             return;
         }
         warm_up().unwrap();
@@ -219,12 +215,7 @@ mod tests {
     /// daemon destroys an iSCSI initiator's socket; its owner sees ECONNABORTED.
     #[test]
     fn sudo_destroying_a_sockets_four_tuple_aborts_it_for_its_owner() {
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("MPATHD_TEST_STRICT").is_none(),
-                "needs root (MPATHD_TEST_STRICT is set)"
-            );
-            eprintln!("skipped: needs root");
+        if !crate::test_root() {
             return;
         }
         use std::io::Read;
