@@ -594,6 +594,9 @@ impl BlockProbes {
     /// only updates its thresholds.
     pub fn watch(&mut self, dev: DevT, thresholds: PathThresholds) -> Result<(), EbpfError> {
         if let Some(w) = self.paths.get_mut(&dev) {
+            if w.thresholds == thresholds {
+                return Ok(());
+            }
             self.limits
                 .set(w.slot, thresholds.kernel(), 0)
                 .map_err(|source| EbpfError::Map {

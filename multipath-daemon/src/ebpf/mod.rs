@@ -90,6 +90,8 @@ pub enum EbpfError {
     },
     #[error("the probe task has stopped: {0}")]
     Stopped(String),
+    #[error("starting the probes' thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error(
         "{dev} is listed more than once in the watch set (again as {name}); the first entry is used"
     )]
@@ -262,15 +264,28 @@ impl<T> EventRing<T> {
     }
 }
 
+/// The kernel's BTF as aya parses it, read once per process: each `tp_btf` program needs
+/// it, and one parse of vmlinux's BTF takes 84 ms here in a debug build, seconds under
+/// emulation (loading the probes took over a minute in the lab at 128 LUNs).
+fn kernel_btf() -> Result<&'static aya::Btf, aya::BtfError> {
+    static BTF: std::sync::OnceLock<aya::Btf> = std::sync::OnceLock::new();
+    if let Some(b) = BTF.get() {
+        return Ok(b);
+    }
+    // Two threads may both parse the first time; one result is kept.
+    let b = aya::Btf::from_sys_fs()?;
+    Ok(BTF.get_or_init(|| b))
+}
+
 /// Loads a `tp_btf` program against the kernel's BTF and attaches it.
 fn attach_btf(ebpf: &mut aya::Ebpf, name: &'static str, tracepoint: &str) -> Result<(), EbpfError> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
+    let btf = kernel_btf().map_err(|e| EbpfError::Program {
         program: name,
         step: "read the kernel's BTF".into(),
         source: aya::programs::ProgramError::Btf(e),
     })?;
     let p: &mut aya::programs::BtfTracePoint = typed_program(ebpf, name, "be a BTF tracepoint")?;
-    p.load(tracepoint, &btf)
+    p.load(tracepoint, btf)
         .map_err(|source| EbpfError::Program {
             program: name,
             step: "load (verifier)".into(),

@@ -1,6 +1,6 @@
 //! One watcher for the daemon and `mpathd probe`: it owns the probes, the set of watched
-//! paths and connections, and the event stream, in a tokio task. Callers hold a cheap
-//! handle ([`Watcher`]) and a receiver of [`ProbeEvent`]s.
+//! paths and connections, and the event stream, in a task on a thread of its own. Callers
+//! hold a cheap handle ([`Watcher`]) and a receiver of [`ProbeEvent`]s.
 //!
 //! The watcher never reads sysfs: whoever calls [`Watcher::set`] says which device and
 //! which iSCSI connection make each path (the topology module knows).
@@ -34,6 +34,30 @@ pub struct WatchSpec {
     /// Used for the connection; when several paths share one connection, the first
     /// path's (in the order given to `set`) applies.
     pub tcp: ConnThresholds,
+}
+
+impl WatchSpec {
+    /// The watch set for paths as the daemon's engine and `mpathd probe` both know them,
+    /// (device, name, connection), in their order (it decides whose TCP thresholds a
+    /// shared connection gets), each with the thresholds `limits` gives for its device.
+    pub fn for_paths(
+        paths: impl IntoIterator<Item = (DevT, String, Option<Conn>)>,
+        mut limits: impl FnMut(DevT) -> (PathThresholds, ConnThresholds),
+    ) -> Vec<WatchSpec> {
+        paths
+            .into_iter()
+            .map(|(dev, name, conn)| {
+                let (path, tcp) = limits(dev);
+                WatchSpec {
+                    dev,
+                    name,
+                    conn,
+                    path,
+                    tcp,
+                }
+            })
+            .collect()
+    }
 }
 
 /// What the probes saw.
@@ -139,7 +163,7 @@ pub struct Watcher {
 const EVENT_QUEUE: usize = 4096;
 
 impl Watcher {
-    /// Loads and attaches the probes and spawns their task on the current tokio runtime.
+    /// Loads and attaches the probes and starts their task on a thread of its own.
     pub fn start(opts: WatcherOptions) -> Result<(Watcher, mpsc::Receiver<ProbeEvent>), EbpfError> {
         if opts.scan_interval.is_zero() || opts.scan_interval > Duration::from_secs(1) {
             return Err(EbpfError::Size(format!(
@@ -148,22 +172,54 @@ impl Watcher {
             )));
         }
         let mut block = BlockProbes::load_sized(opts.variant, opts.max_paths)?;
-        let block_events = block.take_events()?;
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let counters = Arc::new(Counters::default());
-        let task = Task {
-            opts,
-            block,
-            block_events,
-            tcp: None,
-            tcp_events: None,
-            paths: BTreeMap::new(),
-            conns: HashMap::new(),
-            events: ev_tx,
-            counters: counters.clone(),
-        };
-        tokio::spawn(task.run(cmd_rx));
+        let task_counters = counters.clone();
+        // Its own thread and runtime: applying a watch set loads the TCP probes the first
+        // time (seconds under emulation), and the caller's loop must not wait for that.
+        // At 128 LUNs in the lab, on the daemon's runtime, a watch set waited 2 minutes
+        // to be applied while maps were being made.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("mpathd-probes".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(EbpfError::Thread(e)));
+                        return;
+                    }
+                };
+                // The ring's readiness is registered with the runtime that polls it.
+                let block_events = match rt.block_on(async { block.take_events() }) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let task = Task {
+                    opts,
+                    block,
+                    block_events,
+                    tcp: None,
+                    tcp_events: None,
+                    paths: BTreeMap::new(),
+                    conns: HashMap::new(),
+                    events: ev_tx,
+                    counters: task_counters,
+                };
+                rt.block_on(task.run(cmd_rx));
+            })
+            .map_err(EbpfError::Thread)?;
+        ready_rx.recv().map_err(|_| {
+            EbpfError::Stopped("the probes' thread ended before it started".into())
+        })??;
         Ok((
             Watcher {
                 cmds: cmd_tx,
@@ -533,5 +589,48 @@ impl Task {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_set_keeps_the_paths_order_and_each_devices_limits() {
+        let conn = Conn {
+            local: "10.99.1.1:58324".parse().unwrap(),
+            remote: "10.99.1.2:3260".parse().unwrap(),
+        };
+        // Two LUNs of one session, given second LUN first, and a plain disk.
+        let paths = [
+            (DevT::new(8, 16), "sdb".to_string(), Some(conn)),
+            (DevT::new(8, 0), "sda".to_string(), Some(conn)),
+            (DevT::new(7, 0), "loop0".to_string(), None),
+        ];
+        let limits = |dev: DevT| {
+            let ms = Duration::from_millis(u64::from(dev.minor) + 1);
+            (
+                PathThresholds {
+                    latency_limit: ms,
+                    ..PathThresholds::default()
+                },
+                ConnThresholds {
+                    rtt_limit: ms,
+                    ..ConnThresholds::default()
+                },
+            )
+        };
+        let specs = WatchSpec::for_paths(paths.clone(), limits);
+        let got: Vec<_> = specs
+            .iter()
+            .map(|s| (s.dev, s.name.clone(), s.conn))
+            .collect();
+        assert_eq!(got, paths, "same paths, same order");
+        for s in &specs {
+            assert_eq!((s.path, s.tcp), limits(s.dev), "{}", s.name);
+        }
+        // sdb comes first: `set` gives the connection both share sdb's TCP limits.
+        assert_eq!(specs[0].tcp.rtt_limit, Duration::from_millis(17));
     }
 }
