@@ -260,6 +260,9 @@ impl KernelDm {
             })
             .map_err(|e| devicemapper::DmError::Core(dm_errors::Error::GeneralIo(e.to_string())))?;
         let end = Instant::now() + RESUME_TIMEOUT;
+        // The resume is usually done within a millisecond; the wait grows from there so
+        // that 128 creates at start-up do not poll the kernel 128,000 times a second.
+        let mut nap = Duration::from_millis(1);
         loop {
             if waiter.is_finished() {
                 return waiter.join().unwrap_or_else(|_| {
@@ -280,7 +283,8 @@ impl KernelDm {
                     format!("not resumed after {RESUME_TIMEOUT:?}"),
                 )));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(16));
         }
     }
 
