@@ -24,7 +24,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 pub use prometheus_client::metrics::MetricType;
 pub use render::render;
@@ -39,7 +39,7 @@ pub use view::from_engine;
 use crate::{
     ebpf::{PathReading, WatcherStats},
     health::PathState,
-    model::DevT,
+    model::{Conn, DevT},
 };
 
 /// The address metrics are served on unless the config says otherwise: loopback only, as
@@ -47,7 +47,8 @@ use crate::{
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9977";
 
 /// Everything one scrape shows, copied from the daemon's loop on request (cheap: no dm or
-/// sysfs read; the probes' counters are read from the kernel maps by the watcher).
+/// sysfs read; the probes' counters are read from the kernel maps by the watcher, and the
+/// connections' loss counters over sock_diag, both outside the loop).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// One per path of a managed map.
@@ -59,6 +60,10 @@ pub struct Snapshot {
     pub watcher: Option<WatcherStats>,
     /// The probes' counters per path (paths not in `paths` are left out of the render).
     pub readings: Vec<PathReading>,
+    /// Each watched connection's lost segments (`tcp_info`'s retransmissions less the
+    /// D-SACKed ones), read over sock_diag at the scrape; a connection gone meanwhile is
+    /// left out.
+    pub tcp_lost: BTreeMap<Conn, u64>,
     pub build: BuildInfo,
 }
 
@@ -208,6 +213,8 @@ families! {
         "Requests the block layer put back in the queue for the path.";
     PATH_RETRANSMITS: "mpathd_path_tcp_retransmits_total", Counter, [PATH],
         "TCP retransmissions on the path's iSCSI connection (shared by every path of its session).";
+    PATH_LOST: "mpathd_path_tcp_lost_segments_total", Counter, [PATH],
+        "Segments the path's iSCSI connection sent again because the target never got them (TCP retransmissions less those the target reported as duplicates with D-SACK; since the connection was made). A healthy path's stays put even under TCP's spurious tail-loss probes; a lossy one climbs.";
     PATH_RESETS: "mpathd_path_tcp_resets_total", Counter, [PATH],
         "TCP resets received on the path's iSCSI connection.";
     PATH_SRTT: "mpathd_path_tcp_srtt_seconds", Gauge, [PATH],

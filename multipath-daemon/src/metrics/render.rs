@@ -209,6 +209,12 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     for (c, l) in conns() {
         counter(&mut fam.encode_family(l)?, c.retransmits)?;
     }
+    let mut fam = descriptor(enc, &PATH_LOST)?;
+    for (r, l) in probed() {
+        if let Some(v) = r.conn.and_then(|(conn, _)| s.tcp_lost.get(&conn)) {
+            counter(&mut fam.encode_family(l)?, *v)?;
+        }
+    }
     let mut fam = descriptor(enc, &PATH_RESETS)?;
     for (c, l) in conns() {
         counter(&mut fam.encode_family(l)?, c.resets)?;

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Snapshot, render};
-use crate::ebpf::Watcher;
+use crate::{ebpf::Watcher, model::Conn};
 
 /// The Content-Type of the Prometheus text format the scrape returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -128,6 +128,14 @@ pub fn start(addr: SocketAddr) -> Result<(SocketAddr, mpsc::Receiver<Request>), 
                     if let Some(w) = watcher {
                         snap.readings = w.readings().await;
                         snap.watcher = Some(w.stats());
+                        let conns: Vec<Conn> = snap
+                            .readings
+                            .iter()
+                            .filter_map(|r| r.conn.map(|(c, _)| c))
+                            .collect();
+                        snap.tcp_lost = tokio::task::spawn_blocking(move || tcp_lost(&conns))
+                            .await
+                            .unwrap_or_default();
                     }
                     Some(snap)
                 })
@@ -175,4 +183,18 @@ async fn metrics(State(source): State<Source>) -> Response {
 
 async fn index() -> &'static str {
     "mpathd: metrics are on /metrics\n"
+}
+
+/// Each connection's lost segments, over sock_diag. A connection gone meanwhile, or a
+/// kernel without sock_diag for TCP, leaves its series out: the daemon warns once about
+/// the latter where it reads the same counters for the health engine.
+fn tcp_lost(conns: &[Conn]) -> std::collections::BTreeMap<Conn, u64> {
+    let Ok(rs) = crate::sockdiag::tcp_counters(conns) else {
+        return Default::default();
+    };
+    conns
+        .iter()
+        .zip(rs)
+        .filter_map(|(c, r)| Some((*c, u64::from(r.ok()?.lost()))))
+        .collect()
 }

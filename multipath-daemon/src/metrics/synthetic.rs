@@ -70,6 +70,7 @@ pub fn synthetic(paths: usize) -> Snapshot {
             local: SocketAddr::from(([10, 99, 1 + (i % 2) as u8, 1], 40000 + (i % 20000) as u16)),
             remote: portal.parse().expect("a socket address"),
         };
+        s.tcp_lost.insert(conn, i as u64 % 3);
         s.readings.push(PathReading {
             dev,
             block,

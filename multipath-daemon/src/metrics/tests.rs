@@ -154,14 +154,24 @@ fn per_path_and_per_map_series_carry_their_values() {
     block.stats.errors_by_class = [1, 2, 3];
     block.inflight = 4;
     block.oldest = Some(Duration::from_millis(1500));
+    let conn = crate::model::Conn {
+        local: "10.99.1.1:40000".parse().unwrap(),
+        remote: "10.99.1.2:3260".parse().unwrap(),
+    };
+    s.tcp_lost.insert(conn, 3);
+    // A connection of no managed path is not shown.
+    s.tcp_lost.insert(
+        crate::model::Conn {
+            local: "10.99.9.1:40000".parse().unwrap(),
+            remote: "10.99.9.2:3260".parse().unwrap(),
+        },
+        9,
+    );
     s.readings.push(crate::ebpf::PathReading {
         dev: DevT::new(8, 0),
         block,
         conn: Some((
-            crate::model::Conn {
-                local: "10.99.1.1:40000".parse().unwrap(),
-                remote: "10.99.1.2:3260".parse().unwrap(),
-            },
+            conn,
             crate::ebpf::ConnSnapshot {
                 retransmits: 7,
                 consecutive_retrans: 0,
@@ -277,6 +287,14 @@ fn per_path_and_per_map_series_carry_their_values() {
         7.0
     );
     assert_eq!(one(&samples, "mpathd_path_tcp_srtt_seconds", &sda), 0.00025);
+    assert_eq!(
+        one(&samples, "mpathd_path_tcp_lost_segments_total", &sda),
+        3.0
+    );
+    assert_eq!(
+        find(&samples, "mpathd_path_tcp_lost_segments_total", &[]).len(),
+        1
+    );
     // sdb has no reading: no probe series for it; nor for the unmanaged 8:99.
     assert!(find(&samples, "mpathd_path_inflight", &[("path", "sdb")]).is_empty());
     assert!(!text.contains("8:99"));
@@ -562,7 +580,7 @@ fn from_engine_lists_the_managed_map_and_its_paths_with_portals() {
         config::Config,
         daemon::{Command, Engine, EngineOptions, gather},
         dm::SimDm,
-        topology::Sysfs,
+        topology::lab_fixture,
     };
     let dir = std::env::temp_dir().join(format!("mpathd-metrics-view-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -579,10 +597,7 @@ fn from_engine_lists_the_managed_map_and_its_paths_with_portals() {
         ..EngineOptions::default()
     };
     let mut e = Engine::new(cfg, opts, Ledger::load(&dir.join("ledger.json")).unwrap()).unwrap();
-    let sysfs = Sysfs::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/sysfs/lab-2portals"
-    ));
+    let sysfs = lab_fixture();
     let dm = SimDm::new();
     let (works, _) = e.plan(gather::snapshot(&sysfs, &dm, true), 1_000_000_000);
     let mut queue: Vec<Command> = works.into_iter().map(Command::Dm).collect();
