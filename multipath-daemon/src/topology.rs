@@ -205,6 +205,21 @@ impl Sysfs {
         }
     }
 
+    /// The kernel name of the block device numbered `dev` (`sdb` for 8:16), if sysfs has
+    /// one: `/sys/dev/block/MAJ:MIN` names it, else each device's `dev` is read.
+    pub fn block_name(&self, dev: DevT) -> Option<String> {
+        let link = self.path("sys/dev/block").join(dev.to_string());
+        if let Ok(target) = std::fs::read_link(&link)
+            && let Some(name) = target.file_name()
+        {
+            return Some(name.to_string_lossy().into_owned());
+        }
+        self.block_devices()
+            .ok()?
+            .into_iter()
+            .find(|n| self.block_devt(n).is_ok_and(|d| d == dev))
+    }
+
     /// Block devices, by kernel name, sorted.
     pub fn block_devices(&self) -> Result<Vec<String>, TopologyError> {
         let dir = self.path("sys/block");
@@ -376,18 +391,24 @@ fn session_attrs(session_dir: &Path) -> Result<SessionAttrs, TopologyError> {
     })
 }
 
-/// Copies the sysfs tree recorded in the lab (two portals) to `to`, for tests that write
-/// into it.
+/// The sysfs tree recorded in the lab guest (Debian 6.1, LIO target on two portals).
+#[cfg(test)]
+pub(crate) const LAB_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/sysfs/lab-2portals"
+);
+
+/// The recorded tree, read in place.
+#[cfg(test)]
+pub(crate) fn lab_fixture() -> Sysfs {
+    Sysfs::new(LAB_FIXTURE)
+}
+
+/// Copies the recorded tree to `to`, for tests that write into it.
 #[cfg(test)]
 pub(crate) fn copy_lab_fixture(to: &Path) {
     let ok = std::process::Command::new("cp")
-        .args([
-            "-a",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/sysfs/lab-2portals"
-            ),
-        ])
+        .args(["-a", LAB_FIXTURE])
         .arg(to)
         .status()
         .unwrap()
@@ -432,11 +453,7 @@ mod tests {
     use super::*;
 
     fn lab() -> Sysfs {
-        // Recorded from the lab guest (Debian 6.1, LIO target on two portals).
-        Sysfs::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sysfs/lab-2portals"
-        ))
+        lab_fixture()
     }
 
     #[test]

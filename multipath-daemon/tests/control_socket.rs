@@ -5,6 +5,10 @@
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
     time::{Duration, Instant},
 };
 
@@ -13,7 +17,7 @@ use mpathd::{
     config::Config,
     control::{self, Request, Response},
     daemon::{self, Engine, EngineOptions, Options},
-    dm::SimDm,
+    dm::{DmBackend, DmError, MapInfo, Message, MultipathStatus, MultipathTable, SimDm},
     health::PathState,
     topology::Sysfs,
 };
@@ -28,6 +32,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, SimDm::new(), |_| {})
+    }
+
+    /// The daemon on `dm`, with `tweak` applied to its options.
+    fn start_with<D: DmBackend + 'static>(
+        dir: &Path,
+        dm: D,
+        tweak: impl FnOnce(&mut Options) + Send + 'static,
+    ) -> Self {
         let socket = dir.join("mpathd.sock");
         let toml = format!(
             "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
@@ -55,6 +68,7 @@ impl Daemon {
         opts.ledger = dir.join("recovery_tmo.json");
         // The recorded paths do not exist on this host: nothing to probe.
         opts.probes = false;
+        tweak(&mut opts);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let sock = socket.clone();
         let thread = std::thread::spawn(move || {
@@ -67,7 +81,7 @@ impl Daemon {
                     opts,
                     engine,
                     sysfs,
-                    std::sync::Arc::new(SimDm::new()),
+                    Arc::new(dm),
                     listener,
                     Instant::now(),
                     async {
@@ -117,6 +131,15 @@ fn cli_requests_reach_the_daemon_and_change_the_maps() {
     let d = Daemon::start(&dir);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the control socket is for root only");
+    // The created map's WWID is saved, off the loop, soon after its create.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(dir.join("wwids")).is_ok_and(|w| w.contains(WWID)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the wwids file was not written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let Response::Topology(t) = d.call(&Request::ShowTopology).unwrap() else {
         panic!()
@@ -199,4 +222,90 @@ fn bad_requests_are_answered_and_a_second_daemon_is_refused() {
         Response::Maps(_)
     ));
     d2.stop();
+}
+
+/// How many status reads ran, and the most at once.
+#[derive(Default)]
+struct Reads {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    total: AtomicUsize,
+}
+
+/// SimDm whose status reads take 100 ms each.
+struct SlowStatus {
+    sim: SimDm,
+    reads: Arc<Reads>,
+}
+
+impl DmBackend for SlowStatus {
+    fn list(&self) -> Result<Vec<MapInfo>, DmError> {
+        self.sim.list()
+    }
+    fn info(&self, name: &str) -> Result<Option<MapInfo>, DmError> {
+        self.sim.info(name)
+    }
+    fn table(&self, name: &str) -> Result<MultipathTable, DmError> {
+        self.sim.table(name)
+    }
+    fn status(&self, name: &str) -> Result<MultipathStatus, DmError> {
+        let r = &self.reads;
+        r.most.fetch_max(r.now.fetch_add(1, SeqCst) + 1, SeqCst);
+        r.total.fetch_add(1, SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        r.now.fetch_sub(1, SeqCst);
+        self.sim.status(name)
+    }
+    fn create(
+        &self,
+        name: &str,
+        uuid: &str,
+        size_sectors: u64,
+        table: &MultipathTable,
+    ) -> Result<MapInfo, DmError> {
+        self.sim.create(name, uuid, size_sectors, table)
+    }
+    fn reload(&self, name: &str, size_sectors: u64, table: &MultipathTable) -> Result<(), DmError> {
+        self.sim.reload(name, size_sectors, table)
+    }
+    fn remove(&self, name: &str) -> Result<(), DmError> {
+        self.sim.remove(name)
+    }
+    fn rename(&self, name: &str, new_name: &str) -> Result<(), DmError> {
+        self.sim.rename(name, new_name)
+    }
+    fn message(&self, name: &str, msg: &Message) -> Result<(), DmError> {
+        self.sim.message(name, msg)
+    }
+}
+
+/// Each create and each check interval asks for a poll of every map's status. At
+/// start-up with 128 maps that was 128 polls of 128 maps at once, which starved the
+/// host's CPU for a minute: polls asked for while one reads wait, and one serves them all.
+#[test]
+fn polls_asked_for_faster_than_they_read_never_overlap() {
+    let dir = tempdir("poll");
+    let reads = Arc::new(Reads::default());
+    let dm = SlowStatus {
+        sim: SimDm::new(),
+        reads: reads.clone(),
+    };
+    // A poll asked for every 10 ms, each reading for 100 ms.
+    let d = Daemon::start_with(&dir, dm, |o| {
+        o.check_interval = Some(Duration::from_millis(10));
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // Still answering meanwhile.
+    assert!(matches!(
+        d.call(&Request::ShowMaps).unwrap(),
+        Response::Maps(_)
+    ));
+    d.stop();
+    // One poll, and a reconcile pass reading the maps beside it; unbounded, about 10
+    // polls would read at once.
+    let most = reads.most.load(SeqCst);
+    assert!(most <= 2, "{most} status reads at once");
+    // Back to back, not skipped: about 15 polls in 1.5 s, and the passes' reads.
+    let total = reads.total.load(SeqCst);
+    assert!((5..=25).contains(&total), "{total} status reads in 1.5 s");
 }

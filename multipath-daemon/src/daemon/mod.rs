@@ -38,7 +38,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     actions::{
@@ -147,7 +147,12 @@ pub async fn run(opts: Options) -> Result<()> {
 /// What comes back to the loop from work done elsewhere.
 enum Event {
     Gathered(Box<gather::Snapshot>),
+    /// The pass's reading thread panicked: the next rescan starts another.
+    GatherLost(String),
     Polled(Box<gather::Poll>),
+    /// The poll's thread panicked: a poll may start again.
+    PollLost(String),
+    Written(std::path::PathBuf, std::io::Result<()>),
     Checked(CheckResult),
     TmoWritten {
         session: String,
@@ -168,6 +173,54 @@ enum Event {
     Readings(Vec<PathReading>, BTreeMap<Conn, u64>),
     ProbesStarted(Box<Result<(Watcher, mpsc::Receiver<ProbeEvent>), crate::ebpf::EbpfError>>),
 }
+
+impl Event {
+    /// The variant's name, for the slow-turn log.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Gathered(_) => "gathered",
+            Self::GatherLost(_) => "gather lost",
+            Self::Polled(_) => "polled",
+            Self::PollLost(_) => "poll lost",
+            Self::Written(..) => "written",
+            Self::Checked(_) => "checked",
+            Self::TmoWritten { .. } => "recovery_tmo written",
+            Self::Rescued { .. } => "rescued",
+            Self::Config(..) => "config",
+            Self::FailbackDue(_) => "failback due",
+            Self::Readings(..) => "readings",
+            Self::ProbesStarted(_) => "probes started",
+        }
+    }
+}
+
+/// The watch set with each path's learned limits kept as they are in the kernel unless
+/// they moved by more than an eighth: the baselines move a little with every reading, and
+/// sending them all to the probes each second cost the watcher's thread 256 map writes a
+/// second at 256 paths, for nothing a rule could tell apart.
+fn settle_limits(current: &[WatchSpec], mut specs: Vec<WatchSpec>) -> Vec<WatchSpec> {
+    fn settle(old: Duration, new: Duration) -> Duration {
+        if old.abs_diff(new) * 8 <= old {
+            old
+        } else {
+            new
+        }
+    }
+    let by_dev: HashMap<crate::model::DevT, &WatchSpec> =
+        current.iter().map(|s| (s.dev, s)).collect();
+    for s in &mut specs {
+        let Some(old) = by_dev.get(&s.dev) else {
+            continue;
+        };
+        s.path.latency_limit = settle(old.path.latency_limit, s.path.latency_limit);
+        s.path.stall_limit = settle(old.path.stall_limit, s.path.stall_limit);
+        s.tcp.rtt_limit = settle(old.tcp.rtt_limit, s.tcp.rtt_limit);
+    }
+    specs
+}
+
+/// A loop turn this long is logged at debug (see the loop).
+const SLOW_TURN: Duration = Duration::from_millis(20);
 
 /// A reconcile pass whose work is not all done yet.
 struct Pass {
@@ -197,6 +250,13 @@ struct Daemon<D: DmBackend + 'static> {
     passes: BTreeMap<u64, Pass>,
     next_pass: u64,
     gathering: bool,
+    /// A poll is reading; another asked for meanwhile waits for it (`poll_again`). Each
+    /// create asks for one, and 128 polls of every map at once starved start-up.
+    polling: bool,
+    poll_again: bool,
+    /// Files being written off the loop, each with the newer contents to write after
+    /// (one write per file at a time, the last contents win).
+    writes: HashMap<std::path::PathBuf, Option<String>>,
     /// Who waits for the pass being read now.
     pass_waiters: Vec<oneshot::Sender<Response>>,
     /// A pass was asked for while one was gathering: run another after it.
@@ -247,6 +307,9 @@ pub async fn serve<D: DmBackend + 'static>(
         passes: BTreeMap::new(),
         next_pass: 1,
         gathering: false,
+        polling: false,
+        poll_again: false,
+        writes: HashMap::new(),
         pass_waiters: Vec::new(),
         again: None,
         first_pass_done: false,
@@ -336,28 +399,54 @@ pub async fn serve<D: DmBackend + 'static>(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            Some(ev) = dm_rx.recv() => d.on_dm(ev),
-            Some(ev) = ev_rx.recv() => d.on_event(ev),
-            ev = next_probe(&mut d.probe_rx) => match ev {
-                Some(ev) => d.on_probe(ev),
-                None => {
-                    warn!("the eBPF probes stopped: only the checker will see paths fail");
-                    d.probe_rx = None;
-                    d.watcher = None;
+        // A loop turn's handler that takes long is said at debug: at 256 paths under
+        // emulation the loop fell seconds behind its probes, and this says where.
+        // Each handler starts its own clock: the select's wait is not the handler's time.
+        let (kind, turn): (&'static str, Instant) = tokio::select! {
+            Some(ev) = dm_rx.recv() => {
+                let t = Instant::now();
+                d.on_dm(ev);
+                ("dm", t)
+            }
+            Some(ev) = ev_rx.recv() => {
+                let (t, k) = (Instant::now(), ev.kind());
+                d.on_event(ev);
+                (k, t)
+            }
+            ev = next_probe(&mut d.probe_rx) => {
+                let t = Instant::now();
+                match ev {
+                    Some(ev) => d.on_probe(ev),
+                    None => {
+                        warn!("the eBPF probes stopped: only the checker will see paths fail");
+                        d.probe_rx = None;
+                        d.watcher = None;
+                    }
                 }
-            },
+                ("probe event", t)
+            }
             _ = readings_tick.tick() => {
+                let t = Instant::now();
                 d.fetch_readings();
-                for t in d.engine.pathless_check_targets() {
-                    d.check_one(t);
+                for target in d.engine.pathless_check_targets() {
+                    d.check_one(target);
                 }
+                ("readings tick", t)
             }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => sd_notify("WATCHDOG=1"),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                sd_notify("WATCHDOG=1");
+                ("watchdog", Instant::now())
+            }
             Some(req) = next_metrics(&mut metrics) => {
+                let t = Instant::now();
                 req.answer(crate::metrics::from_engine(&d.engine, &d.stats), d.watcher.clone());
+                ("metrics", t)
             }
-            Some((req, reply)) = req_rx.recv() => d.on_request(req, reply),
+            Some((req, reply)) = req_rx.recv() => {
+                let t = Instant::now();
+                d.on_request(req, reply);
+                ("request", t)
+            }
             ev = next_udev(&mut udev) => {
                 match ev {
                     Some(name) => {
@@ -369,26 +458,52 @@ pub async fn serve<D: DmBackend + 'static>(
                         udev = None;
                     }
                 }
+                ("udev", Instant::now())
             }
             _ = debounce => {
+                let t = Instant::now();
                 debounce_at = None;
                 d.start_pass(None);
+                ("debounce", t)
             }
-            _ = rescan.tick() => d.start_pass(None),
-            _ = check.tick() => d.check_all(),
-            _ = health_tick.tick(), if d.engine.wants_fast_ticks() => d.health_tick(),
-            _ = slow_tick.tick() => d.health_tick(),
+            _ = rescan.tick() => {
+                let t = Instant::now();
+                d.start_pass(None);
+                ("rescan", t)
+            }
+            _ = check.tick() => {
+                let t = Instant::now();
+                d.check_all();
+                ("check tick", t)
+            }
+            _ = health_tick.tick(), if d.engine.wants_fast_ticks() => {
+                let t = Instant::now();
+                d.health_tick();
+                ("health tick", t)
+            }
+            _ = slow_tick.tick() => {
+                let t = Instant::now();
+                d.health_tick();
+                ("health tick", t)
+            }
             _ = hup.recv() => {
+                let t = Instant::now();
                 info!("SIGHUP: re-reading the config");
                 d.reconfigure(None);
+                ("SIGHUP", t)
             }
             _ = term.recv() => { info!("SIGTERM: exiting; maps are left as they are"); break; }
             _ = int.recv() => { info!("SIGINT: exiting; maps are left as they are"); break; }
             _ = &mut stop => { info!("stopped; maps are left as they are"); break; }
+        };
+        let took = turn.elapsed();
+        if took >= SLOW_TURN {
+            debug!(kind, took_ms = took.as_millis() as u64, "slow loop turn");
         }
     }
     d.restore_recovery_tmo().await;
     d.finish_dm_calls().await;
+    d.finish_writes(&mut ev_rx).await;
     Ok(())
 }
 
@@ -404,9 +519,12 @@ impl<D: DmBackend + 'static> Daemon<D> {
         self.pass_waiters = waiter.into_iter().collect();
         let iscsi = self.first_pass_done || self.engine.first_pass_needs_iscsi();
         let (sysfs, dm, tx) = (self.sysfs.clone(), self.dm.clone(), self.events.clone());
-        tokio::task::spawn_blocking(move || {
-            let snap = gather::snapshot(&sysfs, &*dm, iscsi);
-            let _ = tx.send(Event::Gathered(Box::new(snap)));
+        let read = tokio::task::spawn_blocking(move || gather::snapshot(&sysfs, &*dm, iscsi));
+        tokio::spawn(async move {
+            let _ = tx.send(match read.await {
+                Ok(snap) => Event::Gathered(Box::new(snap)),
+                Err(e) => Event::GatherLost(e.to_string()),
+            });
         });
     }
 
@@ -563,11 +681,46 @@ impl<D: DmBackend + 'static> Daemon<D> {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Gathered(s) => self.on_gathered(*s),
+            Event::GatherLost(e) => {
+                let message = format!(
+                    "reading the topology failed: {e}; the maps stay as they are until the next rescan"
+                );
+                error!("{message}");
+                self.gathering = false;
+                for w in std::mem::take(&mut self.pass_waiters) {
+                    let _ = w.send(Response::Error {
+                        message: message.clone(),
+                    });
+                }
+                if let Some(waiters) = self.again.take() {
+                    self.start_pass(None);
+                    self.pass_waiters.extend(waiters);
+                }
+            }
             Event::Polled(p) => {
                 debug!(took_ms = p.took.as_millis() as u64, "poll");
+                self.polling = false;
                 let cmds = self.engine.poll(*p, monotonic_ns());
                 self.execute(cmds);
                 self.update_watch();
+                if std::mem::take(&mut self.poll_again) {
+                    self.poll_now();
+                }
+            }
+            Event::Written(path, result) => {
+                if let Err(e) = result {
+                    warn!("saving {}: {e}", path.display());
+                }
+                if let Some(Some(next)) = self.writes.remove(&path) {
+                    self.write_file(path, next);
+                }
+            }
+            Event::PollLost(e) => {
+                warn!("poll of the maps' status failed: {e}; the next check interval polls again");
+                self.polling = false;
+                if std::mem::take(&mut self.poll_again) {
+                    self.poll_now();
+                }
             }
             Event::Checked(r) => {
                 let verdict = match r.outcome {
@@ -650,7 +803,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
             Event::Readings(rs, lost) => {
                 self.readings_pending = false;
                 let now = monotonic_ns();
-                let mut cmds = Vec::new();
+                let mut batch = Vec::with_capacity(rs.len());
                 for r in rs {
                     if let Some((_, c)) = r.conn {
                         let before = self.last_conn.insert(r.dev, (c.retransmits, c.snd_una));
@@ -663,6 +816,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                     let reading = Reading {
                         last_complete_ns: r.block.stats.last_complete_ns,
                         inflight: r.block.inflight(),
+                        oldest: r.block.oldest,
                         completions: r.block.stats.completions(),
                         ok_completions: r
                             .block
@@ -677,14 +831,9 @@ impl<D: DmBackend + 'static> Daemon<D> {
                         last_rcv_ns: r.conn.map(|(_, c)| c.last_rcv_ns).unwrap_or_default(),
                         lost: r.conn.and_then(|(conn, _)| lost.get(&conn).copied()),
                     };
-                    cmds.extend(self.engine.input(
-                        now,
-                        Input::Reading {
-                            dev: r.dev,
-                            reading,
-                        },
-                    ));
+                    batch.push((r.dev, reading));
                 }
+                let cmds = self.engine.readings(now, batch);
                 self.execute(cmds);
                 // Learned limits may have moved: write them into the probes.
                 self.update_watch();
@@ -902,6 +1051,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 }
                 Command::Replan => self.start_pass(None),
                 Command::Poll => self.poll_now(),
+                Command::WriteFile { path, contents } => self.write_file(path, contents),
                 Command::FailbackLater { map, after } => {
                     let tx = self.events.clone();
                     tokio::spawn(async move {
@@ -938,13 +1088,42 @@ impl<D: DmBackend + 'static> Daemon<D> {
         self.poll_now();
     }
 
-    /// Reads the managed maps' status and their paths' sessions, off the loop.
+    /// Writes `path` whole off the loop, after the write of it still running if any.
+    fn write_file(&mut self, path: std::path::PathBuf, contents: String) {
+        if let Some(next) = self.writes.get_mut(&path) {
+            *next = Some(contents);
+            return;
+        }
+        self.writes.insert(path.clone(), None);
+        let tx = self.events.clone();
+        let write = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || crate::config::bindings::write_atomic(&path, &contents)
+        });
+        tokio::spawn(async move {
+            let r = write
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let _ = tx.send(Event::Written(path, r));
+        });
+    }
+
+    /// Reads the managed maps' status and their paths' sessions, off the loop; one poll
+    /// at a time, and asks made while one reads are served by a single poll after it.
     fn poll_now(&mut self) {
+        if self.polling {
+            self.poll_again = true;
+            return;
+        }
+        self.polling = true;
         let (maps, paths) = self.engine.poll_targets();
         let (sysfs, dm, tx) = (self.sysfs.clone(), self.dm.clone(), self.events.clone());
-        tokio::task::spawn_blocking(move || {
-            let p = gather::poll(&sysfs, &*dm, &maps, &paths);
-            let _ = tx.send(Event::Polled(Box::new(p)));
+        let read = tokio::task::spawn_blocking(move || gather::poll(&sysfs, &*dm, &maps, &paths));
+        tokio::spawn(async move {
+            let _ = tx.send(match read.await {
+                Ok(p) => Event::Polled(Box::new(p)),
+                Err(e) => Event::PollLost(e.to_string()),
+            });
         });
     }
 
@@ -956,47 +1135,47 @@ impl<D: DmBackend + 'static> Daemon<D> {
         };
         let h = self.engine.health();
         let cfg = h.config();
-        let specs: Vec<WatchSpec> = self
-            .engine
-            .watched_paths()
-            .into_iter()
-            .map(|(dev, name, conn)| {
-                let l = h.limits(dev).unwrap_or(crate::health::Limits {
-                    latency: cfg.latency_floor,
-                    rtt: cfg.rtt_floor,
-                    stall: cfg.stall_limit,
-                });
-                WatchSpec {
-                    dev,
-                    name,
-                    conn,
-                    path: PathThresholds {
-                        latency_limit: l.latency,
-                        // A burst of a few late completions is a busy host or a hiccup;
-                        // a slow path makes many.
-                        slow_count: 8,
-                        slow_window: Duration::from_secs(1),
-                        stall_limit: l.stall,
-                        event_gap: Duration::from_millis(100),
-                    },
-                    tcp: ConnThresholds {
-                        // A second retransmission in a row is the first after a timeout
-                        // (the first is usually a tail-loss probe, common on a busy but
-                        // healthy link): with a stall it means no ACK progress;
-                        // repeated, it is loss.
-                        retrans_limit: 2,
-                        rtt_limit: l.rtt,
-                        event_gap: Duration::from_millis(100),
-                    },
-                }
-            })
-            .collect();
+        let specs = WatchSpec::for_paths(self.engine.watched_paths(), |dev| {
+            let l = h.limits(dev).unwrap_or(crate::health::Limits {
+                latency: cfg.latency_floor,
+                rtt: cfg.rtt_floor,
+                stall: cfg.stall_limit,
+            });
+            let path = PathThresholds {
+                latency_limit: l.latency,
+                // A burst of a few late completions is a busy host or a hiccup; a slow
+                // path makes many.
+                slow_count: 8,
+                slow_window: Duration::from_secs(1),
+                stall_limit: l.stall,
+                event_gap: Duration::from_millis(100),
+            };
+            let tcp = ConnThresholds {
+                // A second retransmission in a row is the first after a timeout (the
+                // first is usually a tail-loss probe, common on a busy but healthy
+                // link): with a stall it means no ACK progress; repeated, it is loss.
+                retrans_limit: 2,
+                rtt_limit: l.rtt,
+                event_gap: Duration::from_millis(100),
+            };
+            (path, tcp)
+        });
+        let specs = settle_limits(&self.watching, specs);
         if specs == self.watching {
             return;
         }
         self.watching = specs.clone();
+        let (n, t0) = (specs.len(), Instant::now());
+        debug!(paths = n, "watch set changed");
         tokio::spawn(async move {
-            for (dev, e) in w.set(specs).await {
+            let failed = w.set(specs).await;
+            debug!(
+                paths = n,
+                failed = failed.len(),
+                took_ms = t0.elapsed().as_millis() as u64,
+                "watch set applied"
+            );
+            for (dev, e) in failed {
                 warn!(path = %dev, "not watched by the probes: {e}");
             }
         });
@@ -1030,6 +1209,27 @@ impl<D: DmBackend + 'static> Daemon<D> {
                 waited_ms = t0.elapsed().as_millis() as u64,
                 "device-mapper calls done"
             );
+        }
+    }
+
+    /// On the way out: lets the file writes in flight finish, and their newer contents
+    /// be written (a WWID added at the last create is kept), for up to 5 s.
+    async fn finish_writes(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.writes.is_empty() {
+            match tokio::time::timeout_at(end, events.recv()).await {
+                Ok(Some(ev @ Event::Written(..))) => self.on_event(ev),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    let files: Vec<String> = self
+                        .writes
+                        .keys()
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    warn!("exiting with these files not saved: {}", files.join(", "));
+                    return;
+                }
+            }
         }
     }
 
@@ -1332,5 +1532,52 @@ mod watchdog_tests {
         assert_eq!(watchdog_interval(None, None, 7), None);
         assert_eq!(watchdog_interval(Some("0"), None, 7), None);
         assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use crate::ebpf::{ConnThresholds, PathThresholds};
+
+    fn spec(minor: u32, latency_ms: u64, stall_ms: u64, rtt_ms: u64) -> WatchSpec {
+        WatchSpec {
+            dev: crate::model::DevT { major: 8, minor },
+            name: format!("sd{minor}"),
+            conn: None,
+            path: PathThresholds {
+                latency_limit: Duration::from_millis(latency_ms),
+                stall_limit: Duration::from_millis(stall_ms),
+                ..PathThresholds::default()
+            },
+            tcp: ConnThresholds {
+                rtt_limit: Duration::from_millis(rtt_ms),
+                ..ConnThresholds::default()
+            },
+        }
+    }
+
+    #[test]
+    fn learned_limits_that_moved_by_an_eighth_or_less_are_not_sent_again() {
+        let current = vec![spec(0, 160, 250, 100), spec(16, 160, 250, 100)];
+        // A baseline that drifted by 20 ms of 160 (an eighth): the same watch set.
+        let settled = settle_limits(
+            &current,
+            vec![spec(0, 180, 250, 100), spec(16, 140, 250, 100)],
+        );
+        assert_eq!(settled, current);
+        // A limit that moved by more (a slow path's stall limit from its RTT) is sent;
+        // the other path's small drift stays out.
+        let settled = settle_limits(
+            &current,
+            vec![spec(0, 161, 450, 100), spec(16, 160, 250, 240)],
+        );
+        assert_eq!(
+            settled,
+            vec![spec(0, 160, 450, 100), spec(16, 160, 250, 240)]
+        );
+        // A new path takes its limits as they are.
+        let settled = settle_limits(&current, vec![spec(32, 170, 250, 100)]);
+        assert_eq!(settled, vec![spec(32, 170, 250, 100)]);
     }
 }

@@ -82,6 +82,7 @@ fn completed(h: &mut Health, now: Ns, minor: u32, at: Ns) -> Output {
             reading: Reading {
                 last_complete_ns: at,
                 inflight: 1,
+                oldest: None,
                 completions: at / MS,
                 ok_completions: at / MS,
                 ewma: Duration::from_millis(2),
@@ -358,6 +359,7 @@ fn acked(h: &mut Health, now: Ns, minor: u32, una: u32, ack_ns: Ns) -> Output {
             dev: dev(minor),
             reading: Reading {
                 inflight: 4,
+                oldest: None,
                 snd_una: Some(una),
                 last_ack_ns: ack_ns,
                 last_rcv_ns: 0,
@@ -384,13 +386,24 @@ fn a_stall_on_a_slow_but_live_connection_is_not_a_dead_path() {
     acked(&mut h, t + 150 * MS, 0, 2000, t + 140 * MS);
     // Past the grace after the retransmission, and past stall_sibling, each judged on a
     // fresh reading: ACKs moved after both, so neither corroborates.
+    let mut notes = Vec::new();
     for at in [t + 300 * MS, t + 600 * MS, t + 1500 * MS] {
         let una = 2000 + (at / MS) as u32;
         let o = acked(&mut h, at, 0, una, at - 20 * MS);
         assert!(o.decisions.is_empty(), "at +{} ms: {o:?}", (at - t) / MS);
+        notes.extend(o.notes);
         let o = h.tick(at + MS);
         assert!(o.decisions.is_empty(), "at +{} ms: {o:?}", (at - t) / MS);
+        notes.extend(o.notes);
     }
+    // The wait is said once, with what it waits on (the stall began 250 ms before t).
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("need_ms=2000")
+            && notes[0].contains("heard=+")
+            && notes[0].contains("sibling_ok=true"),
+        "{notes:?}"
+    );
     // A request that still has not completed after stall_alive (2 s from its start)
     // while the sibling serves I/O: the path is broken though its transport lives.
     assert!(h.tick(t + 1740 * MS).decisions.is_empty());
@@ -432,6 +445,7 @@ fn lossy(h: &mut Health, now: Ns, minor: u32, una: u32, rtx: u64) -> Output {
             reading: Reading {
                 last_complete_ns: now,
                 inflight: 4,
+                oldest: None,
                 completions: now / MS,
                 ok_completions: now / MS,
                 snd_una: Some(una),
@@ -503,7 +517,7 @@ fn a_stuck_request_then_no_completion_at_all_is_a_stall() {
             inflight: 4,
         },
     );
-    assert_eq!(o.decisions[0].action, Action::Demote);
+    assert!(o.decisions.is_empty(), "one stuck request alone: {o:?}");
     assert!(h.wants_readings());
     // ...then nothing completes: the readings show the last completion at t - 40 ms.
     let quiet = |h: &mut Health, now: Ns| {
@@ -529,6 +543,63 @@ fn a_stuck_request_then_no_completion_at_all_is_a_stall() {
     retransmits(&mut h, t + 230 * MS, 2);
     let o = quiet(&mut h, t + 435 * MS);
     assert_eq!(failed_devs(&o), [dev(0)], "{o:?}");
+}
+
+#[test]
+fn a_batch_of_readings_judges_a_stall_as_one_reading_at_a_time_does() {
+    // The stall of `a_stuck_request_then_no_completion_at_all_is_a_stall`, with the
+    // readings of every path handed over at once as the daemon does.
+    let run = |batch: bool| {
+        let mut h = two_maps();
+        let t = 36 * S;
+        completed(&mut h, t - 400 * MS, 0, t - 400 * MS);
+        block(&mut h, t, 0, stalled(260));
+        let quiet = Reading {
+            last_complete_ns: t - 40 * MS,
+            inflight: 4,
+            completions: 100,
+            ok_completions: 100,
+            ..Reading::default()
+        };
+        let busy = |now: Ns| Reading {
+            last_complete_ns: now - MS,
+            inflight: 1,
+            completions: now / MS,
+            ok_completions: now / MS,
+            ..Reading::default()
+        };
+        let mut outs = Vec::new();
+        for (i, now) in [t + 100 * MS, t + 220 * MS, t + 435 * MS]
+            .into_iter()
+            .enumerate()
+        {
+            if i == 2 {
+                retransmits(&mut h, t + 230 * MS, 2);
+            }
+            let all = [
+                (dev(0), quiet),
+                (dev(16), busy(now)),
+                (dev(32), busy(now)),
+                (dev(48), busy(now)),
+            ];
+            let o = if batch {
+                h.handle_readings(now, all)
+            } else {
+                let mut o = Output::default();
+                for (d, r) in all {
+                    let x = h.handle(now, Input::Reading { dev: d, reading: r });
+                    o.decisions.extend(x.decisions);
+                    o.check_now.extend(x.check_now);
+                }
+                o
+            };
+            outs.push((failed_devs(&o), o.check_now));
+        }
+        outs
+    };
+    let one_by_one = run(false);
+    assert_eq!(one_by_one[2].0, [dev(0)], "{one_by_one:?}");
+    assert_eq!(run(true), one_by_one);
 }
 
 #[test]
@@ -830,25 +901,141 @@ fn a_stall_on_the_last_usable_path_is_never_corroborated() {
     assert_eq!(h.state(dev(0)), Some(PathState::Active));
 }
 
-#[test]
-fn one_stuck_request_while_the_path_completes_others_demotes_it() {
-    let mut h = two_maps();
-    let o = block(
-        &mut h,
-        60 * S,
-        0,
+/// A reading of a path that completes I/O (`at`) with its oldest request `oldest_ms` old.
+fn stuck_reading(h: &mut Health, now: Ns, minor: u32, oldest_ms: Option<u64>) -> Output {
+    read(
+        h,
+        now,
+        minor,
+        Reading {
+            last_complete_ns: now - MS,
+            inflight: 4,
+            oldest: oldest_ms.map(Duration::from_millis),
+            completions: now / MS,
+            ok_completions: now / MS,
+            ..Reading::default()
+        },
+    )
+}
+
+fn stuck(h: &mut Health, now: Ns, minor: u32, oldest_ms: u64) -> Output {
+    block(
+        h,
+        now,
+        minor,
         BlockSignal::Stalled {
-            oldest: Duration::from_secs(2),
+            oldest: Duration::from_millis(oldest_ms),
             since_completion: Some(Duration::from_millis(3)),
             inflight: 4,
         },
+    )
+}
+
+#[test]
+fn a_stuck_request_that_persists_while_the_path_completes_others_demotes_it() {
+    let mut h = two_maps();
+    let t = 60 * S;
+    let o = stuck(&mut h, t, 0, 300);
+    assert!(o.decisions.is_empty(), "not yet: {o:?}");
+    // Still there in the first reading after the report...
+    assert!(
+        stuck_reading(&mut h, t + 20 * MS, 0, Some(320))
+            .decisions
+            .is_empty()
     );
+    assert!(
+        stuck_reading(&mut h, t + 50 * MS, 0, Some(350))
+            .decisions
+            .is_empty()
+    );
+    // ...and 50 ms later.
+    let o = stuck_reading(&mut h, t + 70 * MS, 0, Some(370));
     let [d] = o.decisions.as_slice() else {
         panic!("{o:?}")
     };
     assert_eq!((d.to, &d.action), (PathState::Degraded, &Action::Demote));
-    assert!(matches!(d.reason, Reason::StuckRequest { .. }));
+    assert_eq!(
+        d.reason,
+        Reason::StuckRequest {
+            oldest: Duration::from_millis(370)
+        }
+    );
+    assert_eq!(d.signal_ns, t, "timed from the probe's report");
     assert_eq!(h.demoted().into_iter().collect::<Vec<_>>(), [dev(0)]);
+}
+
+#[test]
+fn a_request_stuck_through_a_pause_of_the_host_demotes_nothing() {
+    // The whole guest stalled half a second: one request on a healthy path was over the
+    // limit when the probe looked, and done by the next reading.
+    let mut h = two_maps();
+    let t = 60 * S;
+    assert!(stuck(&mut h, t, 16, 322).decisions.is_empty());
+    // The loop ran late too: its first reading still saw the request, the next did not.
+    assert!(
+        stuck_reading(&mut h, t + 30 * MS, 16, Some(350))
+            .decisions
+            .is_empty()
+    );
+    for i in 1..=20 {
+        let o = stuck_reading(&mut h, t + i * 100 * MS, 16, Some(20));
+        assert!(o.decisions.is_empty(), "reading {i}: {o:?}");
+        assert!(h.tick(t + i * 100 * MS).decisions.is_empty());
+    }
+    assert_eq!(h.state(dev(16)), Some(PathState::Active));
+    // Another pause: over the limit again in one reading, gone in the next.
+    assert!(stuck(&mut h, t + 3 * S, 16, 300).decisions.is_empty());
+    assert!(
+        stuck_reading(&mut h, t + 3 * S + 10 * MS, 16, Some(310))
+            .decisions
+            .is_empty()
+    );
+    assert!(
+        stuck_reading(&mut h, t + 3 * S + 100 * MS, 16, None)
+            .decisions
+            .is_empty()
+    );
+    assert!(
+        stuck_reading(&mut h, t + 3 * S + 200 * MS, 16, Some(260))
+            .decisions
+            .is_empty()
+    );
+    assert_eq!(h.state(dev(16)), Some(PathState::Active));
+}
+
+#[test]
+fn a_soft_signal_never_demotes_the_last_active_path_of_a_map() {
+    // sda is demoted (150 ms of delay); then sdb, the one active path left, has a
+    // request stuck for half a second: demoting it would put I/O back on sda.
+    let mut h = two_maps();
+    let t = 60 * S;
+    let slow = BlockSignal::Slow {
+        latency: Duration::from_millis(150),
+        count: 8,
+    };
+    assert_eq!(
+        block(&mut h, t, 0, slow).decisions[0].action,
+        Action::Demote
+    );
+    let later = t + 5 * S;
+    assert!(stuck(&mut h, later, 16, 300).decisions.is_empty());
+    for i in 1..=10 {
+        let o = stuck_reading(&mut h, later + i * 50 * MS, 16, Some(300 + i * 50));
+        assert!(o.decisions.is_empty(), "{o:?}");
+    }
+    assert_eq!(h.state(dev(16)), Some(PathState::Active));
+    assert_eq!(h.demoted().into_iter().collect::<Vec<_>>(), [dev(0)]);
+    // A hard signal still fails it: the rule is about soft ones.
+    let o = block(
+        &mut h,
+        later + 2 * S,
+        16,
+        BlockSignal::Error {
+            class: ErrorClass::Path,
+            errno: -5,
+        },
+    );
+    assert_eq!(failed_devs(&o), [dev(16)], "{o:?}");
 }
 
 #[test]
@@ -1212,6 +1399,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                 reading: Reading {
                     last_complete_ns: i * S,
                     inflight: 1,
+                    oldest: None,
                     completions: i * 100,
                     ok_completions: i * 100,
                     ewma: Duration::from_millis(40),
@@ -1254,6 +1442,7 @@ fn limits_are_learned_from_a_healthy_baseline_with_floors() {
                 reading: Reading {
                     last_complete_ns: i * S,
                     inflight: 1,
+                    oldest: None,
                     completions: i * 100,
                     ok_completions: i * 100,
                     ewma: Duration::from_secs(1),
@@ -1366,6 +1555,7 @@ fn on_a_slow_connection_a_long_gap_is_a_stuck_request_not_a_stall() {
             reading: Reading {
                 last_complete_ns: S,
                 inflight: 2,
+                oldest: None,
                 completions: 10,
                 ok_completions: 10,
                 ewma: Duration::from_millis(160),
@@ -1456,4 +1646,46 @@ fn a_connection_silent_for_five_retransmissions_fails_its_idle_paths() {
         o.decisions[0].action,
         Action::Fail { rescue: Some(_) }
     ));
+}
+
+#[test]
+fn a_batch_of_inputs_decides_what_the_same_inputs_one_at_a_time_do() {
+    // One status poll: the kernel failed sda, sdc's session is down, the others are fine.
+    let inputs = || {
+        vec![
+            Input::DmState {
+                dev: dev(0),
+                failed: true,
+                read_ns: 10 * S,
+            },
+            Input::DmState {
+                dev: dev(16),
+                failed: false,
+                read_ns: 10 * S,
+            },
+            Input::Session {
+                dev: dev(32),
+                logged_in: false,
+            },
+            Input::Session {
+                dev: dev(48),
+                logged_in: true,
+            },
+        ]
+    };
+    let mut one = two_maps();
+    let mut each = Vec::new();
+    for i in inputs() {
+        each.extend(one.handle(10 * S, i).decisions);
+    }
+    let mut batch = two_maps();
+    let all = batch.handle_batch(10 * S, inputs()).decisions;
+    assert_eq!(all, each);
+    assert_eq!(
+        all.iter().map(|d| (d.dev, d.to)).collect::<Vec<_>>(),
+        [(dev(0), PathState::Failed), (dev(32), PathState::Failed)]
+    );
+    for d in [0, 16, 32, 48] {
+        assert_eq!(batch.state(dev(d)), one.state(dev(d)), "sd minor {d}");
+    }
 }

@@ -121,6 +121,9 @@ impl Driver {
                     errors.extend(o.error);
                     q.extend(o.commands);
                 }
+                Command::WriteFile { path, contents } => {
+                    crate::config::bindings::write_atomic(&path, &contents).unwrap();
+                }
                 Command::Poll => {
                     let (maps, paths) = self.e.poll_targets();
                     let p = gather::poll(&self.sysfs, &self.dm, &maps, &paths);
@@ -240,6 +243,23 @@ fn the_seed_alias_makes_one_map_of_both_paths_and_a_restart_adopts_it() {
     let s = d2.reconcile();
     assert!(s.created.is_empty() && s.reloaded.is_empty(), "{s:?}");
     assert!(d2.dm.log().is_empty(), "{:?}", d2.dm.log());
+}
+
+/// A poll reads only maps the kernel has: one planned but not created yet would read
+/// as "no such map" (at start-up, 128 warnings of it).
+#[test]
+fn a_map_is_polled_once_its_create_is_done_not_before() {
+    let seed = format!("\n[[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n");
+    let mut d = Driver::new(&seed);
+    let snap = gather::snapshot(&d.sysfs, &d.dm, true);
+    let (works, _) = d.e.plan(snap, d.now);
+    assert_eq!(works.len(), 1);
+    let (maps, paths) = d.e.poll_targets();
+    assert!(maps.is_empty(), "{maps:?}");
+    // Its paths' sessions and ALUA states are read meanwhile.
+    assert_eq!(paths, ["sda", "sdb"]);
+    d.run(works.into_iter().map(Command::Dm).collect(), None);
+    assert_eq!(d.e.poll_targets().0, ["sanvol1"]);
 }
 
 #[test]
@@ -412,18 +432,9 @@ fn a_reload_fails_paths_known_down_first_and_again_after() {
     assert_eq!(d.dm_state(WWID, "8:0"), DmPathState::Failed);
     d.dm.clear_log();
     // The policy changes: the map is reloaded.
-    d.e.set_config(
-        Config::from_toml_str(
-            &format!(
-                "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n\
-                 find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
-                d.dir.display()
-            ),
-            "test.toml",
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    d.reconfigure(
+        "find_multipaths = \"greedy\"\n[overrides]\npath_grouping_policy = \"failover\"\n",
+    );
     let s = d.reconcile();
     assert_eq!(s.reloaded, [WWID]);
     let log = d.dm.log();
@@ -594,16 +605,33 @@ fn a_path_with_stuck_io_is_steered_around_by_message_and_its_map_not_reloaded_un
     assert_eq!(d.dm.table(WWID).unwrap().groups[0].paths[0].dev, "8:0");
     d.dm.clear_log();
     // Silent loss begins on sda while responses already on the wire still complete:
-    // the probe reports one stuck request, a soft signal.
+    // the probe reports one stuck request, and two readings 50 ms apart show it still
+    // there: a soft signal.
+    let at = d.now;
     d.input(Input::Block {
         dev: SDA,
-        at_ns: d.now,
+        at_ns: at,
         signal: BlockSignal::Stalled {
             oldest: Duration::from_millis(260),
             since_completion: Some(Duration::from_millis(30)),
             inflight: 4,
         },
     });
+    for ms in [20, 70] {
+        assert_eq!(d.e.health().state(SDA), Some(PathState::Active));
+        d.now = at + ms * MS;
+        d.input(Input::Reading {
+            dev: SDA,
+            reading: crate::health::Reading {
+                last_complete_ns: at - 10 * MS,
+                inflight: 4,
+                oldest: Some(Duration::from_millis(260 + ms)),
+                completions: 10,
+                ok_completions: 10,
+                ..Default::default()
+            },
+        });
+    }
     assert_eq!(d.e.health().state(SDA), Some(PathState::Degraded));
     let log = d.dm.log();
     // I/O moves to sdb's group by a message at once; no reload (its suspend would wait
@@ -764,6 +792,18 @@ fn a_changed_alias_renames_the_live_map_on_reconfigure_without_a_reload() {
 }
 
 impl Driver {
+    /// Swaps in a new config: `extra_toml` after the `[defaults]` files of this driver's
+    /// directory, as [`Driver::on`] writes them.
+    fn reconfigure(&mut self, extra_toml: &str) {
+        let toml = format!(
+            "[defaults]\nbindings_file = \"{0}/bindings\"\nwwids_file = \"{0}/wwids\"\n{extra_toml}",
+            self.dir.display()
+        );
+        self.e
+            .set_config(Config::from_toml_str(&toml, "test.toml").unwrap())
+            .unwrap();
+    }
+
     /// Sets a path's ALUA state as the kernel's handler shows it (`None`: no handler).
     fn alua(&self, name: &str, state: Option<&str>, preferred: bool) {
         let dev = self.sysfs_root.join("sys/block").join(name).join("device");
@@ -982,4 +1022,15 @@ fn an_alua_state_change_on_a_const_prio_map_reloads_nothing() {
         "{:?}",
         d.dm.log()
     );
+}
+
+#[test]
+fn a_maps_settings_follow_a_new_config_at_once_not_at_the_next_scan() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n[overrides]\nno_path_retry = 2\n");
+    d.reconcile();
+    assert_eq!(d.e.settings(WWID).no_path_retry, NoPathRetry::Retries(2));
+    d.reconfigure("find_multipaths = \"greedy\"\n[overrides]\nno_path_retry = 5\n");
+    // Read before any pass: the settings kept for the map (they are cached) are dropped
+    // with the old config.
+    assert_eq!(d.e.settings(WWID).no_path_retry, NoPathRetry::Retries(5));
 }
