@@ -239,8 +239,16 @@ lab__find_disk() {
 # full coldplug costs ~25 s under TCG; this takes well under a second). Call it before
 # lab_setup so the iSCSI disks get their udev properties and /dev/disk/by-id links as
 # they appear. dmsetup keeps DM_DISABLE_UDEV=1: it does not wait for udev cookies.
+# With LAB_UDEV_LOG=FILE its log goes to FILE (raise the level with `udevadm control
+# --log-level=debug`); otherwise it would go to the kernel log, whose ring is too small.
 lab_udev_start() {
-	/lib/systemd/systemd-udevd --daemon --resolve-names=never >/dev/null 2>&1 || lab_fail "systemd-udevd did not start"
+	if [ -n "${LAB_UDEV_LOG:-}" ]; then
+		SYSTEMD_LOG_TARGET=console SYSTEMD_LOG_COLOR=0 /lib/systemd/systemd-udevd --resolve-names=never \
+			</dev/null >>"$LAB_UDEV_LOG" 2>&1 &
+		lab_wait 10 "systemd-udevd to answer" udevadm control --ping
+	else
+		/lib/systemd/systemd-udevd --daemon --resolve-names=never >/dev/null 2>&1 || lab_fail "systemd-udevd did not start"
+	fi
 	lab_do udevadm trigger --action=add --subsystem-match=block --subsystem-match=scsi
 	lab_do udevadm settle --timeout=30
 	lab_event info "systemd-udevd running (block and scsi triggered)"

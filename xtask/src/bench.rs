@@ -458,6 +458,9 @@ fn startup_summary(raw: &str) -> Result<Value> {
         "rounds_budget_s": tools["budget_s"],
         "multipath": multipath,
         "mpathd": mpathd,
+        // One portal's silent loss with mpathd managing every map under IO (null when
+        // that part did not run: BENCH_SCALE=0, or mpathd not available).
+        "fault_at_scale": kind("fault_at_scale").next().cloned().unwrap_or(Value::Null),
         "target": {
             "rule": format!("mpathd median <= {STARTUP_TARGET_S} s and < multipath -r median"),
             "mpathd_median_s": md_med,
@@ -525,6 +528,7 @@ mod tests {
                 .contains("not available")
         );
         assert_eq!(v["target"]["met"], Value::Null);
+        assert_eq!(v["fault_at_scale"], Value::Null);
     }
 
     #[test]
@@ -542,5 +546,9 @@ mod tests {
         assert_eq!(v["target"]["met"], false);
         let ok = raw.lines().take(4).collect::<Vec<_>>().join("\n");
         assert_eq!(startup_summary(&ok).unwrap()["target"]["met"], true);
+        let scale = r#"{"kind":"fault_at_scale","maps":2,"failed_by_mpathd":2,"last_fail_s":0.6}"#;
+        let v = startup_summary(&format!("{ok}\n{scale}\n")).unwrap();
+        assert_eq!(v["fault_at_scale"]["failed_by_mpathd"], 2);
+        assert_eq!(v["fault_at_scale"]["last_fail_s"], 0.6);
     }
 }

@@ -113,7 +113,10 @@ cp "$B/mpathd.toml" "$LAB_OUT/mpathd.toml"
 # --- the paths ---------------------------------------------------------------------------------
 lab_step "setup: udevd, $BENCH_LUNS LUNs x $LAB_PORTALS portals"
 t_a=$EPOCHREALTIME
-lab_udev_start
+# udevd's own log, for why a `multipath -r` round waits on a udev cookie that never
+# completes: at info level it names workers that failed or timed out. With
+# BENCH_UDEV_DEBUG=1 it logs every event of the multipath rounds (slower: not for timing).
+LAB_UDEV_LOG=$LAB_OUT/udevd.log lab_udev_start
 t_b=$EPOCHREALTIME
 lab_modules
 lab_target_start_luns "$BENCH_LUNS" "$BENCH_LUN_MB"
@@ -179,12 +182,15 @@ round_multipath() {
 	rm -f "$B/maps.$r"
 	bench__watch_maps "$BENCH_LUNS" "$end" "$B/maps.$r" &
 	local w=$!
+	[ "${BENCH_UDEV_DEBUG:-0}" = 1 ] && udevadm control --log-level=debug
+	echo "=== multipath -r round $r starts" >>"$LAB_OUT/udevd.log"
 	t0=$EPOCHREALTIME
 	env -u DM_DISABLE_UDEV multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1 &
 	local mp=$!
 	while kill -0 "$mp" 2>/dev/null && [ "${EPOCHREALTIME%.*}" -lt "$end" ]; do
 		read -r -t 0.1 -u "$BENCH_SLEEP_FD" _
 	done
+	[ "${BENCH_UDEV_DEBUG:-0}" = 1 ] && udevadm control --log-level=info
 	if kill -0 "$mp" 2>/dev/null; then
 		# Still running at the deadline: where it waits, and what udev is doing then.
 		bench_stuck "$mp" >"$LAB_OUT/multipath-r$r.stuck" 2>&1
@@ -245,7 +251,10 @@ round_mpathd() {
 	wait "$w"
 	tm=$(cat "$B/maps.$r")
 	tr=
-	[ -e "$ready" ] && read -r tr _ <"$ready"
+	# When the daemon wrote the line (its own timestamp), not when this script's reader
+	# got to it: under TCG the reader falls seconds behind 400 log lines.
+	local stamp
+	[ -e "$ready" ] && read -r tr stamp _ <"$ready" && stamp=$(date -d "$stamp" +%s.%N 2>/dev/null) && tr=$stamp
 	[ -z "$tr" ] && [ "$why" = null ] && why=$(jstr "no ready line within ${BENCH_ROUND_TIMEOUT} s")
 	maps=$(bench_mp_maps)
 	local rline=""
@@ -281,4 +290,164 @@ for r in $(seq "$BENCH_ROUNDS"); do
 	fi
 	pair_s=$(secs "$t_round" "$EPOCHREALTIME")
 done
+
+# --- one portal's fault with every map under IO ------------------------------------------------
+# mpathd manages all maps; each map carries a light random read (fio, BENCH_SCALE_IOPS a
+# map); portal 1's traffic is dropped in the network (silent loss: the worst fault, no
+# signal but silence). One iSCSI connection carries portal 1's path of every LUN, so one
+# decision must fail all of them and hand their stuck IO back. Recorded: when each path
+# was failed (mpathd's log), each map's longest IO wait (fio's max completion latency),
+# app IO errors, and how long after the fault ends the paths are back in use.
+: "${BENCH_SCALE:=1}"             # 0: skip this part
+: "${BENCH_SCALE_IOPS:=2}"        # reads a second on each map
+: "${BENCH_SCALE_FAULT_S:=20}"    # how long portal 1 stays silent
+: "${BENCH_SCALE_RECOVER_S:=90}"  # how long to wait for every path to be back in use
+: "${BENCH_SCALE_LOG:=info}"       # MPATHD_LOG of the daemon in this part
+
+# bench_portal_paths I: the SCSI disks behind portal I, one "sdX MAJ:MIN" a line (sysfs:
+# disk -> session -> its connection's address).
+bench_portal_paths() {
+	local d s a devt
+	for d in /sys/block/sd*; do
+		s=$(readlink -f "$d/device")
+		s=${s%/target*}
+		s=${s##*/}
+		read -r a <"/sys/class/iscsi_connection/connection${s#session}:0/persistent_address" || continue
+		read -r devt <"$d/dev"
+		[ "$a" = "10.99.$1.2" ] && echo "${d##*/} $devt"
+	done
+}
+
+# bench_dm_failed_on FILE: how many of the paths listed in FILE dm shows failed now.
+bench_dm_failed_on() {
+	dmsetup status --target multipath 2>/dev/null | awk -v list="$1" '
+		BEGIN { while ((getline l < list) > 0) { split(l, a, " "); want[a[2]] = 1 } }
+		{ for (i = 1; i < NF; i++) if ($i in want && $(i + 1) == "F") f++ }
+		END { print f + 0 }'
+}
+
+scale_fault() {
+	local log=$LAB_OUT/mpathd-scale.log pid t0 tr end names n fio_pid tf tu failed back watching why=null
+	lab_step "fault at scale: mpathd manages $BENCH_LUNS maps, each under IO; silent loss on portal 1"
+	bench_flush
+	bench_portal_paths 1 >"$B/portal1.paths"
+	n=$(wc -l <"$B/portal1.paths")
+	[ "$n" = "$BENCH_LUNS" ] || lab_fail "$n paths behind portal 1, expected $BENCH_LUNS"
+	rm -f "$B/mpathd.sock"
+	t0=$EPOCHREALTIME
+	env -u DM_DISABLE_UDEV MPATHD_LOG="$BENCH_SCALE_LOG" "$MPATHD_BIN" daemon --config "$B/mpathd.toml" --socket "$B/mpathd.sock" 2>"$log" >/dev/null &
+	pid=$!
+	end=$((${EPOCHREALTIME%.*} + BENCH_ROUND_TIMEOUT))
+	until grep -q "ready maps=" "$log" || ! kill -0 "$pid" 2>/dev/null || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
+		read -r -t 0.2 -u "$BENCH_SLEEP_FD" _
+	done
+	grep -q "ready maps=" "$log" || lab_fail "mpathd was not ready within ${BENCH_ROUND_TIMEOUT} s: $(tail -3 "$log")"
+	lab_wait "$BENCH_ROUND_TIMEOUT" "all $BENCH_LUNS maps live" bench__live_at_least "$BENCH_LUNS"
+	# The fault is for the probes to see: wait until they watch both sessions' connections
+	# (under TCG that came up to 100 s after the ready line), and record when.
+	bench__watching() { [ "$(grep -c 'watching iSCSI connection' "$log")" -ge "$LAB_PORTALS" ]; }
+	lab_wait "$BENCH_ROUND_TIMEOUT" "mpathd's probes on the $LAB_PORTALS connections" bench__watching
+	watching=$(secs "$t0" "$EPOCHREALTIME")
+	lab_event info "mpathd watches both connections $watching s after its start"
+	names=$(dmsetup ls --target multipath | awk '{print $1}' | sort)
+	# A map is live in dm before udev has made its /dev/mapper node: with a release
+	# mpathd all 128 maps were live 18 s after its start and fio found a node missing.
+	bench__nodes() { local m; for m in $names; do [ -b "/dev/mapper/$m" ] || return 1; done; }
+	lab_wait "$BENCH_ROUND_TIMEOUT" "the /dev/mapper nodes of all $BENCH_LUNS maps" bench__nodes
+	tr=$EPOCHREALTIME
+	{
+		printf '[global]\nioengine=psync\ndirect=1\nrw=randread\nbs=4k\nthread=1\n'
+		printf 'rate_iops=%d\ntime_based=1\nruntime=%d\n' "$BENCH_SCALE_IOPS" $((15 + BENCH_SCALE_FAULT_S + 15))
+		for m in $names; do printf '[%s]\nfilename=/dev/mapper/%s\n' "$m" "$m"; done
+	} >"$B/scale.fio"
+	fio --output-format=json --output="$LAB_OUT/scale-fio.json" "$B/scale.fio" >"$LAB_OUT/scale-fio.log" 2>&1 &
+	fio_pid=$!
+	lab_sleep_since "$tr" 15
+	tf=$EPOCHREALTIME
+	lab_drop_net 1
+	# Every portal-1 path failed in dm, as the kernel shows it.
+	end=$((${tf%.*} + BENCH_SCALE_FAULT_S))
+	until [ "$(bench_dm_failed_on "$B/portal1.paths")" = "$n" ] || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
+		read -r -t 0.2 -u "$BENCH_SLEEP_FD" _
+	done
+	failed=$EPOCHREALTIME
+	[ "$(bench_dm_failed_on "$B/portal1.paths")" = "$n" ] || failed=
+	lab_event info "portal 1's $n paths failed in dm: $( [ -n "$failed" ] && echo "$(secs "$tf" "$failed") s after the fault (an upper bound: dmsetup under TCG)" || echo "not all within ${BENCH_SCALE_FAULT_S} s")"
+	lab_sleep_since "$tf" "$BENCH_SCALE_FAULT_S"
+	tu=$EPOCHREALTIME
+	lab_undrop_net 1
+	wait "$fio_pid"
+	local fio_rc=$?
+	# Back in use: none of portal 1's paths failed in dm any more.
+	end=$((${tu%.*} + BENCH_SCALE_RECOVER_S))
+	until [ "$(bench_dm_failed_on "$B/portal1.paths")" = 0 ] || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
+		read -r -t 0.5 -u "$BENCH_SLEEP_FD" _
+	done
+	back=$EPOCHREALTIME
+	[ "$(bench_dm_failed_on "$B/portal1.paths")" = 0 ] || back=
+	dmsetup status --target multipath >"$LAB_OUT/scale-dm-status.txt" 2>&1
+	bench_stop "$pid" "$LAB_OUT/mpathd-scale.sigterm"
+	[ "$fio_rc" = 0 ] || why=$(jstr "fio exited with $fio_rc: $(tail -3 "$LAB_OUT/scale-fio.log")")
+	# The daemon's own account: each fail_path decision after the fault, when it was
+	# logged, its signal-to-decision and decision-to-done times.
+	rec "$(BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
+		import datetime, json, os, re, sys
+		log, fio, paths, t0, tf, failed, tu, back, why = sys.argv[1:]
+		t0, tf, tu = float(t0), float(tf), float(tu)
+		mine = {l.split()[0] for l in open(paths) if l.strip()}
+		def stamp(line):
+		    ts = line.split()[0].rstrip("Z")
+		    return datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
+		fails, rescues, ready = [], [], None
+		for line in open(log, errors="replace"):
+		    try:
+		        at = stamp(line)
+		    except (ValueError, IndexError):
+		        continue
+		    if ready is None and "ready maps=" in line:
+		        ready = at - t0
+		    if " INFO " not in line or at < tf:
+		        continue
+		    m = re.search(r"fail_path: \S+ -> failed .* path=(\S+) .*signal_to_decision_ms=([\d.]+)(?: decision_to_done_ms=([\d.]+))?", line)
+		    if m:
+		        fails.append({"path": m.group(1), "at_s": round(at - tf, 3),
+		                      "signal_to_decision_ms": float(m.group(2)),
+		                      "decision_to_done_ms": float(m.group(3)) if m.group(3) else None,
+		                      "portal1": m.group(1) in mine})
+		    elif "rescue: " in line:
+		        rescues.append(round(at - tf, 3))
+		jobs = []
+		try:
+		    jobs = json.load(open(fio))["jobs"]
+		except Exception as e:
+		    why = why if why != "null" else json.dumps(f"fio's output: {e}")
+		waits = sorted(j["read"]["clat_ns"]["max"] / 1e9 for j in jobs)
+		errors = sum(j.get("error", 0) != 0 for j in jobs)
+		p1 = [f for f in fails if f["portal1"]]
+		def pct(v, q):
+		    return round(v[min(len(v) - 1, int(q * len(v)))], 3) if v else None
+		print(json.dumps({
+		    "kind": "fault_at_scale",
+		    "fault": "silent loss in the network on portal 1 (nft drop both ways in the target's namespace)",
+		    "maps": len(jobs), "portal1_paths": len(mine), "iops_per_map": int(os.environ["BENCH_SCALE_IOPS"]),
+		    "ready_s": round(ready, 3) if ready is not None else None,
+		    "watching_s": float(os.environ["WATCHING_S"]),
+		    "failed_by_mpathd": len(p1), "failed_other_paths": len(fails) - len(p1),
+		    "first_fail_s": min((f["at_s"] for f in p1), default=None),
+		    "last_fail_s": max((f["at_s"] for f in p1), default=None),
+		    "max_decision_to_done_ms": max((f["decision_to_done_ms"] or 0 for f in p1), default=None),
+		    "dm_all_failed_s": round(float(failed) - tf, 3) if failed else None,
+		    "rescues_s": rescues,
+		    "longest_io_wait_s": {"max": waits[-1] if waits else None, "p50": pct(waits, 0.5), "p90": pct(waits, 0.9)},
+		    "maps_over_1s": sum(w > 1 for w in waits),
+		    "fio_jobs_with_errors": errors,
+		    "fault_s": round(tu - tf, 3),
+		    "back_in_use_s": round(float(back) - tu, 3) if back else None,
+		    "error": json.loads(why) if why != "null" else None,
+		}))
+	PY
+	)"
+	lab_event info "fault at scale: $(tail -1 "$RAW")"
+}
+[ "$BENCH_SCALE" = 1 ] && [ $mpathd_available = 1 ] && scale_fault
 lab_done
