@@ -78,7 +78,7 @@ lab_do() {
 	fi
 }
 
-lab_wait() { # lab_wait SECONDS WHAT CMD...: poll CMD every 0.1 s
+lab_wait() { # lab_wait SECONDS WHAT CMD...: poll CMD every 0.1 s (LAB_WAIT_POLL seconds if set)
 	local secs=$1 what=$2 end
 	shift 2
 	end=$(awk -v t="$EPOCHREALTIME" -v s="$secs" 'BEGIN{printf "%.3f", t+s}')
@@ -87,7 +87,7 @@ lab_wait() { # lab_wait SECONDS WHAT CMD...: poll CMD every 0.1 s
 			lab_kernel_stacks
 			lab_fail "timed out after ${secs}s waiting for $what"
 		fi
-		sleep 0.1
+		sleep "${LAB_WAIT_POLL:-0.1}"
 	done
 }
 
