@@ -279,7 +279,17 @@ impl Engine {
             }
         }
         self.bindings = bindings;
-        self.wwids = WwidsFile::load(&cfg.defaults.wwids_file)?;
+        let mut wwids = WwidsFile::load(&cfg.defaults.wwids_file)?;
+        // The file is written off the loop, so a write of a WWID just added may not have
+        // landed yet: the file alone would forget it, and the next write would drop it
+        // from the file too. Every managed map's WWID is kept, as multipathd remembers
+        // each map's WWID again when it reconfigures.
+        if wwids.path() == self.wwids.path() {
+            for m in self.maps.values().filter(|m| m.info.is_some()) {
+                wwids.add(&m.wwid);
+            }
+        }
+        self.wwids = wwids;
         let mut hcfg = self.health.config().clone();
         hcfg.reinstate_checks = cfg.defaults.reinstate_checks;
         self.health.set_config(hcfg);

@@ -32,6 +32,8 @@ struct Driver {
     now: Ns,
     /// Commands other than device-mapper work, in order.
     other: Vec<Command>,
+    /// When set, file writes are kept here instead of done (a write still on its way).
+    held_writes: Option<Vec<(PathBuf, String)>>,
 }
 
 fn tmpdir() -> PathBuf {
@@ -86,6 +88,7 @@ impl Driver {
             dir,
             now: 1000 * S,
             other: Vec::new(),
+            held_writes: None,
         }
     }
 
@@ -121,9 +124,10 @@ impl Driver {
                     errors.extend(o.error);
                     q.extend(o.commands);
                 }
-                Command::WriteFile { path, contents } => {
-                    crate::config::bindings::write_atomic(&path, &contents).unwrap();
-                }
+                Command::WriteFile { path, contents } => match &mut self.held_writes {
+                    Some(held) => held.push((path, contents)),
+                    None => crate::config::bindings::write_atomic(&path, &contents).unwrap(),
+                },
                 Command::Poll => {
                     let (maps, paths) = self.e.poll_targets();
                     let p = gather::poll(&self.sysfs, &self.dm, &maps, &paths);
@@ -1033,4 +1037,31 @@ fn a_maps_settings_follow_a_new_config_at_once_not_at_the_next_scan() {
     // Read before any pass: the settings kept for the map (they are cached) are dropped
     // with the old config.
     assert_eq!(d.e.settings(WWID).no_path_retry, NoPathRetry::Retries(5));
+}
+
+#[test]
+fn a_reconfigure_while_the_wwids_write_is_on_its_way_keeps_the_wwid() {
+    let seed = format!("[[multipaths]]\nwwid = \"{WWID}\"\nalias = \"sanvol1\"\n");
+    let mut d = Driver::new(&seed);
+    d.held_writes = Some(Vec::new());
+    let s = d.reconcile();
+    assert_eq!(s.created, ["sanvol1"], "{s:?}");
+    let held = d.held_writes.take().unwrap();
+    assert_eq!(held.len(), 1, "the wwids file is written once");
+    // SIGHUP before the write lands: the file on disk does not have the WWID yet.
+    assert!(!d.dir.join("wwids").exists());
+    d.reconfigure(&seed);
+    assert!(
+        d.e.wwids.contains(WWID),
+        "the reload forgot a WWID still being written"
+    );
+    // The write lands; a later one still has the WWID.
+    for (path, contents) in held {
+        crate::config::bindings::write_atomic(&path, &contents).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(d.dir.join("wwids"))
+            .unwrap()
+            .contains(&format!("/{WWID}/"))
+    );
 }
