@@ -195,9 +195,10 @@ impl Event {
 }
 
 /// The watch set with each path's learned limits kept as they are in the kernel unless
-/// they moved by more than an eighth: the baselines move a little with every reading, and
-/// sending them all to the probes each second cost the watcher's thread 256 map writes a
-/// second at 256 paths, for nothing a rule could tell apart.
+/// they moved by more than an eighth (a stall limit that rose is always sent): the
+/// baselines move a little with every reading, and sending them all to the probes each
+/// second cost the watcher's thread 256 map writes a second at 256 paths, for nothing a
+/// rule could tell apart.
 fn settle_limits(current: &[WatchSpec], mut specs: Vec<WatchSpec>) -> Vec<WatchSpec> {
     fn settle(old: Duration, new: Duration) -> Duration {
         if old.abs_diff(new) * 8 <= old {
@@ -213,7 +214,12 @@ fn settle_limits(current: &[WatchSpec], mut specs: Vec<WatchSpec>) -> Vec<WatchS
             continue;
         };
         s.path.latency_limit = settle(old.path.latency_limit, s.path.latency_limit);
-        s.path.stall_limit = settle(old.path.stall_limit, s.path.stall_limit);
+        // A stall limit that rose is always sent: below the engine's, the probe would
+        // report the stall early, the engine would read it as one stuck request, and the
+        // probe reports a request only once. One that fell a little reports a little late.
+        if s.path.stall_limit <= old.path.stall_limit {
+            s.path.stall_limit = settle(old.path.stall_limit, s.path.stall_limit);
+        }
         s.tcp.rtt_limit = settle(old.tcp.rtt_limit, s.tcp.rtt_limit);
     }
     specs
@@ -1560,12 +1566,16 @@ mod watch_tests {
     #[test]
     fn learned_limits_that_moved_by_an_eighth_or_less_are_not_sent_again() {
         let current = vec![spec(0, 160, 250, 100), spec(16, 160, 250, 100)];
-        // A baseline that drifted by 20 ms of 160 (an eighth): the same watch set.
+        // A baseline that drifted by 20 ms of 160 (an eighth), a stall limit that fell by
+        // 30 ms of 250: the same watch set.
         let settled = settle_limits(
             &current,
-            vec![spec(0, 180, 250, 100), spec(16, 140, 250, 100)],
+            vec![spec(0, 180, 250, 100), spec(16, 140, 220, 100)],
         );
         assert_eq!(settled, current);
+        // A stall limit that rose, however little, is sent.
+        let settled = settle_limits(&current, vec![spec(0, 160, 260, 100)]);
+        assert_eq!(settled, vec![spec(0, 160, 260, 100)]);
         // A limit that moved by more (a slow path's stall limit from its RTT) is sent;
         // the other path's small drift stays out.
         let settled = settle_limits(
