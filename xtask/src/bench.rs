@@ -387,6 +387,13 @@ fn startup_summary(raw: &str) -> Result<Value> {
         .context("no setup record: the lab run stopped before the paths were up")?;
     let tools = kind("tools").next().cloned().unwrap_or(json!({}));
     let luns = setup["luns"].as_u64().unwrap_or(0);
+    // Records before the daemon was named in them were mpathd's.
+    let scale = |stack: &str| {
+        kind("fault_at_scale")
+            .find(|r| r["stack"].as_str().unwrap_or("mpathd") == stack)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let side = |tool: &str, extra_key: &str| {
         let rounds: Vec<&Value> = kind("round").filter(|r| r["tool"] == tool).collect();
         let secs: Vec<f64> = rounds.iter().filter_map(|r| r["maps_s"].as_f64()).collect();
@@ -458,9 +465,12 @@ fn startup_summary(raw: &str) -> Result<Value> {
         "rounds_budget_s": tools["budget_s"],
         "multipath": multipath,
         "mpathd": mpathd,
-        // One portal's silent loss with mpathd managing every map under IO (null when
-        // that part did not run: BENCH_SCALE=0, or mpathd not available).
-        "fault_at_scale": kind("fault_at_scale").next().cloned().unwrap_or(Value::Null),
+        // One portal's silent loss with a daemon managing every map under IO, by daemon
+        // (`mpathd`, `multipathd`); a daemon whose part did not run is null.
+        "fault_at_scale": {
+            "mpathd": scale("mpathd"),
+            "multipathd": scale("multipathd"),
+        },
         "target": {
             "rule": format!("mpathd median <= {STARTUP_TARGET_S} s and < multipath -r median"),
             "mpathd_median_s": md_med,
@@ -528,7 +538,8 @@ mod tests {
                 .contains("not available")
         );
         assert_eq!(v["target"]["met"], Value::Null);
-        assert_eq!(v["fault_at_scale"], Value::Null);
+        assert_eq!(v["fault_at_scale"]["mpathd"], Value::Null);
+        assert_eq!(v["fault_at_scale"]["multipathd"], Value::Null);
     }
 
     #[test]
@@ -546,9 +557,15 @@ mod tests {
         assert_eq!(v["target"]["met"], false);
         let ok = raw.lines().take(4).collect::<Vec<_>>().join("\n");
         assert_eq!(startup_summary(&ok).unwrap()["target"]["met"], true);
-        let scale = r#"{"kind":"fault_at_scale","maps":2,"failed_by_mpathd":2,"last_fail_s":0.6}"#;
-        let v = startup_summary(&format!("{ok}\n{scale}\n")).unwrap();
-        assert_eq!(v["fault_at_scale"]["failed_by_mpathd"], 2);
-        assert_eq!(v["fault_at_scale"]["last_fail_s"], 0.6);
+        let ours = r#"{"kind":"fault_at_scale","stack":"mpathd","maps":2,"failed_by_daemon":2,"last_fail_s":0.6}"#;
+        let theirs = r#"{"kind":"fault_at_scale","stack":"multipathd","maps":2,"failed_by_daemon":1,"last_fail_s":14.2}"#;
+        let v = startup_summary(&format!("{ok}\n{ours}\n{theirs}\n")).unwrap();
+        assert_eq!(v["fault_at_scale"]["mpathd"]["failed_by_daemon"], 2);
+        assert_eq!(v["fault_at_scale"]["mpathd"]["last_fail_s"], 0.6);
+        assert_eq!(v["fault_at_scale"]["multipathd"]["last_fail_s"], 14.2);
+        // Only mpathd's part ran.
+        let v = startup_summary(&format!("{ok}\n{ours}\n")).unwrap();
+        assert_eq!(v["fault_at_scale"]["mpathd"]["maps"], 2);
+        assert_eq!(v["fault_at_scale"]["multipathd"], Value::Null);
     }
 }

@@ -1,5 +1,5 @@
 # lab: start-up with many paths: 128 LUNs x 2 portals, `multipath -r` vs `mpathd daemon`, time to all maps (cargo xtask bench startup)
-# lab-timeout: 1500
+# lab-timeout: 2100
 # A benchmark, not a test: it lives outside tests/lab/scenarios/ so `cargo xtask test` does
 # not run it. `cargo xtask bench startup` runs it with a release mpathd (BENCH_MPATHD) and
 # turns $LAB_OUT/startup-raw.jsonl into target/bench/startup.json (docs/bench.md).
@@ -208,7 +208,7 @@ round_multipath() {
 		"$r" "$rc" "$(secs "$t0" "$t1")" "$(jsecs "$t0" "$tm")" "$maps")"
 }
 
-bench_stop() { # bench_stop PID OUT: SIGTERM, then SIGKILL after 30 s; OUT: its threads then
+bench_stop() { # bench_stop PID OUT [NAME]: SIGTERM, then SIGKILL after 30 s; OUT: its threads then
 	local i t
 	kill -TERM "$1" 2>/dev/null || return 0
 	for i in $(seq 300); do
@@ -220,7 +220,7 @@ bench_stop() { # bench_stop PID OUT: SIGTERM, then SIGKILL after 30 s; OUT: its 
 		done >"$2" 2>&1
 		read -r -t 0.1 -u "$BENCH_SLEEP_FD" _
 	done
-	kill -0 "$1" 2>/dev/null && { lab_event info "mpathd ignored SIGTERM for 30 s: SIGKILL (its threads at 5 s: ${2##*/})"; kill -KILL "$1"; }
+	kill -0 "$1" 2>/dev/null && { lab_event info "${3:-mpathd} ignored SIGTERM for 30 s: SIGKILL (its threads at 5 s: ${2##*/})"; kill -KILL "$1"; }
 	wait "$1" 2>/dev/null
 }
 
@@ -292,13 +292,15 @@ for r in $(seq "$BENCH_ROUNDS"); do
 done
 
 # --- one portal's fault with every map under IO ------------------------------------------------
-# mpathd manages all maps; each map carries a light random read (fio, BENCH_SCALE_IOPS a
-# map); portal 1's traffic is dropped in the network (silent loss: the worst fault, no
-# signal but silence). One iSCSI connection carries portal 1's path of every LUN, so one
-# decision must fail all of them and hand their stuck IO back. Recorded: when each path
-# was failed (mpathd's log), each map's longest IO wait (fio's max completion latency),
-# app IO errors, and how long after the fault ends the paths are back in use.
+# A daemon manages all maps (mpathd, then multipathd, from the same paths); each map carries
+# a light random read (fio, BENCH_SCALE_IOPS a map); portal 1's traffic is dropped in the
+# network (silent loss: the worst fault, no signal but silence). One iSCSI connection
+# carries portal 1's path of every LUN, so one decision must fail all of them and hand
+# their stuck IO back. Recorded per daemon: when each path was failed (the daemon's log),
+# when dm showed them all failed, each map's longest IO wait (fio's max completion
+# latency), app IO errors, and how long after the fault ends the paths are back in use.
 : "${BENCH_SCALE:=1}"             # 0: skip this part
+: "${BENCH_SCALE_STACKS:=mpathd multipathd}"
 : "${BENCH_SCALE_IOPS:=2}"        # reads a second on each map
 : "${BENCH_SCALE_FAULT_S:=20}"    # how long portal 1 stays silent
 : "${BENCH_SCALE_RECOVER_S:=90}"  # how long to wait for every path to be back in use
@@ -325,16 +327,18 @@ bench_dm_failed_on() {
 		{ for (i = 1; i < NF; i++) if ($i in want && $(i + 1) == "F") f++ }
 		END { print f + 0 }'
 }
+# bench__dm_paths_at_least N: the multipath maps hold N paths in all.
+bench__dm_paths_at_least() {
+	[ "$(dmsetup status --target multipath 2>/dev/null | awk '
+		{ for (i = 1; i < NF; i++) if ($i ~ /^[0-9]+:[0-9]+$/ && ($(i + 1) == "A" || $(i + 1) == "F")) n++ }
+		END { print n + 0 }')" -ge "$1" ]
+}
 
-scale_fault() {
-	local log=$LAB_OUT/mpathd-scale.log pid t0 tr end names n fio_pid tf tu failed back watching why=null
-	lab_step "fault at scale: mpathd manages $BENCH_LUNS maps, each under IO; silent loss on portal 1"
-	bench_flush
-	bench_portal_paths 1 >"$B/portal1.paths"
-	n=$(wc -l <"$B/portal1.paths")
-	[ "$n" = "$BENCH_LUNS" ] || lab_fail "$n paths behind portal 1, expected $BENCH_LUNS"
+# scale_up_mpathd LOG: mpathd started; sets pid. Ready when it has logged its ready line,
+# every map is live and its probes watch both connections.
+scale_up_mpathd() {
+	local log=$1 end
 	rm -f "$B/mpathd.sock"
-	t0=$EPOCHREALTIME
 	env -u DM_DISABLE_UDEV MPATHD_LOG="$BENCH_SCALE_LOG" "$MPATHD_BIN" daemon --config "$B/mpathd.toml" --socket "$B/mpathd.sock" 2>"$log" >/dev/null &
 	pid=$!
 	end=$((${EPOCHREALTIME%.*} + BENCH_ROUND_TIMEOUT))
@@ -347,8 +351,38 @@ scale_fault() {
 	# (under TCG that came up to 100 s after the ready line), and record when.
 	bench__watching() { [ "$(grep -c 'watching iSCSI connection' "$log")" -ge "$LAB_PORTALS" ]; }
 	lab_wait "$BENCH_ROUND_TIMEOUT" "mpathd's probes on the $LAB_PORTALS connections" bench__watching
+}
+
+# scale_up_multipathd LOG: Debian's multipathd with /etc/multipath.conf above (its
+# defaults for the checks: polling_interval 5, tur, fast_io_fail_tmo 5); sets pid. Each log
+# line is stamped with the epoch as it is read. DM_DISABLE_UDEV=1: with udev sync, its
+# map creation at this scale waits forever on a udev cookie in this lab (see `multipath
+# -r` above and docs/bench.md); libdevmapper then makes the /dev/mapper nodes itself. Ready
+# when every map is live with all its paths.
+scale_up_multipathd() {
+	local log=$1
+	DM_DISABLE_UDEV=1 multipathd -d -s -v2 > >(while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done >"$log") 2>&1 &
+	pid=$!
+	local end=$((${EPOCHREALTIME%.*} + BENCH_ROUND_TIMEOUT)) all=$((BENCH_LUNS * LAB_PORTALS))
+	bench__mpd_up() { bench__live_at_least "$BENCH_LUNS" && bench__dm_paths_at_least "$all"; }
+	until bench__mpd_up || ! kill -0 "$pid" 2>/dev/null || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
+		read -r -t 0.5 -u "$BENCH_SLEEP_FD" _
+	done
+	kill -0 "$pid" 2>/dev/null || lab_fail "multipathd exited: $(tail -3 "$log")"
+	bench__mpd_up || lab_fail "multipathd had not made $BENCH_LUNS maps with $all paths within ${BENCH_ROUND_TIMEOUT} s: $(bench_mp_maps) maps"
+}
+
+scale_fault() {
+	local stack=$1 log=$LAB_OUT/$1-scale.log pid t0 tr end names n fio_pid tf tu failed back watching why=null
+	lab_step "fault at scale: $stack manages $BENCH_LUNS maps, each under IO; silent loss on portal 1"
+	bench_flush
+	bench_portal_paths 1 >"$B/portal1.paths"
+	n=$(wc -l <"$B/portal1.paths")
+	[ "$n" = "$BENCH_LUNS" ] || lab_fail "$n paths behind portal 1, expected $BENCH_LUNS"
+	t0=$EPOCHREALTIME
+	"scale_up_$stack" "$log"
 	watching=$(secs "$t0" "$EPOCHREALTIME")
-	lab_event info "mpathd watches both connections $watching s after its start"
+	lab_event info "$stack ready for the fault (maps live, probes watching for mpathd) $watching s after its start"
 	names=$(dmsetup ls --target multipath | awk '{print $1}' | sort)
 	# A map is live in dm before udev has made its /dev/mapper node: with a release
 	# mpathd all 128 maps were live 18 s after its start and fio found a node missing.
@@ -360,7 +394,7 @@ scale_fault() {
 		printf 'rate_iops=%d\ntime_based=1\nruntime=%d\n' "$BENCH_SCALE_IOPS" $((15 + BENCH_SCALE_FAULT_S + 15))
 		for m in $names; do printf '[%s]\nfilename=/dev/mapper/%s\n' "$m" "$m"; done
 	} >"$B/scale.fio"
-	fio --output-format=json --output="$LAB_OUT/scale-fio.json" "$B/scale.fio" >"$LAB_OUT/scale-fio.log" 2>&1 &
+	fio --output-format=json --output="$LAB_OUT/$stack-scale-fio.json" "$B/scale.fio" >"$LAB_OUT/$stack-scale-fio.log" 2>&1 &
 	fio_pid=$!
 	lab_sleep_since "$tr" 15
 	tf=$EPOCHREALTIME
@@ -385,19 +419,29 @@ scale_fault() {
 	done
 	back=$EPOCHREALTIME
 	[ "$(bench_dm_failed_on "$B/portal1.paths")" = 0 ] || back=
-	dmsetup status --target multipath >"$LAB_OUT/scale-dm-status.txt" 2>&1
-	bench_stop "$pid" "$LAB_OUT/mpathd-scale.sigterm"
-	[ "$fio_rc" = 0 ] || why=$(jstr "fio exited with $fio_rc: $(tail -3 "$LAB_OUT/scale-fio.log")")
-	# The daemon's own account: each fail_path decision after the fault, when it was
-	# logged, its signal-to-decision and decision-to-done times.
-	rec "$(BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
+	dmsetup status --target multipath >"$LAB_OUT/$stack-scale-dm-status.txt" 2>&1
+	bench_stop "$pid" "$LAB_OUT/$stack-scale.sigterm" "$stack"
+	[ "$fio_rc" = 0 ] || why=$(jstr "fio exited with $fio_rc: $(tail -3 "$LAB_OUT/$stack-scale-fio.log")")
+	# The daemon's own account of each path it failed after the fault: mpathd's fail_path
+	# decisions (with its signal-to-decision and decision-to-done times), multipathd's
+	# "checker failed path" lines.
+	rec "$(STACK=$stack BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/$stack-scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
 		import datetime, json, os, re, sys
 		log, fio, paths, t0, tf, failed, tu, back, why = sys.argv[1:]
 		t0, tf, tu = float(t0), float(tf), float(tu)
-		mine = {l.split()[0] for l in open(paths) if l.strip()}
+		stack = os.environ["STACK"]
+		mine = set()
+		for l in open(paths):
+		    if l.strip():
+		        mine.update(l.split()[:2])
 		def stamp(line):
-		    ts = line.split()[0].rstrip("Z")
-		    return datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
+		    # mpathd: its own ISO timestamp; multipathd: the epoch this script stamped.
+		    first = line.split()[0]
+		    try:
+		        return float(first)
+		    except ValueError:
+		        ts = first.rstrip("Z")
+		        return datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
 		fails, rescues, ready = [], [], None
 		for line in open(log, errors="replace"):
 		    try:
@@ -406,16 +450,24 @@ scale_fault() {
 		        continue
 		    if ready is None and "ready maps=" in line:
 		        ready = at - t0
-		    if " INFO " not in line or at < tf:
+		    if at < tf:
 		        continue
-		    m = re.search(r"fail_path: \S+ -> failed .* path=(\S+) .*signal_to_decision_ms=([\d.]+)(?: decision_to_done_ms=([\d.]+))?", line)
-		    if m:
-		        fails.append({"path": m.group(1), "at_s": round(at - tf, 3),
-		                      "signal_to_decision_ms": float(m.group(2)),
-		                      "decision_to_done_ms": float(m.group(3)) if m.group(3) else None,
-		                      "portal1": m.group(1) in mine})
-		    elif "rescue: " in line:
-		        rescues.append(round(at - tf, 3))
+		    if stack == "mpathd":
+		        if " INFO " not in line:
+		            continue
+		        m = re.search(r"fail_path: \S+ -> failed .* path=(\S+) .*signal_to_decision_ms=([\d.]+)(?: decision_to_done_ms=([\d.]+))?", line)
+		        if m:
+		            fails.append({"path": m.group(1), "at_s": round(at - tf, 3),
+		                          "signal_to_decision_ms": float(m.group(2)),
+		                          "decision_to_done_ms": float(m.group(3)) if m.group(3) else None,
+		                          "portal1": m.group(1) in mine})
+		        elif "rescue: " in line:
+		            rescues.append(round(at - tf, 3))
+		    else:
+		        m = re.search(r"checker failed path (\S+) in map", line)
+		        if m:
+		            fails.append({"path": m.group(1), "at_s": round(at - tf, 3),
+		                          "decision_to_done_ms": None, "portal1": m.group(1) in mine})
 		jobs = []
 		try:
 		    jobs = json.load(open(fio))["jobs"]
@@ -427,15 +479,15 @@ scale_fault() {
 		def pct(v, q):
 		    return round(v[min(len(v) - 1, int(q * len(v)))], 3) if v else None
 		print(json.dumps({
-		    "kind": "fault_at_scale",
+		    "kind": "fault_at_scale", "stack": stack,
 		    "fault": "silent loss in the network on portal 1 (nft drop both ways in the target's namespace)",
-		    "maps": len(jobs), "portal1_paths": len(mine), "iops_per_map": int(os.environ["BENCH_SCALE_IOPS"]),
+		    "maps": len(jobs), "portal1_paths": len(mine) // 2, "iops_per_map": int(os.environ["BENCH_SCALE_IOPS"]),
 		    "ready_s": round(ready, 3) if ready is not None else None,
 		    "watching_s": float(os.environ["WATCHING_S"]),
-		    "failed_by_mpathd": len(p1), "failed_other_paths": len(fails) - len(p1),
+		    "failed_by_daemon": len(p1), "failed_other_paths": len(fails) - len(p1),
 		    "first_fail_s": min((f["at_s"] for f in p1), default=None),
 		    "last_fail_s": max((f["at_s"] for f in p1), default=None),
-		    "max_decision_to_done_ms": max((f["decision_to_done_ms"] or 0 for f in p1), default=None),
+		    "max_decision_to_done_ms": max((f["decision_to_done_ms"] or 0 for f in p1), default=None) if stack == "mpathd" else None,
 		    "dm_all_failed_s": round(float(failed) - tf, 3) if failed else None,
 		    "rescues_s": rescues,
 		    "longest_io_wait_s": {"max": waits[-1] if waits else None, "p50": pct(waits, 0.5), "p90": pct(waits, 0.9)},
@@ -447,7 +499,12 @@ scale_fault() {
 		}))
 	PY
 	)"
-	lab_event info "fault at scale: $(tail -1 "$RAW")"
+	lab_event info "fault at scale, $stack: $(tail -1 "$RAW")"
 }
-[ "$BENCH_SCALE" = 1 ] && [ $mpathd_available = 1 ] && scale_fault
+if [ "$BENCH_SCALE" = 1 ]; then
+	for stack in $BENCH_SCALE_STACKS; do
+		[ "$stack" = mpathd ] && [ $mpathd_available = 0 ] && continue
+		scale_fault "$stack"
+	done
+fi
 lab_done
