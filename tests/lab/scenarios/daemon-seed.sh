@@ -41,6 +41,13 @@ lab_wait_map_paths sanvol1 2 10
 lab_expect_log "reloaded map.*paths added: ${LAB_DEVT[2]}"
 
 lab_step "show topology"
+# After a reload no group is in use until IO picks one (dm's status says E for every
+# group), and the reload's own status poll comes before udev's blkid reads the map: read
+# it once, and mpathd's next poll (every second) shows the group that took the read.
+lab_wait 10 "/dev/mapper/sanvol1" test -b /dev/mapper/sanvol1
+lab_do dd if=/dev/mapper/sanvol1 of=/dev/null bs=4096 count=1 iflag=direct
+lab__group_active() { lab_mpathd show topology | grep -q "status=active"; }
+lab_wait 10 "mpathd to show the group that took the read as active" lab__group_active
 lab_mpathd show topology | tee "$LAB_OUT/topology.txt"
 lab_mpathd show topology --json >"$LAB_OUT/topology.json"
 LAB_OUT=$LAB_OUT python3 - "$W" "${LAB_DEV[1]}" "${LAB_DEV[2]}" "${LAB_DEVT[1]}" "${LAB_DEVT[2]}" <<'PY' || lab_fail "show topology is wrong"
