@@ -327,6 +327,16 @@ bench_dm_failed_on() {
 		{ for (i = 1; i < NF; i++) if ($i in want && $(i + 1) == "F") f++ }
 		END { print f + 0 }'
 }
+# bench_portal_io FILE: "READS INFLIGHT" summed over the disks listed in FILE, from each
+# disk's stat (reads completed, requests in flight): whether IO went down those paths.
+bench_portal_io() {
+	local d _x r=0 f=0 rd infl
+	while read -r d _x; do
+		read -r rd _ _ _ _ _ _ _ infl _ <"/sys/block/$d/stat" || continue
+		r=$((r + rd)) f=$((f + infl))
+	done <"$1"
+	echo "$r $f"
+}
 # bench__dm_paths_at_least N: the multipath maps hold N paths in all.
 bench__dm_paths_at_least() {
 	[ "$(dmsetup status --target multipath 2>/dev/null | awk '
@@ -407,16 +417,25 @@ scale_fault() {
 	fio --output-format=json --output="$LAB_OUT/$stack-scale-fio.json" "$B/scale.fio" >"$LAB_OUT/$stack-scale-fio.log" 2>&1 &
 	fio_pid=$!
 	lab_sleep_since "$tr" 15
+	local io0 io1=
+	io0=$(bench_portal_io "$B/portal1.paths")
 	tf=$EPOCHREALTIME
 	lab_drop_net 1
 	# Every portal-1 path failed in dm, as the kernel shows it.
 	end=$((${tf%.*} + BENCH_SCALE_FAULT_S))
 	until [ "$(bench_dm_failed_on "$B/portal1.paths")" = "$n" ] || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
+		[ -z "$io1" ] && [ "${EPOCHREALTIME%.*}" -ge $((${tf%.*} + 5)) ] && io1=$(bench_portal_io "$B/portal1.paths")
 		read -r -t 0.2 -u "$BENCH_SLEEP_FD" _
 	done
 	failed=$EPOCHREALTIME
 	[ "$(bench_dm_failed_on "$B/portal1.paths")" = "$n" ] || failed=
 	lab_event info "portal 1's $n paths failed in dm: $( [ -n "$failed" ] && echo "$(secs "$tf" "$failed") s after the fault (an upper bound: dmsetup under TCG)" || echo "not all within ${BENCH_SCALE_FAULT_S} s")"
+	# About 5 s into the fault: reads portal 1 completed so far, and those waiting on it.
+	if [ -z "$io1" ]; then
+		lab_sleep_since "$tf" 5
+		io1=$(bench_portal_io "$B/portal1.paths")
+	fi
+	lab_event info "portal 1's paths about 5 s into the fault: $((${io1% *} - ${io0% *})) reads completed since it began, ${io1#* } in flight (${io0#* } at its start)"
 	lab_sleep_since "$tf" "$BENCH_SCALE_FAULT_S"
 	tu=$EPOCHREALTIME
 	lab_undrop_net 1
@@ -435,7 +454,7 @@ scale_fault() {
 	# The daemon's own account of each path it failed after the fault: mpathd's fail_path
 	# decisions (with its signal-to-decision and decision-to-done times), multipathd's
 	# "checker failed path" lines.
-	rec "$(STACK=$stack BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/$stack-scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
+	rec "$(STACK=$stack IO_AT="$io0 $io1" BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/$stack-scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
 		import datetime, json, os, re, sys
 		log, fio, paths, t0, tf, failed, tu, back, why = sys.argv[1:]
 		t0, tf, tu = float(t0), float(tf), float(tu)
@@ -500,6 +519,10 @@ scale_fault() {
 		    "max_decision_to_done_ms": max((f["decision_to_done_ms"] or 0 for f in p1), default=None) if stack == "mpathd" else None,
 		    "dm_all_failed_s": round(float(failed) - tf, 3) if failed else None,
 		    "rescues_s": rescues,
+		    # Reads portal 1's paths completed in the fault's first 5 s, and those in flight
+		    # on them then: IO the fault held (or none, if the daemon's maps sent it none).
+		    "portal1_reads_first_5s": int(os.environ["IO_AT"].split()[2]) - int(os.environ["IO_AT"].split()[0]),
+		    "portal1_inflight_at_5s": int(os.environ["IO_AT"].split()[3]),
 		    "longest_io_wait_s": {"max": waits[-1] if waits else None, "p50": pct(waits, 0.5), "p90": pct(waits, 0.9)},
 		    "maps_over_1s": sum(w > 1 for w in waits),
 		    "fio_jobs_with_errors": errors,
