@@ -327,15 +327,35 @@ bench_dm_failed_on() {
 		{ for (i = 1; i < NF; i++) if ($i in want && $(i + 1) == "F") f++ }
 		END { print f + 0 }'
 }
-# bench_portal_io FILE: "READS INFLIGHT" summed over the disks listed in FILE, from each
-# disk's stat (reads completed, requests in flight): whether IO went down those paths.
-bench_portal_io() {
-	local d _x r=0 f=0 rd infl
-	while read -r d _x; do
-		read -r rd _ _ _ _ _ _ _ infl _ <"/sys/block/$d/stat" || continue
-		r=$((r + rd)) f=$((f + infl))
+# bench_stat_files OUT DEV...: the stat files of the block devices DEV, one a line, to OUT.
+bench_stat_files() {
+	local out=$1 d
+	shift
+	for d in "$@"; do echo "/sys/block/$d/stat"; done >"$out"
+}
+# bench_io_sampler OUT: once a second until killed, the epoch and "READS INFLIGHT" summed
+# over portal 1's disks, portal 2's disks and the maps (reads completed, requests in
+# flight): whether IO reached the maps and which portal carried it, second by second.
+bench_io_sampler() {
+	local t p1 p2 m
+	printf 'epoch\tp1_reads\tp1_inflight\tp2_reads\tp2_inflight\tmap_reads\tmap_inflight\n' >"$1"
+	while :; do
+		t=$EPOCHREALTIME
+		p1=$(awk '{r += $1; f += $9} END {printf "%d\t%d", r, f}' $(cat "$B/p1.stat"))
+		p2=$(awk '{r += $1; f += $9} END {printf "%d\t%d", r, f}' $(cat "$B/p2.stat"))
+		m=$(awk '{r += $1; f += $9} END {printf "%d\t%d", r, f}' $(cat "$B/maps.stat"))
+		printf '%s\t%s\t%s\t%s\n' "$t" "$p1" "$p2" "$m" >>"$1"
+		read -r -t 1 -u "$BENCH_SLEEP_FD" _
+	done
+}
+# bench_maps_reading BASE: how many maps completed more reads than BASE ("STATFILE READS"
+# a line) holds.
+bench_maps_reading() {
+	local f b r n=0
+	while read -r f b; do
+		read -r r _ <"$f" && [ "$r" -gt "$b" ] && n=$((n + 1))
 	done <"$1"
-	echo "$r $f"
+	echo "$n"
 }
 # bench__dm_paths_at_least N: the multipath maps hold N paths in all.
 bench__dm_paths_at_least() {
@@ -408,39 +428,68 @@ scale_fault() {
 	# mpathd all 128 maps were live 18 s after its start and fio found a node missing.
 	bench__nodes() { local m; for m in $names; do [ -b "/dev/mapper/$m" ] || return 1; done; }
 	lab_wait "$BENCH_ROUND_TIMEOUT" "the /dev/mapper nodes of all $BENCH_LUNS maps" bench__nodes
-	tr=$EPOCHREALTIME
+	# The sampler's device lists: portal 1's and portal 2's disks, and the maps.
+	local d m2=() base
+	bench_portal_paths 2 >"$B/portal2.paths"
+	bench_stat_files "$B/p1.stat" $(awk '{print $1}' "$B/portal1.paths")
+	bench_stat_files "$B/p2.stat" $(awk '{print $1}' "$B/portal2.paths")
+	local all=" $(echo $names) "
+	for d in /sys/block/dm-*; do
+		read -r m <"$d/dm/name" && [[ $all == *" $m "* ]] && m2+=("${d##*/}")
+	done
+	bench_stat_files "$B/maps.stat" "${m2[@]}"
+	[ "$(wc -l <"$B/maps.stat")" = "$BENCH_LUNS" ] || lab_fail "found $(wc -l <"$B/maps.stat") of the $BENCH_LUNS maps' dm devices"
+	base=$B/maps.base
+	while read -r d; do read -r m _ <"$d" && echo "$d $m"; done <"$B/maps.stat" >"$base"
 	{
 		printf '[global]\nioengine=psync\ndirect=1\nrw=randread\nbs=4k\nthread=1\n'
-		printf 'rate_iops=%d\ntime_based=1\nruntime=%d\n' "$BENCH_SCALE_IOPS" $((15 + BENCH_SCALE_FAULT_S + 15))
+		printf 'rate_iops=%d\ntime_based=1\nruntime=%d\n' "$BENCH_SCALE_IOPS" $((15 + BENCH_SCALE_FAULT_S + 20))
 		for m in $names; do printf '[%s]\nfilename=/dev/mapper/%s\n' "$m" "$m"; done
 	} >"$B/scale.fio"
+	local t_fio=$EPOCHREALTIME
 	fio --output-format=json --output="$LAB_OUT/$stack-scale-fio.json" "$B/scale.fio" >"$LAB_OUT/$stack-scale-fio.log" 2>&1 &
 	fio_pid=$!
+	# fio's jobs start their IO together once all are set up; in one run that took fio
+	# 130 s, and its IO began long after the fault was over. The clock starts when every
+	# map has completed a read.
+	local told=0
+	end=$((${t_fio%.*} + BENCH_ROUND_TIMEOUT))
+	until [ "$(bench_maps_reading "$base")" = "$BENCH_LUNS" ]; do
+		kill -0 "$fio_pid" 2>/dev/null || lab_fail "fio exited before it read every map: $(tail -3 "$LAB_OUT/$stack-scale-fio.log")"
+		[ "${EPOCHREALTIME%.*}" -ge "$end" ] && lab_fail "fio had not read all $BENCH_LUNS maps within ${BENCH_ROUND_TIMEOUT} s ($(bench_maps_reading "$base") had)"
+		# Slow: say where fio's threads wait, once.
+		if [ $told = 0 ] && [ "${EPOCHREALTIME%.*}" -ge $((${t_fio%.*} + 10)) ]; then
+			told=1
+			lab_event info "fio reads $(bench_maps_reading "$base") of $BENCH_LUNS maps 10 s after its start; its threads wait in: $(for d in /proc/"$fio_pid"/task/*; do cat "$d/wchan" 2>/dev/null; echo; done | sort | uniq -c | sort -rn | head -4 | tr -s ' \n' ' '); busiest (pid, class, rtprio, %cpu, name): $(ps -eo pid=,cls=,rtprio=,pcpu=,comm= --sort=-pcpu | head -4 | tr -s ' \n' ' ')"
+		fi
+		read -r -t 0.5 -u "$BENCH_SLEEP_FD" _
+	done
+	tr=$EPOCHREALTIME
+	local io_start
+	io_start=$(secs "$t_fio" "$tr")
+	lab_event info "fio's reads on all $BENCH_LUNS maps $io_start s after its start"
+	bench_io_sampler "$LAB_OUT/$stack-scale-io.tsv" &
+	local sampler=$!
 	lab_sleep_since "$tr" 15
-	local io0 io1=
-	io0=$(bench_portal_io "$B/portal1.paths")
 	tf=$EPOCHREALTIME
 	lab_drop_net 1
 	# Every portal-1 path failed in dm, as the kernel shows it.
 	end=$((${tf%.*} + BENCH_SCALE_FAULT_S))
 	until [ "$(bench_dm_failed_on "$B/portal1.paths")" = "$n" ] || [ "${EPOCHREALTIME%.*}" -ge "$end" ]; do
-		[ -z "$io1" ] && [ "${EPOCHREALTIME%.*}" -ge $((${tf%.*} + 5)) ] && io1=$(bench_portal_io "$B/portal1.paths")
 		read -r -t 0.2 -u "$BENCH_SLEEP_FD" _
 	done
 	failed=$EPOCHREALTIME
 	[ "$(bench_dm_failed_on "$B/portal1.paths")" = "$n" ] || failed=
 	lab_event info "portal 1's $n paths failed in dm: $( [ -n "$failed" ] && echo "$(secs "$tf" "$failed") s after the fault (an upper bound: dmsetup under TCG)" || echo "not all within ${BENCH_SCALE_FAULT_S} s")"
-	# About 5 s into the fault: reads portal 1 completed so far, and those waiting on it.
-	if [ -z "$io1" ]; then
-		lab_sleep_since "$tf" 5
-		io1=$(bench_portal_io "$B/portal1.paths")
-	fi
-	lab_event info "portal 1's paths about 5 s into the fault: $((${io1% *} - ${io0% *})) reads completed since it began, ${io1#* } in flight (${io0#* } at its start)"
 	lab_sleep_since "$tf" "$BENCH_SCALE_FAULT_S"
 	tu=$EPOCHREALTIME
 	lab_undrop_net 1
 	wait "$fio_pid"
-	local fio_rc=$?
+	local fio_rc=$? t_end=$EPOCHREALTIME
+	kill "$sampler" 2>/dev/null
+	wait "$sampler" 2>/dev/null
+	# fio's IO must span the fault, or its latencies say nothing about it.
+	[ "$(secs "$tu" "$t_end" | cut -d. -f1)" -ge 5 ] || why=$(jstr "fio's IO ended $(secs "$tu" "$t_end") s after the fault's end: it did not span the fault")
 	# Back in use: none of portal 1's paths failed in dm any more.
 	end=$((${tu%.*} + BENCH_SCALE_RECOVER_S))
 	back=
@@ -454,7 +503,7 @@ scale_fault() {
 	# The daemon's own account of each path it failed after the fault: mpathd's fail_path
 	# decisions (with its signal-to-decision and decision-to-done times), multipathd's
 	# "checker failed path" lines.
-	rec "$(STACK=$stack IO_AT="$io0 $io1" BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/$stack-scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
+	rec "$(STACK=$stack IO_TSV="$LAB_OUT/$stack-scale-io.tsv" IO_START_S=$io_start BENCH_SCALE_IOPS=$BENCH_SCALE_IOPS WATCHING_S=$watching python3 - "$log" "$LAB_OUT/$stack-scale-fio.json" "$B/portal1.paths" "$t0" "$tf" "$failed" "$tu" "$back" "$why" <<-'PY'
 		import datetime, json, os, re, sys
 		log, fio, paths, t0, tf, failed, tu, back, why = sys.argv[1:]
 		t0, tf, tu = float(t0), float(tf), float(tu)
@@ -505,6 +554,20 @@ scale_fault() {
 		waits = sorted(j["read"]["clat_ns"]["max"] / 1e9 for j in jobs)
 		errors = sum(j.get("error", 0) != 0 for j in jobs)
 		p1 = [f for f in fails if f["portal1"]]
+		# The sampler's rows: epoch, then reads and in flight on portal 1, portal 2, the maps.
+		rows = []
+		for l in list(open(os.environ["IO_TSV"]))[1:]:
+		    try:
+		        rows.append([float(x) for x in l.split()])
+		    except ValueError:
+		        pass
+		def at(t):
+		    # The first sample at or after t (the last one if none).
+		    return next((r for r in rows if r[0] >= t), rows[-1] if rows else None)
+		def delta(a, b, col):
+		    ra, rb = at(a), at(b)
+		    return int(rb[col] - ra[col]) if ra and rb else None
+		five = at(tf + 5)
 		def pct(v, q):
 		    return round(v[min(len(v) - 1, int(q * len(v)))], 3) if v else None
 		print(json.dumps({
@@ -519,10 +582,16 @@ scale_fault() {
 		    "max_decision_to_done_ms": max((f["decision_to_done_ms"] or 0 for f in p1), default=None) if stack == "mpathd" else None,
 		    "dm_all_failed_s": round(float(failed) - tf, 3) if failed else None,
 		    "rescues_s": rescues,
-		    # Reads portal 1's paths completed in the fault's first 5 s, and those in flight
-		    # on them then: IO the fault held (or none, if the daemon's maps sent it none).
-		    "portal1_reads_first_5s": int(os.environ["IO_AT"].split()[2]) - int(os.environ["IO_AT"].split()[0]),
-		    "portal1_inflight_at_5s": int(os.environ["IO_AT"].split()[3]),
+		    # fio's reads began on every map this long after fio started.
+		    "io_start_s": float(os.environ["IO_START_S"]),
+		    # From the once-a-second sampler ($stack-scale-io.tsv): reads portal 1's paths
+		    # completed in the fault's first 5 s, and those in flight on them then (IO the
+		    # fault held); the maps' reads completed over the fault (expected: maps x
+		    # iops_per_map x fault_s when nothing waits) and portal 2's share of them.
+		    "portal1_reads_first_5s": delta(tf, tf + 5, 1),
+		    "portal1_inflight_at_5s": int(five[2]) if five else None,
+		    "map_reads_in_fault": delta(tf, tu, 5),
+		    "portal2_reads_in_fault": delta(tf, tu, 3),
 		    "longest_io_wait_s": {"max": waits[-1] if waits else None, "p50": pct(waits, 0.5), "p90": pct(waits, 0.9)},
 		    "maps_over_1s": sum(w > 1 for w in waits),
 		    "fio_jobs_with_errors": errors,
