@@ -415,7 +415,7 @@ bench_reset() {
 # latency; multipathd. Rounds rotate the order so drift in the VM's speed hits every mode.
 # Then each daemon idle for BENCH_IDLE_S. CPU from /proc/PID/stat (all threads), RSS from
 # /proc/PID/status.
-: "${BENCH_OVH_ROUNDS:=3}"
+: "${BENCH_OVH_ROUNDS:=6}"
 : "${BENCH_OVH_FIO_S:=15}"
 : "${BENCH_IDLE_S:=60}"
 BENCH_OVH_MODES="none mpathd bpftrace multipathd"

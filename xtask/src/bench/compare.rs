@@ -7,6 +7,7 @@
 //! the kernel log with wall-clock markers, the daemon's log. Every figure is computed here
 //! from those records, by one definition for all three stacks (docs/bench.md).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -651,12 +652,39 @@ fn overhead(recs: &[&Value]) -> Result<Value> {
         );
     }
     let base = modes["none"]["iops_median"].as_f64();
+    let pct = |m: f64, b: f64| ((m / b - 1.0) * 1000.0).round() / 10.0;
+    // IOPS in one round against no daemon in the same round: a round's modes run minutes
+    // apart, its rounds a quarter of an hour, and the VM's speed drifts in between (one
+    // run's own rounds of no daemon spread by 45%).
+    let iops_in = |modes: &serde_json::Map<String, Value>, mode: &str| -> BTreeMap<i64, f64> {
+        modes[mode]["round_records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r["round"].as_i64()?, r["iops"].as_f64()?)))
+            .collect()
+    };
+    let none = iops_in(&modes, "none");
     for mode in ["mpathd", "bpftrace", "multipathd"] {
         let d = match (base, modes[mode]["iops_median"].as_f64()) {
-            (Some(b), Some(m)) if b > 0.0 => json!(((m / b - 1.0) * 1000.0).round() / 10.0),
+            (Some(b), Some(m)) if b > 0.0 => json!(pct(m, b)),
             _ => Value::Null,
         };
         modes[mode]["iops_vs_none_pct"] = d;
+        let paired: Vec<f64> = iops_in(&modes, mode)
+            .iter()
+            .filter_map(|(r, m)| none.get(r).filter(|b| **b > 0.0).map(|b| pct(*m, *b)))
+            .collect();
+        modes[mode]["iops_vs_none_paired_pct"] = if paired.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "rounds": paired.len(),
+                "median": median(paired.clone()),
+                "min": paired.iter().copied().reduce(f64::min),
+                "max": paired.iter().copied().reduce(f64::max),
+            })
+        };
     }
     Ok(Value::Object(modes))
 }
@@ -792,9 +820,19 @@ fn table(v: &Value) -> String {
             ("multipathd", "multipathd"),
         ] {
             let m = &o[mode];
-            let pct = m["iops_vs_none_pct"]
-                .as_f64()
-                .map_or(String::new(), |p| format!(" ({p:+.1}%)"));
+            let paired = &m["iops_vs_none_paired_pct"];
+            let pct = match (
+                m["iops_vs_none_pct"].as_f64(),
+                paired["median"].as_f64(),
+                paired["min"].as_f64(),
+                paired["max"].as_f64(),
+            ) {
+                (Some(p), Some(med), Some(lo), Some(hi)) => {
+                    format!(" ({p:+.1}%; paired by round {med:+.1}%, {lo:+.1} to {hi:+.1}%)")
+                }
+                (Some(p), ..) => format!(" ({p:+.1}%)"),
+                _ => String::new(),
+            };
             let kb = |x: &Value| {
                 x.as_f64()
                     .map_or("–".to_owned(), |k| format!("{:.1} MiB", k / 1024.0))
@@ -1156,6 +1194,13 @@ mod tests {
         assert_eq!(o["none"]["iops_median"], 1100.0);
         assert_eq!(o["mpathd"]["iops_median"], 950.0);
         assert_eq!(o["mpathd"]["iops_vs_none_pct"], -13.6);
+        // Paired by round: 900 against 1000 (-10%), 1000 against 1200 (-16.7%).
+        let p = &o["mpathd"]["iops_vs_none_paired_pct"];
+        assert_eq!(p["rounds"], 2);
+        assert_eq!(p["min"], -16.7);
+        assert_eq!(p["max"], -10.0);
+        assert_eq!(p["median"], -13.35);
+        assert_eq!(o["multipathd"]["iops_vs_none_paired_pct"], Value::Null);
         assert_eq!(o["mpathd"]["read_p99_ms_median"], 0.5);
         assert_eq!(o["mpathd"]["write_p99_ms_median"], 1.0);
         // 30 and 50 ticks of 10 ms over 10 s: 3% and 5%.
@@ -1164,7 +1209,7 @@ mod tests {
         assert_eq!(o["none"]["cpu_pct_under_load_median"], Value::Null);
         assert_eq!(o["multipathd"]["rounds"], 0);
         let t = table(&json!({"faults": [], "overhead": o}));
-        assert!(t.contains("| mpathd (probes on) | 950 (-13.6%) | 0.5 ms | 1.0 ms | 4.0% | 20.0 MiB | 0.5% | 10.0 MiB |"), "{t}");
+        assert!(t.contains("| mpathd (probes on) | 950 (-13.6%; paired by round -13.3%, -16.7 to -10.0%) | 0.5 ms | 1.0 ms | 4.0% | 20.0 MiB | 0.5% | 10.0 MiB |"), "{t}");
     }
 
     #[test]
