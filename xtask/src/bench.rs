@@ -417,7 +417,14 @@ fn startup_summary(raw: &str) -> Result<Value> {
         })
     };
     let mut multipath = side("multipath", "exit_s");
-    multipath["command"] = json!("multipath -r");
+    // BENCH_MP_UDEV_SYNC=0 ran it without waiting on udev's rules.
+    let udev_sync = !kind("round").any(|r| r["tool"] == "multipath" && r["udev_sync"] == false);
+    multipath["command"] = json!(if udev_sync {
+        "multipath -r"
+    } else {
+        "DM_DISABLE_UDEV=1 multipath -r"
+    });
+    multipath["udev_sync"] = json!(udev_sync);
     multipath["version"] = tools["multipath_version"].clone();
     let mpathd_available = tools["mpathd_available"].as_bool().unwrap_or(false);
     let mut mpathd = side("mpathd", "ready_s");
@@ -530,6 +537,13 @@ mod tests {
         assert_eq!(v["multipath"]["min"], 4.0);
         assert_eq!(v["multipath"]["median"], 4.5);
         assert_eq!(v["multipath"]["all_maps_every_round"], true);
+        assert_eq!(v["multipath"]["command"], "multipath -r");
+        assert_eq!(v["multipath"]["udev_sync"], true);
+        let nosync = raw.replace(r#""maps":2}"#, r#""maps":2,"paths":4,"udev_sync":false}"#);
+        let v2 = startup_summary(&nosync).unwrap();
+        assert_eq!(v2["multipath"]["command"], "DM_DISABLE_UDEV=1 multipath -r");
+        assert_eq!(v2["multipath"]["udev_sync"], false);
+        assert_eq!(v2["multipath"]["round_records"][0]["paths"], 4);
         assert_eq!(v["mpathd"]["available"], false);
         assert!(
             v["mpathd"]["error"]

@@ -18,6 +18,7 @@
 : "${BENCH_BUDGET_S:=540}"
 : "${BENCH_ROUND_TIMEOUT:=240}" # seconds a round may take before it is recorded as failed
 : "${BENCH_MPATHD:=}"           # the mpathd to time; default: the harness's $MPATHD (debug)
+: "${BENCH_MP_UDEV_SYNC:=1}"     # 0: multipath -r with DM_DISABLE_UDEV=1 (no wait on udev's rules)
 . "$LAB_LIB"
 
 RAW=$LAB_OUT/startup-raw.jsonl # one JSON object per line; the host summarizes
@@ -59,6 +60,12 @@ bench__watch_maps() {
 	done
 }
 bench_mp_maps() { dmsetup ls --target multipath 2>/dev/null | grep -vc '^No devices found'; }
+# bench_dm_paths: how many paths the multipath maps hold in all (single-path maps show here).
+bench_dm_paths() {
+	dmsetup status --target multipath 2>/dev/null | awk '
+		{ for (i = 1; i < NF; i++) if ($i ~ /^[0-9]+:[0-9]+$/ && ($(i + 1) == "A" || $(i + 1) == "F")) n++ }
+		END { print n + 0 }'
+}
 bench_dm_count() { local a=(/sys/block/dm-*); [ -e "${a[0]}" ] && echo "${#a[@]}" || echo 0; }
 
 # Every map gone and udev quiet, so the next round starts from the same state.
@@ -175,7 +182,9 @@ bench_stuck() {
 }
 
 # multipath -r: reloads every map, creating those missing (plain `multipath` does the same
-# from nothing). No multipathd runs; udev sync is on (DM_DISABLE_UDEV unset), as on a host.
+# from nothing). No multipathd runs; udev sync is on (DM_DISABLE_UDEV unset), as on a host,
+# unless BENCH_MP_UDEV_SYNC=0: then libdevmapper makes the nodes and waits for no udev
+# rule, as mpathd does not wait for them either.
 round_multipath() {
 	local r=$1 t0 t1 tm rc maps end
 	end=$((${EPOCHREALTIME%.*} + BENCH_ROUND_TIMEOUT))
@@ -185,7 +194,11 @@ round_multipath() {
 	[ "${BENCH_UDEV_DEBUG:-0}" = 1 ] && udevadm control --log-level=debug
 	echo "=== multipath -r round $r starts" >>"$LAB_OUT/udevd.log"
 	t0=$EPOCHREALTIME
-	env -u DM_DISABLE_UDEV multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1 &
+	if [ "$BENCH_MP_UDEV_SYNC" = 1 ]; then
+		env -u DM_DISABLE_UDEV multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1 &
+	else
+		DM_DISABLE_UDEV=1 multipath -r >"$LAB_OUT/multipath-r$r.log" 2>&1 &
+	fi
 	local mp=$!
 	while kill -0 "$mp" 2>/dev/null && [ "${EPOCHREALTIME%.*}" -lt "$end" ]; do
 		read -r -t 0.1 -u "$BENCH_SLEEP_FD" _
@@ -203,9 +216,11 @@ round_multipath() {
 	wait "$w"
 	tm=$(cat "$B/maps.$r")
 	maps=$(bench_mp_maps)
-	lab_event info "multipath -r round $r: exit $rc after $(secs "$t0" "$t1") s, $BENCH_LUNS maps live after $(jsecs "$t0" "$tm") s, $maps maps"
-	rec "$(printf '{"kind":"round","tool":"multipath","round":%d,"exit_code":%d,"exit_s":%s,"maps_s":%s,"maps":%d}' \
-		"$r" "$rc" "$(secs "$t0" "$t1")" "$(jsecs "$t0" "$tm")" "$maps")"
+	local paths
+	paths=$(bench_dm_paths)
+	lab_event info "multipath -r round $r: exit $rc after $(secs "$t0" "$t1") s, $BENCH_LUNS maps live after $(jsecs "$t0" "$tm") s, $maps maps with $paths paths"
+	rec "$(printf '{"kind":"round","tool":"multipath","round":%d,"exit_code":%d,"exit_s":%s,"maps_s":%s,"maps":%d,"paths":%d,"udev_sync":%s}' \
+		"$r" "$rc" "$(secs "$t0" "$t1")" "$(jsecs "$t0" "$tm")" "$maps" "$paths" "$([ "$BENCH_MP_UDEV_SYNC" = 1 ] && echo true || echo false)")"
 }
 
 bench_stop() { # bench_stop PID OUT [NAME]: SIGTERM, then SIGKILL after 30 s; OUT: its threads then
@@ -358,11 +373,7 @@ bench_maps_reading() {
 	echo "$n"
 }
 # bench__dm_paths_at_least N: the multipath maps hold N paths in all.
-bench__dm_paths_at_least() {
-	[ "$(dmsetup status --target multipath 2>/dev/null | awk '
-		{ for (i = 1; i < NF; i++) if ($i ~ /^[0-9]+:[0-9]+$/ && ($(i + 1) == "A" || $(i + 1) == "F")) n++ }
-		END { print n + 0 }')" -ge "$1" ]
-}
+bench__dm_paths_at_least() { [ "$(bench_dm_paths)" -ge "$1" ]; }
 
 # scale_up_mpathd LOG: mpathd started; sets pid. Ready when it has logged its ready line,
 # every map is live and its probes watch both connections.
