@@ -653,9 +653,9 @@ fn overhead(recs: &[&Value]) -> Result<Value> {
     }
     let base = modes["none"]["iops_median"].as_f64();
     let pct = |m: f64, b: f64| ((m / b - 1.0) * 1000.0).round() / 10.0;
-    // IOPS in one round against no daemon in the same round: a round's modes run minutes
-    // apart, its rounds a quarter of an hour, and the VM's speed drifts in between (one
-    // run's own rounds of no daemon spread by 45%).
+    // IOPS in one round against no daemon in the same round: a round's modes run within
+    // two minutes, while the VM's speed drifts over a run's ten (one run's own rounds of no
+    // daemon spread by 45%).
     let iops_in = |modes: &serde_json::Map<String, Value>, mode: &str| -> BTreeMap<i64, f64> {
         modes[mode]["round_records"]
             .as_array()
