@@ -9,6 +9,10 @@
 
 set -u
 export DM_DISABLE_UDEV=1 # no udevd in the guest: dmsetup must not wait for udev cookies
+# udevadm takes the guest for a chroot (PID 1's root is not ours) and would answer settle,
+# trigger, monitor and control with "Running in chroot, ignoring request." and exit 0:
+# settles returned at once with events still queued. systemd's own switch turns that off.
+export SYSTEMD_IGNORE_CHROOT=1
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 : "${LAB_OUT:?LAB_OUT is set by the harness (cargo xtask lab run)}"

@@ -20,12 +20,10 @@
 : "${BENCH_MPATHD:=}"           # the mpathd to time; default: the harness's $MPATHD (debug)
 : "${BENCH_MP_UDEV_SYNC:=1}"     # 0: multipath -r with DM_DISABLE_UDEV=1 (no wait on udev's rules)
 . "$LAB_LIB"
-# udevadm takes the lab's guest for a chroot (PID 1's root is not ours) and then answers
-# `settle`, `trigger`, `monitor` and `control` with "Running in chroot, ignoring request."
-# and exit 0: settle returned in 0.3 s with 256 disks' events still queued, and multipath
-# -r, which only sees disks udev has initialized, made 57-73 maps, some single-path. With
-# this, settle took 80.5 s there and multipath -r made all 128 maps with 256 paths.
-export SYSTEMD_IGNORE_CHROOT=1
+# lib.sh sets SYSTEMD_IGNORE_CHROOT=1. Without it udevadm took the guest for a chroot and
+# settle returned in 0.3 s with 256 disks' events still queued: multipath -r, which only
+# sees disks udev has initialized, made 57-73 maps, some single-path. With it, settle took
+# 80.5 s there and multipath -r made all 128 maps with 256 paths.
 
 RAW=$LAB_OUT/startup-raw.jsonl # one JSON object per line; the host summarizes
 : >"$RAW"
