@@ -411,14 +411,16 @@ bench_reset() {
 
 # --- overhead on a healthy map ---------------------------------------------------------------
 # The same map (made by mpathd, then left to whichever mode runs) under fio with: no daemon;
-# mpathd (probes on); bpftrace's biolatency, the tool an admin runs today for block
-# latency; multipathd. Rounds rotate the order so drift in the VM's speed hits every mode.
-# Then each daemon idle for BENCH_IDLE_S. CPU from /proc/PID/stat (all threads), RSS from
-# /proc/PID/status.
+# mpathd (probes on); mpathd with --no-probes (what the daemon costs without its eBPF
+# programs); bpftrace's biolatency, the tool an admin runs today for block latency;
+# multipathd. Rounds rotate the order so drift in the VM's speed hits every mode. Then each
+# daemon idle for BENCH_IDLE_S, and one more fio run under mpathd with the kernel's
+# bpf_stats on: each of its programs' runs and run time per IO. CPU from /proc/PID/stat
+# (all threads), RSS from /proc/PID/status.
 : "${BENCH_OVH_ROUNDS:=6}"
 : "${BENCH_OVH_FIO_S:=15}"
 : "${BENCH_IDLE_S:=60}"
-BENCH_OVH_MODES="none mpathd bpftrace multipathd"
+BENCH_OVH_MODES="none mpathd mpathd-noprobes bpftrace multipathd"
 BENCH_OVH_DIR=$BENCH_RUNS/overhead
 BENCH_OVH_PID=
 BENCH_OVH_VARIANT=
@@ -443,16 +445,17 @@ bench_ovh_start() { # bench_ovh_start MODE: sets BENCH_OVH_PID (empty for none)
 	BENCH_OVH_VARIANT=
 	case $1 in
 	none) ;;
-	mpathd)
+	mpathd | mpathd-noprobes)
 		n0=$(grep -c 'ready maps=' "$LAB_OUT/mpathd.log" 2>/dev/null)
-		local w0
+		local w0 extra=()
 		w0=$(grep -c 'watching iSCSI connection' "$LAB_OUT/mpathd.log" 2>/dev/null)
-		env -u DM_DISABLE_UDEV "$BENCH_MPATHD_BIN" --socket "$LAB_SOCK" daemon --config "$LAB_MPATHD_CONF" \
+		[ "$1" = mpathd-noprobes ] && extra=(--no-probes)
+		env -u DM_DISABLE_UDEV "$BENCH_MPATHD_BIN" --socket "$LAB_SOCK" daemon --config "$LAB_MPATHD_CONF" "${extra[@]}" \
 			>>"$LAB_OUT/mpathd.log" 2>&1 &
 		LAB_MPATHD_PID=$!
 		BENCH_OVH_PID=$LAB_MPATHD_PID
 		lab_wait 120 "mpathd's ready line" lab__mpathd_ready "${n0:-0}"
-		lab_wait 120 "mpathd's probes" bench__watching $((${w0:-0} + LAB_PORTALS))
+		[ "$1" = mpathd ] && lab_wait 120 "mpathd's probes" bench__watching $((${w0:-0} + LAB_PORTALS))
 		;;
 	multipathd)
 		env -u DM_DISABLE_UDEV multipathd -d -s -v2 > >(bench_stamp "$LAB_OUT/multipathd.log") 2>&1 &
@@ -545,6 +548,39 @@ bench_ovh_sample() {
 		"$( [ "$what" = load ] && bench_json_str "compare/overhead/fio-$mode-r$r.json" || echo null)" >>"$BENCH_RAW"
 }
 
+# bench_ovh_bpf_stats: fio once more under mpathd with kernel.bpf_stats_enabled=1 (which
+# itself adds two clock reads per program run, so it is kept out of the paired rounds):
+# run count and run time of each of mpathd's programs over the fio run, one JSON line.
+bench_ovh_bpf_stats() {
+	local before=$BENCH_OVH_DIR/bpf-progs-before.json a=$BENCH_OVH_DIR/bpf-progs-fio0.json b=$BENCH_OVH_DIR/bpf-progs-fio1.json
+	local fio=$BENCH_OVH_DIR/fio-bpf-stats.json
+	lab_step "overhead: mpathd's eBPF programs under fio (bpf_stats)"
+	bpftool prog show --json >"$before" || lab_fail "bpftool prog show failed"
+	bench_ovh_start mpathd
+	sysctl -qw kernel.bpf_stats_enabled=1 || lab_fail "cannot turn on kernel.bpf_stats_enabled"
+	bpftool prog show --json >"$a"
+	bench_fio "$fio" "$BENCH_OVH_FIO_S" || lab_fail "fio with bpf_stats failed"
+	bpftool prog show --json >"$b"
+	sysctl -qw kernel.bpf_stats_enabled=0
+	bench_ovh_stop mpathd
+	python3 - "$before" "$a" "$b" "$fio" >>"$BENCH_RAW" <<-'PY' || lab_fail "summing bpf_stats failed"
+		import json, sys
+		before, a, b = ({p["id"] for p in json.load(open(sys.argv[1]))},
+		                *({p["id"]: p for p in json.load(open(f))} for f in sys.argv[2:4]))
+		fio = json.load(open(sys.argv[4]))["jobs"][0]
+		ios = fio["read"]["total_ios"] + fio["write"]["total_ios"]
+		progs = []
+		for pid, p in sorted(b.items()):
+		    if pid in before or pid not in a:
+		        continue  # not mpathd's: loaded before it started
+		    progs.append({"name": p.get("name", ""), "type": p.get("type", ""),
+		                  "run_cnt": p.get("run_cnt", 0) - a[pid].get("run_cnt", 0),
+		                  "run_time_ns": p.get("run_time_ns", 0) - a[pid].get("run_time_ns", 0)})
+		print(json.dumps({"kind": "overhead", "what": "bpf_stats", "mode": "mpathd",
+		                  "fio_ios": ios, "fio_s": fio["job_runtime"] / 1000, "progs": progs}))
+	PY
+}
+
 bench_fio() { # bench_fio OUT SECONDS: 4k random 70/30 read/write, queue depth 4, O_DIRECT
 	fio --name=overhead --filename="/dev/mapper/$BENCH_MAPNAME" --direct=1 --ioengine=libaio \
 		--rw=randrw --rwmixread=70 --bs=4k --iodepth=4 --numjobs=1 --size=64m \
@@ -561,9 +597,11 @@ bench_overhead() {
 	lab_mpathd_stop
 	bench_multipath_conf
 	bench_fio /tmp/fio-warmup.json 5 || lab_fail "fio on /dev/mapper/$BENCH_MAPNAME failed"
+	local n
+	n=$(wc -w <<<"$BENCH_OVH_MODES")
 	for r in $(seq "$BENCH_OVH_ROUNDS"); do
 		# Rotate: round 1 none first, round 2 mpathd first, ...
-		modes=$(echo "$BENCH_OVH_MODES" "$BENCH_OVH_MODES" | cut -d' ' -f"$(((r - 1) % 4 + 1))-$(((r - 1) % 4 + 4))")
+		modes=$(echo "$BENCH_OVH_MODES" "$BENCH_OVH_MODES" | cut -d' ' -f"$(((r - 1) % n + 1))-$(((r - 1) % n + n))")
 		for mode in $modes; do
 			lab_step "overhead round $r: fio with $mode"
 			bench_ovh_start "$mode"
@@ -577,5 +615,6 @@ bench_overhead() {
 		bench_ovh_sample "$mode" 1 idle "$BENCH_IDLE_S" sleep "$BENCH_IDLE_S"
 		bench_ovh_stop "$mode"
 	done
+	bench_ovh_bpf_stats
 	lab_do dmsetup remove "$BENCH_MAPNAME"
 }

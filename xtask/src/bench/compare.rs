@@ -574,6 +574,16 @@ fn figures(run: &RunMeta) -> Result<Value> {
     }))
 }
 
+/// The modes of the healthy-map overhead part, no daemon first (compare-lib.sh's
+/// BENCH_OVH_MODES).
+const OVH_MODES: [&str; 5] = [
+    "none",
+    "mpathd",
+    "mpathd-noprobes",
+    "bpftrace",
+    "multipathd",
+];
+
 /// The healthy-map overhead from the `overhead` records and fio's JSON.
 fn overhead(recs: &[&Value]) -> Result<Value> {
     let cpu_pct = |r: &Value| -> Option<f64> {
@@ -616,7 +626,7 @@ fn overhead(recs: &[&Value]) -> Result<Value> {
         })
     };
     let mut modes = serde_json::Map::new();
-    for mode in ["none", "mpathd", "bpftrace", "multipathd"] {
+    for mode in OVH_MODES {
         let load: Vec<&&Value> = recs
             .iter()
             .filter(|r| r["mode"] == mode && r["what"] == "load")
@@ -665,7 +675,7 @@ fn overhead(recs: &[&Value]) -> Result<Value> {
             .collect()
     };
     let none = iops_in(&modes, "none");
-    for mode in ["mpathd", "bpftrace", "multipathd"] {
+    for &mode in &OVH_MODES[1..] {
         let d = match (base, modes[mode]["iops_median"].as_f64()) {
             (Some(b), Some(m)) if b > 0.0 => json!(pct(m, b)),
             _ => Value::Null,
@@ -686,7 +696,40 @@ fn overhead(recs: &[&Value]) -> Result<Value> {
             })
         };
     }
+    if let Some(b) = recs.iter().find(|r| r["what"] == "bpf_stats") {
+        modes.insert("mpathd_bpf_stats".to_owned(), bpf_stats(b));
+    }
     Ok(Value::Object(modes))
+}
+
+/// mpathd's programs over one fio run with kernel.bpf_stats_enabled: runs and nanoseconds
+/// per fio IO, each program and in all. The block programs run about twice per IO (issue,
+/// completion); the TCP ones once per segment of any socket.
+fn bpf_stats(r: &Value) -> Value {
+    let ios = r["fio_ios"].as_f64().filter(|n| *n > 0.0);
+    let per_io = |x: f64| ios.map(|n| (x / n * 100.0).round() / 100.0);
+    let progs: Vec<Value> = r["progs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let (cnt, ns) = (
+                p["run_cnt"].as_f64().unwrap_or(0.0),
+                p["run_time_ns"].as_f64().unwrap_or(0.0),
+            );
+            json!({
+                "name": p["name"], "type": p["type"], "run_cnt": cnt, "run_time_ns": ns,
+                "ns_per_run": (cnt > 0.0).then(|| (ns / cnt).round()),
+                "runs_per_io": per_io(cnt), "ns_per_io": per_io(ns),
+            })
+        })
+        .collect();
+    let total: f64 = progs.iter().filter_map(|p| p["run_time_ns"].as_f64()).sum();
+    json!({
+        "fio_ios": r["fio_ios"], "fio_s": r["fio_s"],
+        "ns_per_io": per_io(total),
+        "programs": progs,
+    })
 }
 
 /// Turns the guest's records of every part into compare.json's content.
@@ -816,10 +859,14 @@ fn table(v: &Value) -> String {
         for (mode, label) in [
             ("none", "no daemon"),
             ("mpathd", "mpathd (probes on)"),
+            ("mpathd-noprobes", "mpathd --no-probes"),
             ("bpftrace", "bpftrace biolatency"),
             ("multipathd", "multipathd"),
         ] {
             let m = &o[mode];
+            if m["rounds"].as_u64().unwrap_or(0) == 0 {
+                continue; // not in this run (or a run from before the mode existed)
+            }
             let paired = &m["iops_vs_none_paired_pct"];
             let pct = match (
                 m["iops_vs_none_pct"].as_f64(),
@@ -849,6 +896,28 @@ fn table(v: &Value) -> String {
                 kb(&m["rss_kb_under_load_max"]),
                 cpu(&m["idle"]["cpu_pct"]),
                 kb(&m["idle"]["rss_kb"]),
+            ));
+        }
+        let b = &o["mpathd_bpf_stats"];
+        if let Some(total) = b["ns_per_io"].as_f64() {
+            let progs: Vec<String> = b["programs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["run_cnt"].as_f64().unwrap_or(0.0) > 0.0)
+                .map(|p| {
+                    format!(
+                        "{} {:.2} runs and {:.0} ns",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["runs_per_io"].as_f64().unwrap_or(0.0),
+                        p["ns_per_io"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            t.push_str(&format!(
+                "\nmpathd's eBPF programs per fio IO (kernel bpf_stats, one {:.0} s fio run): {total:.0} ns in all; {}.\n",
+                b["fio_s"].as_f64().unwrap_or(0.0),
+                progs.join("; ")
             ));
         }
     }
@@ -1188,9 +1257,19 @@ mod tests {
         recs.push(json!({"kind": "overhead", "what": "idle", "mode": "mpathd", "round": 1, "seconds": 60,
             "t0": 0.0, "t1": 60.0, "cpu_ticks0": 0, "cpu_ticks1": 30, "clk_tck": 100, "rss_kb": 10240,
             "hwm_kb": 11000, "fio": null, "lab_dir": base}));
+        recs.push(json!({"kind": "overhead", "what": "bpf_stats", "mode": "mpathd", "fio_ios": 1000,
+            "fio_s": 15.0, "progs": [
+                {"name": "block_issue", "type": "tracepoint", "run_cnt": 1000, "run_time_ns": 80000},
+                {"name": "tcp_probe", "type": "tracepoint", "run_cnt": 3000, "run_time_ns": 90000},
+                {"name": "idle_prog", "type": "tracepoint", "run_cnt": 0, "run_time_ns": 0}]}));
         let refs: Vec<&Value> = recs.iter().collect();
         let o = overhead(&refs).unwrap();
         std::fs::remove_dir_all(&base).ok();
+        let b = &o["mpathd_bpf_stats"];
+        assert_eq!(b["ns_per_io"], 170.0);
+        assert_eq!(b["programs"][1]["runs_per_io"], 3.0);
+        assert_eq!(b["programs"][1]["ns_per_run"], 30.0);
+        assert_eq!(b["programs"][2]["ns_per_run"], Value::Null);
         assert_eq!(o["none"]["iops_median"], 1100.0);
         assert_eq!(o["mpathd"]["iops_median"], 950.0);
         assert_eq!(o["mpathd"]["iops_vs_none_pct"], -13.6);
@@ -1210,6 +1289,14 @@ mod tests {
         assert_eq!(o["multipathd"]["rounds"], 0);
         let t = table(&json!({"faults": [], "overhead": o}));
         assert!(t.contains("| mpathd (probes on) | 950 (-13.6%; paired by round -13.3%, -16.7 to -10.0%) | 0.5 ms | 1.0 ms | 4.0% | 20.0 MiB | 0.5% | 10.0 MiB |"), "{t}");
+        // Modes with no rounds have no row.
+        assert!(!t.contains("| multipathd |"), "{t}");
+        assert!(
+            t.contains(
+                "170 ns in all; block_issue 1.00 runs and 80 ns; tcp_probe 3.00 runs and 90 ns."
+            ),
+            "{t}"
+        );
     }
 
     #[test]
