@@ -42,6 +42,32 @@ pub struct TcpTpOffsets {
     pub valid: u32,
 }
 
+/// Byte offsets in kernel structures for the `tp_btf/tcp_probe` program, from the running
+/// kernel's BTF. The program reads `struct sock` directly and the two `struct tcp_sock`
+/// fields (past the end of `struct sock`) with a helper call, only for a watched port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockBtfOffsets {
+    /// struct sock (its `__sk_common`): skc_dport (network order), skc_num (host order),
+    /// skc_family, skc_daddr and skc_rcv_saddr (IPv4), skc_v6_daddr and
+    /// skc_v6_rcv_saddr (IPv6).
+    pub dport: u32,
+    pub num: u32,
+    pub family: u32,
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    /// struct tcp_sock: srtt_us (smoothed RTT in us, shifted left by 3) and snd_una.
+    pub srtt_us: u32,
+    pub snd_una: u32,
+    /// The portal port: connections to any other remote port return at once.
+    pub portal_port: u32,
+    /// 1 once filled in.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
 /// Thresholds per connection, set by the daemon. Zero disables a rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +136,7 @@ mod pod {
     // SAFETY: repr(C), integers and arrays of them, no implicit padding (tests below).
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::TcpTpOffsets {}
+    unsafe impl aya::Pod for super::SockBtfOffsets {}
     unsafe impl aya::Pod for super::ConnLimits {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::TcpEvent {}
@@ -124,6 +151,7 @@ mod tests {
     fn no_implicit_padding() {
         assert_eq!(size_of::<ConnKey>(), 36);
         assert_eq!(size_of::<TcpTpOffsets>(), 4 * 24);
+        assert_eq!(size_of::<SockBtfOffsets>(), 4 * 12);
         assert_eq!(size_of::<ConnLimits>(), 16);
         assert_eq!(size_of::<ConnState>(), 16 + 16 + 16 + 8 + 8 + 8 * 4 + 4 * 4);
         assert_eq!(size_of::<TcpEvent>(), 8 + 36 + 7 * 4);

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mpathd::ebpf::{ConnThresholds, ProgramStats, TcpProbes};
+use mpathd::ebpf::{ConnThresholds, ProgramStats, TcpProbes, TcpVariant};
 use serde_json::json;
 use support::{NetNs, sink};
 
@@ -40,10 +40,25 @@ fn main() {
     ns.listen(PORTAL, sink);
     ns.listen(OTHER, sink);
     let _stats = mpathd::ebpf::enable_run_stats().expect("enabling BPF run-time stats");
-    let mut probes = TcpProbes::load(PORTAL).expect("loading the TCP probes");
-
-    let unwatched = measure(&mut probes, &ns, OTHER, false);
-    let watched = measure(&mut probes, &ns, PORTAL, true);
+    // The default (BTF tcp_probe where the kernel allows it), then the classic tracepoint,
+    // one after the other in the same run.
+    let mut variants = serde_json::Map::new();
+    let mut default = None;
+    for variant in [TcpVariant::Auto, TcpVariant::Tracepoint] {
+        let mut probes = TcpProbes::load_with(PORTAL, variant).expect("loading the TCP probes");
+        let program = probes.probe_program();
+        if variants.contains_key(program) {
+            continue; // Auto fell back to the classic program
+        }
+        let unwatched = measure(&mut probes, &ns, OTHER, false);
+        let watched = measure(&mut probes, &ns, PORTAL, true);
+        default.get_or_insert((unwatched.clone(), watched.clone()));
+        variants.insert(
+            program.to_owned(),
+            json!({"unwatched_port": unwatched, "watched_portal_connection": watched}),
+        );
+    }
+    let (unwatched, watched) = default.expect("the default variant ran");
     let result = json!({
         "bench": "tcp",
         "part": "host",
@@ -52,8 +67,8 @@ fn main() {
                  of the machine runs the programs, both ends of the connection included",
         "unwatched_port": unwatched,
         "watched_portal_connection": watched,
+        "by_tcp_probe_program": variants,
     });
-    drop(probes);
     drop(ns);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let text = serde_json::to_string_pretty(&result).unwrap();

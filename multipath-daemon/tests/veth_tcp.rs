@@ -12,7 +12,7 @@ use std::{
 
 use mpathd::ebpf::{
     ConnEvent, ConnEventKind, ConnThresholds, PathThresholds, ProbeEvent, TcpEventStream,
-    TcpProbes, WatchSpec, Watcher, WatcherOptions,
+    TcpProbes, TcpVariant, WatchSpec, Watcher, WatcherOptions,
 };
 use support::{LoopDev, NetNs, need_root, sink};
 
@@ -138,6 +138,54 @@ fn veth_cut_link_sends_retransmit_events_for_the_watched_connection_only() {
     // ...and nothing arrived from the peer either.
     assert!(s.last_rcv_ns < cut_ns, "{s:?} (cut at {cut_ns})");
     assert_eq!(probes.snapshot(other).unwrap().unwrap().retransmits, 0);
+}
+
+/// The BTF tcp_probe reads the socket itself, the classic one the kernel's record: both
+/// loaded at once, watching one connection, they must keep the same values.
+#[test]
+fn veth_btf_and_classic_tcp_probe_agree() {
+    if need_root("veth_btf_and_classic_tcp_probe_agree") {
+        return;
+    }
+    let ns = NetNs::new(4);
+    ns.listen(PORTAL, sink);
+    let mut btf = TcpProbes::load_with(PORTAL, TcpVariant::Auto).unwrap_or_else(|e| panic!("{e}"));
+    if btf.probe_program() != "tcp_probe_btf" {
+        eprintln!("skipped: this kernel's BTF does not serve tcp_probe_btf (see the log)");
+        return;
+    }
+    let mut classic =
+        TcpProbes::load_with(PORTAL, TcpVariant::Tracepoint).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(classic.probe_program(), "tcp_probe");
+    let (mut s, conn) = ns.connect(PORTAL);
+    let t = ConnThresholds::default();
+    btf.watch(conn, t).unwrap();
+    classic.watch(conn, t).unwrap();
+    for _ in 0..20 {
+        s.write_all(&[7u8; 3000]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (a, b) = (
+        btf.snapshot(conn).unwrap().unwrap(),
+        classic.snapshot(conn).unwrap().unwrap(),
+    );
+    assert!(
+        a.snd_una != 0 && a.last_ack_ns > 0 && a.last_rcv_ns > 0,
+        "{a:?}"
+    );
+    // The same segments, read two ways: the same snd_una and smoothed RTT (in us).
+    assert_eq!(a.snd_una, b.snd_una, "btf {a:?}\nclassic {b:?}");
+    assert_eq!(a.srtt, b.srtt, "btf {a:?}\nclassic {b:?}");
+    assert!(
+        !a.srtt.is_zero() && a.srtt < Duration::from_millis(100),
+        "{a:?}"
+    );
+    let tolerance = 50_000_000; // 50 ms between the two programs' clock reads, at most
+    assert!(
+        a.last_rcv_ns.abs_diff(b.last_rcv_ns) < tolerance,
+        "btf {a:?}\nclassic {b:?}"
+    );
 }
 
 #[test]

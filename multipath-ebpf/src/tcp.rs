@@ -3,16 +3,20 @@
 //!
 //! Every TCP event of the machine runs these; anything not to the portal port returns
 //! after one field read.
+//!
+//! `tcp_probe` fires on every segment received, so it comes twice: as a BTF tracepoint
+//! (no record built, plain loads from `struct sock`), used when the kernel has BTF, and
+//! as the classic tracepoint otherwise.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use multipath_common::tcp::{
-    ConnKey, ConnState, MAX_CONNS, TCP_ESTABLISHED, TEV_RESET, TEV_RETRANS, TEV_RTT, TEV_STATE,
-    TcpEvent, TcpTpOffsets,
+    ConnKey, ConnState, MAX_CONNS, SockBtfOffsets, TCP_ESTABLISHED, TEV_RESET, TEV_RETRANS,
+    TEV_RTT, TEV_STATE, TcpEvent, TcpTpOffsets,
 };
 
 /// Tracepoint field offsets and the portal port, written by the daemon at load time.
@@ -30,6 +34,24 @@ static TCP_TP_OFFSETS: TcpTpOffsets = TcpTpOffsets {
     probe_snd_una: 0,
     portal_port: 0,
     valid: 0,
+};
+
+/// Offsets in struct sock and tcp_sock for `tcp_probe_btf`, written by the daemon at load
+/// time.
+#[unsafe(no_mangle)]
+static SOCK_BTF_OFFSETS: SockBtfOffsets = SockBtfOffsets {
+    dport: 0,
+    num: 0,
+    family: 0,
+    daddr: 0,
+    rcv_saddr: 0,
+    v6_daddr: 0,
+    v6_rcv_saddr: 0,
+    srtt_us: 0,
+    snd_una: 0,
+    portal_port: 0,
+    valid: 0,
+    _pad: 0,
 };
 
 /// Watched connections and their state; the daemon inserts and removes entries.
@@ -188,9 +210,64 @@ fn try_tcp_probe(ctx: TracePointContext) -> Result<u32, u32> {
     let Some(c) = CONNS.get_ptr_mut(&key) else {
         return Ok(0);
     };
-    let c = unsafe { &mut *c };
     let srtt: u32 = read(&ctx, off.probe_srtt)?;
     let una: u32 = read(&ctx, off.probe_snd_una)?;
+    segment(unsafe { &mut *c }, &key, srtt, una);
+    Ok(0)
+}
+
+/// A field of `struct sock` reached from the BTF tracepoint's argument: a plain load,
+/// which the verifier checks against the kernel's BTF.
+#[inline(always)]
+fn kread<T: Copy>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) }
+}
+
+/// tcp_probe(struct sock *sk, struct sk_buff *skb) as a BTF tracepoint: the same as the
+/// classic program, read from the socket itself.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe_btf(ctx: BtfTracePointContext) -> u32 {
+    let off = unsafe { core::ptr::read_volatile(&SOCK_BTF_OFFSETS) };
+    if off.valid == 0 {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let rport = u16::from_be(kread::<u16>(sk, off.dport));
+    if u32::from(rport) != off.portal_port {
+        return 0;
+    }
+    let family: u16 = kread(sk, off.family);
+    let (laddr, raddr) = match family {
+        AF_INET => (
+            mapped(kread(sk, off.rcv_saddr)),
+            mapped(kread(sk, off.daddr)),
+        ),
+        AF_INET6 => (kread(sk, off.v6_rcv_saddr), kread(sk, off.v6_daddr)),
+        _ => return 0,
+    };
+    let key = ConnKey {
+        laddr,
+        raddr,
+        lport: kread(sk, off.num),
+        rport,
+    };
+    let Some(c) = CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // tcp_sock's fields lie past struct sock's end, where the verifier allows no plain
+    // load through this pointer: one helper read each, for watched connections only.
+    let tcp = |o: u32| unsafe { bpf_probe_read_kernel(sk.add(o as usize).cast::<u32>()) };
+    let (Ok(srtt_us), Ok(una)) = (tcp(off.srtt_us), tcp(off.snd_una)) else {
+        return 0;
+    };
+    // As the classic tracepoint reports it: microseconds.
+    segment(unsafe { &mut *c }, &key, srtt_us >> 3, una);
+    0
+}
+
+/// A segment arrived from the peer of a watched connection.
+#[inline(always)]
+fn segment(c: &mut ConnState, key: &ConnKey, srtt: u32, una: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     // The peer sent something: it is alive and the way back works, so a retransmission
     // run is over. snd_una here is from before this segment's ACK is processed: the ACK
@@ -205,9 +282,8 @@ fn try_tcp_probe(ctx: TracePointContext) -> Result<u32, u32> {
     }
     c.srtt_us = srtt;
     if c.limits.rtt_limit_us != 0 && srtt > c.limits.rtt_limit_us {
-        send(c, &key, TEV_RTT, 0, 0);
+        send(c, key, TEV_RTT, 0, 0);
     }
-    Ok(0)
 }
 
 /// An IPv4 address as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).

@@ -19,6 +19,7 @@ pub use block::{
 pub use btf::{Btf, BtfError};
 pub use tcp::{
     ConnEvent, ConnEventKind, ConnSnapshot, ConnThresholds, ISCSI_PORT, TcpEventStream, TcpProbes,
+    TcpVariant,
 };
 pub use tracefs::{TraceField, TraceFormat, TraceFormatError};
 pub use watcher::{

@@ -10,21 +10,58 @@ use aya::{
     maps::{HashMap, MapData, RingBuf},
 };
 use multipath_common::tcp::{
-    ConnKey, ConnLimits, ConnState, TEV_RESET, TEV_RETRANS, TEV_RTT, TEV_STATE, TcpEvent,
-    TcpTpOffsets,
+    ConnKey, ConnLimits, ConnState, SockBtfOffsets, TEV_RESET, TEV_RETRANS, TEV_RTT, TEV_STATE,
+    TcpEvent, TcpTpOffsets,
 };
 
-use super::{Conn, EbpfError, EventRing, ProgramStats, TraceFormat, attach_tracepoint, take_map};
+use super::{
+    Conn, EbpfError, EventRing, ProgramStats, TraceFormat, attach_btf, attach_tracepoint, take_map,
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multipath-tcp"));
 
-/// (category, tracepoint); the program has the tracepoint's name.
+/// (category, tracepoint) of the classic programs, each named as its tracepoint; with
+/// BTF, `tcp_probe` is `tcp_probe_btf` instead.
 const PROGRAMS: [(&str, &str); 4] = [
     ("tcp", "tcp_retransmit_skb"),
     ("sock", "inet_sock_set_state"),
     ("tcp", "tcp_receive_reset"),
     ("tcp", "tcp_probe"),
 ];
+
+/// Which `tcp_probe` program runs: it fires on every segment the host receives, so it is
+/// the one whose cost counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpVariant {
+    /// The BTF tracepoint when the kernel has BTF with the `struct sock` and `struct
+    /// tcp_sock` members it reads, else `Tracepoint`.
+    Auto,
+    /// The classic tracepoint: the kernel builds its record, each field is a helper read.
+    Tracepoint,
+}
+
+/// Offsets for `tcp_probe_btf` from the kernel's BTF; an error says why the classic
+/// tracepoint is used instead.
+fn sock_btf_offsets(portal_port: u16) -> Result<SockBtfOffsets, super::BtfError> {
+    let btf = super::Btf::kernel_shared()?;
+    // struct sock's members live in its `__sk_common` (struct sock_common).
+    let common = btf.member_offset("sock", "__sk_common")?;
+    let c = |f: &str| btf.member_offset("sock_common", f).map(|o| common + o);
+    Ok(SockBtfOffsets {
+        dport: c("skc_dport")?,
+        num: c("skc_num")?,
+        family: c("skc_family")?,
+        daddr: c("skc_daddr")?,
+        rcv_saddr: c("skc_rcv_saddr")?,
+        v6_daddr: c("skc_v6_daddr")?,
+        v6_rcv_saddr: c("skc_v6_rcv_saddr")?,
+        srtt_us: btf.member_offset("tcp_sock", "srtt_us")?,
+        snd_una: btf.member_offset("tcp_sock", "snd_una")?,
+        portal_port: u32::from(portal_port),
+        valid: 1,
+        _pad: 0,
+    })
+}
 
 /// The default iSCSI portal port.
 pub const ISCSI_PORT: u16 = 3260;
@@ -127,6 +164,8 @@ pub struct ConnSnapshot {
 /// The TCP probes, loaded and attached. Dropping this detaches them.
 pub struct TcpProbes {
     ebpf: Ebpf,
+    /// The program attached to tcp_probe (`tcp_probe_btf` or `tcp_probe`).
+    probe_program: &'static str,
     conns: HashMap<MapData, ConnKey, ConnState>,
     events: Option<RingBuf<MapData>>,
 }
@@ -135,6 +174,21 @@ impl TcpProbes {
     /// Loads and attaches the probes; only connections to `portal_port` cost more than an
     /// early return.
     pub fn load(portal_port: u16) -> Result<Self, EbpfError> {
+        Self::load_with(portal_port, TcpVariant::Auto)
+    }
+
+    /// As [`load`](Self::load), with the `tcp_probe` program of `variant`.
+    pub fn load_with(portal_port: u16, variant: TcpVariant) -> Result<Self, EbpfError> {
+        let btf = match variant {
+            TcpVariant::Auto => match sock_btf_offsets(portal_port) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::info!("TCP probes: using the classic tcp_probe tracepoint ({e})");
+                    None
+                }
+            },
+            TcpVariant::Tracepoint => None,
+        };
         let rtx = TraceFormat::read("tcp", "tcp_retransmit_skb")?;
         let st = TraceFormat::read("sock", "inet_sock_set_state")?;
         let rst = TraceFormat::read("tcp", "tcp_receive_reset")?;
@@ -171,23 +225,42 @@ impl TcpProbes {
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("TCP_TP_OFFSETS", &offsets, true)
+            .override_global("SOCK_BTF_OFFSETS", &btf.unwrap_or_default(), true)
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
+        let mut probe_program = "tcp_probe";
         for (category, name) in PROGRAMS {
-            attach_tracepoint(&mut ebpf, name, category, name)?;
+            if name == "tcp_probe" && btf.is_some() {
+                probe_program = "tcp_probe_btf";
+                attach_btf(&mut ebpf, probe_program, name)?;
+            } else {
+                attach_tracepoint(&mut ebpf, name, category, name)?;
+            }
         }
         Ok(Self {
+            probe_program,
             conns: take_map(&mut ebpf, "CONNS", HashMap::try_from)?,
             events: Some(take_map(&mut ebpf, "TCP_EVENTS", RingBuf::try_from)?),
             ebpf,
         })
     }
 
+    /// The program on tcp_probe: `tcp_probe_btf` (BTF tracepoint) or `tcp_probe`
+    /// (classic).
+    pub fn probe_program(&self) -> &'static str {
+        self.probe_program
+    }
+
     /// Run count and total run time of each program (zero unless
     /// [`enable_run_stats`](super::enable_run_stats) is in force).
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, EbpfError> {
-        let programs: Vec<(&'static str, &'static str)> =
-            PROGRAMS.iter().map(|&(_, name)| (name, name)).collect();
+        let programs: Vec<(&'static str, &'static str)> = PROGRAMS
+            .iter()
+            .map(|&(_, name)| match name {
+                "tcp_probe" => (name, self.probe_program),
+                _ => (name, name),
+            })
+            .collect();
         super::program_stats(&self.ebpf, &programs)
     }
 
