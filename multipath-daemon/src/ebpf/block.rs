@@ -136,7 +136,7 @@ fn tp_offsets(
 /// Offsets for the `tp_btf` programs from the kernel's BTF; an error says why the
 /// classic tracepoints are used instead.
 fn rq_btf_offsets() -> Result<RqBtfOffsets, super::BtfError> {
-    let btf = super::Btf::kernel_shared()?;
+    let btf = super::Btf::kernel()?;
     let m = |s: &str, f: &str| btf.member_offset(s, f);
     let o = RqBtfOffsets {
         rq_q: m("request", "q")?,

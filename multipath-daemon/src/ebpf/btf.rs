@@ -68,18 +68,6 @@ impl Btf {
         Self::read(Path::new("/sys/kernel/btf/vmlinux"))
     }
 
-    /// The running kernel's BTF, parsed once per process: the block and TCP probes both
-    /// need offsets from it, and a parse takes a second or more under emulation.
-    pub fn kernel_shared() -> Result<&'static Self, BtfError> {
-        static BTF: std::sync::OnceLock<Btf> = std::sync::OnceLock::new();
-        if let Some(b) = BTF.get() {
-            return Ok(b);
-        }
-        // Two threads may both parse the first time; one result is kept.
-        let b = Self::kernel()?;
-        Ok(BTF.get_or_init(|| b))
-    }
-
     pub fn read(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Io {
             path: path.to_owned(),

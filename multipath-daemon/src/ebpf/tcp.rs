@@ -43,7 +43,9 @@ pub enum TcpVariant {
 /// Offsets for `tcp_probe_btf` from the kernel's BTF; an error says why the classic
 /// tracepoint is used instead.
 fn sock_btf_offsets(portal_port: u16) -> Result<SockBtfOffsets, super::BtfError> {
-    let btf = super::Btf::kernel_shared()?;
+    // Parsed again rather than kept from the block probes' load: ~30 ms on a host, and
+    // the parsed types would stay in the daemon's memory for good.
+    let btf = super::Btf::kernel()?;
     // struct sock's members live in its `__sk_common` (struct sock_common).
     let common = btf.member_offset("sock", "__sk_common")?;
     let c = |f: &str| btf.member_offset("sock_common", f).map(|o| common + o);
