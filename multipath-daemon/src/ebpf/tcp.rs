@@ -175,8 +175,19 @@ pub struct TcpProbes {
 impl TcpProbes {
     /// Loads and attaches the probes; only connections to `portal_port` cost more than an
     /// early return.
+    /// `tcp_probe` runs as a BTF tracepoint where the kernel allows it; if that program
+    /// does not load (a verifier that refuses it), the classic one runs instead.
     pub fn load(portal_port: u16) -> Result<Self, EbpfError> {
-        Self::load_with(portal_port, TcpVariant::Auto)
+        match Self::load_with(portal_port, TcpVariant::Auto) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let p = Self::load_with(portal_port, TcpVariant::Tracepoint)?;
+                tracing::warn!(
+                    "TCP probes: tcp_probe_btf did not load ({e}); the classic tcp_probe runs instead"
+                );
+                Ok(p)
+            }
+        }
     }
 
     /// As [`load`](Self::load), with the `tcp_probe` program of `variant`.
