@@ -307,8 +307,10 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// A namespace `ns` with a veth pair: `a` in the root namespace (198.18.N.1/30), `b` in
-/// the namespace (198.18.N.2/30). RFC 2544 benchmark addresses, on a link of our own.
+/// A namespace `ns` with a veth pair: `a` in the root namespace (.1 of a /30), `b` in the
+/// namespace (.2). RFC 2544 benchmark addresses (198.18.0.0/15), on a link of our own; the
+/// /30 comes from the process id and `n` (below 8), so two test processes running at once
+/// never route into each other's links.
 pub struct NetNs {
     name: String,
     our_if: String,
@@ -327,7 +329,11 @@ fn ip(args: &[&str]) {
 
 impl NetNs {
     pub fn new(n: u8) -> Self {
+        assert!(n < 8, "NetNs::new takes 0 to 7");
         let id = format!("{}{n}", std::process::id() % 100_000);
+        // 32768 /30 blocks in 198.18.0.0/15: 4096 processes x 8.
+        let block = (std::process::id() % 4096) * 8 + u32::from(n);
+        let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + block * 4;
         let name = format!("mpt{id}");
         let (a, b) = (format!("mpa{id}"), format!("mpb{id}"));
         ip(&["netns", "add", &name]);
@@ -335,8 +341,8 @@ impl NetNs {
             name: name.clone(),
             our_if: a.clone(),
             peer_if: b.clone(),
-            local: std::net::Ipv4Addr::new(198, 18, n, 1),
-            remote: std::net::Ipv4Addr::new(198, 18, n, 2),
+            local: std::net::Ipv4Addr::from(base + 1),
+            remote: std::net::Ipv4Addr::from(base + 2),
         };
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
         ip(&["link", "set", &b, "netns", &name]);
