@@ -175,6 +175,7 @@ pub struct TcpProbes {
 impl TcpProbes {
     /// Loads and attaches the probes; only connections to `portal_port` cost more than an
     /// early return.
+    ///
     /// `tcp_probe` runs as a BTF tracepoint where the kernel allows it; if that program
     /// does not load (a verifier that refuses it), the classic one runs instead.
     pub fn load(portal_port: u16) -> Result<Self, EbpfError> {
