@@ -95,9 +95,13 @@ pub struct DmDone {
     pub op: DmOp,
     /// For creates, the new map's info.
     pub result: Result<Option<MapInfo>, DmError>,
-    /// From submission to the start (time spent queued in its lane) and the call itself.
+    /// From submission to the start (time spent queued in its lane), and from the start
+    /// until the lane saw the outcome.
     pub queued: Duration,
     pub took: Duration,
+    /// The call alone, timed on its own thread. `took` minus this is how long the outcome
+    /// waited for the lane's task to run: a busy runtime or a starved daemon, not the kernel.
+    pub ran: Duration,
 }
 
 /// Outcomes fed back to the event loop.
@@ -211,7 +215,9 @@ impl<D: DmBackend + 'static> DmExec<D> {
                 let guard = Running::new(&running);
                 let mut call = tokio::task::spawn_blocking(move || {
                     let _guard = guard;
-                    run(&*dm2, &map2, &op2)
+                    let t = Instant::now();
+                    let r = run(&*dm2, &map2, &op2);
+                    (r, t.elapsed())
                 });
                 let mut deadline = job.op.deadline();
                 let result = loop {
@@ -228,12 +234,14 @@ impl<D: DmBackend + 'static> DmExec<D> {
                         }
                     }
                 };
-                let result = result.unwrap_or_else(|e| {
-                    Err(DmError::Kernel {
+                let took = started.elapsed();
+                let (result, ran) = result.unwrap_or_else(|e| {
+                    let e = DmError::Kernel {
                         name: map.clone(),
                         op: "device-mapper call",
                         message: format!("its thread failed: {e}"),
-                    })
+                    };
+                    (Err(e), took)
                 });
                 let _ = events.send(DmEvent::Done(Box::new(DmDone {
                     id: job.id,
@@ -242,7 +250,8 @@ impl<D: DmBackend + 'static> DmExec<D> {
                     op: job.op,
                     result,
                     queued,
-                    took: started.elapsed(),
+                    took,
+                    ran,
                 })));
             }
         });
@@ -415,6 +424,14 @@ mod tests {
         assert_eq!(d.id, reload);
         assert!(d.result.is_ok());
         assert!(d.took >= Duration::from_secs(2));
+        // The call itself was stuck as long (timed on its thread), and never longer than
+        // the lane saw.
+        assert!(
+            d.ran >= Duration::from_secs(2) && d.ran <= d.took,
+            "ran {:?}, took {:?}",
+            d.ran,
+            d.took
+        );
         assert_eq!(ex.running(), 0);
     }
 
@@ -446,5 +463,25 @@ mod tests {
             pos("create") < pos("fail_path 8:16") && pos("fail_path 8:16") < pos("remove"),
             "{log:?}"
         );
+    }
+
+    /// A daemon kept from running (its thread busy, or no CPU for it) sees a quick call
+    /// late: `took` grows, `ran` does not, so the log can tell the two apart.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_seen_late_by_a_busy_runtime_is_told_from_a_slow_call() {
+        let dm = Arc::new(SimDm::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut ex = DmExec::new(dm.clone(), tx);
+        let id = ex.submit("m", Lane::Table, create(&MultipathTable::failover(["8:0"])));
+        // Let the lane start the call on its thread, then hold the runtime's only thread.
+        while ex.running() == 0 && dm.log().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let d = next_done(&mut rx).await;
+        assert_eq!(d.id, id);
+        assert!(d.result.is_ok(), "{d:?}");
+        assert!(d.took >= Duration::from_millis(300), "{d:?}");
+        assert!(d.ran < Duration::from_millis(150), "{d:?}");
     }
 }

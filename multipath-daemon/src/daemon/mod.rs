@@ -638,11 +638,19 @@ impl<D: DmBackend + 'static> Daemon<D> {
         match ev {
             DmEvent::Slow {
                 map, kind, waited, ..
-            } => warn!(
-                map = %map,
-                waited_ms = waited.as_millis() as u64,
-                "device-mapper {kind} still waiting (a suspend waits for the I/O in flight)"
-            ),
+            } => {
+                // Only a reload suspends the map; a message waiting is something else.
+                let why = if kind == "reload" {
+                    " (a suspend waits for the I/O in flight)"
+                } else {
+                    ""
+                };
+                warn!(
+                    map = %map,
+                    waited_ms = waited.as_millis() as u64,
+                    "device-mapper {kind} still waiting{why}"
+                )
+            }
             DmEvent::Done(done) => {
                 let Some(p) = self.pending.remove(&done.id) else {
                     return;
@@ -652,6 +660,7 @@ impl<D: DmBackend + 'static> Daemon<D> {
                     info!(
                         map = %done.map,
                         took_ms = done.took.as_millis() as u64,
+                        call_ms = done.ran.as_millis() as u64,
                         "device-mapper {} waited", done.op.kind()
                     );
                 }

@@ -612,6 +612,7 @@ fn from_engine_lists_the_managed_map_and_its_paths_with_portals() {
                 result,
                 queued: Duration::ZERO,
                 took: Duration::ZERO,
+                ran: Duration::ZERO,
             };
             queue.extend(e.done(&done, &w.why).commands);
         }

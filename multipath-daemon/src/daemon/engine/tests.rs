@@ -114,6 +114,7 @@ impl Driver {
                         result,
                         queued: Duration::ZERO,
                         took: Duration::ZERO,
+                        ran: Duration::ZERO,
                     };
                     let o = self.e.done(&done, &w.why);
                     if let Some(s) = sum.as_deref_mut() {
