@@ -129,7 +129,7 @@ lab_done() {
 lab_modules() {
 	lab_do modprobe -a target_core_mod target_core_file target_core_iblock iscsi_target_mod iscsi_tcp sd_mod \
 		dm_multipath dm_round_robin dm_queue_length dm_service_time veth sch_netem loop \
-		nf_tables nft_reject_inet nft_reject_ipv4
+		nf_tables nft_reject_inet nft_reject_ipv4 inet_diag tcp_diag
 }
 
 # lab_portal_link I: veth pair p<I> (root ns, 10.99.<I>.1) <-> p<I>-t (netns tgt,
@@ -145,24 +145,36 @@ lab_portal_link() {
 	LAB_PORTAL[i]=10.99.$i.2
 }
 
-# lab_target_start: netns tgt, one veth pair per portal (p<i> in the root ns at 10.99.<i>.1,
-# p<i>-t in tgt at 10.99.<i>.2), an LIO target with one LUN on every portal.
-lab_target_start() {
-	local i C=$LAB_CFG T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1" sz=$((LAB_LUN_MB * 1048576)) bs
+# lab__target_netns: netns tgt, before any link or IO.
+#
+# Nothing may patch the kernel's text while the lab's IO runs. Under TCG a vCPU can keep
+# executing a translation made while a patch site held its temporary int3, after the
+# patch ended; the kernel finds no int3 in memory there, backs up to run the instruction
+# again, and both vCPUs spin on that int3 for good (soft lockup, RIP at the site or in
+# asm_exc_int3, memory at the site already the new instruction). Netfilter hooks are
+# static keys: the first hook of a kind patches every NF_HOOK site (traced: 11 sites, 4
+# text_poke_bp batches for a fault's inet table), and a fault adding the first one during
+# heavy traffic livelocked both vCPUs in ip_local_deliver (daemon-failover's target reset
+# once; daemon-responsive's silent loss once in 20, its setup lacking these hooks). Empty
+# hooks registered now keep the keys on, so a fault's table only counts up. Modules loaded
+# mid-scenario patch text too: lab_modules loads them all up front.
+lab__target_netns() {
 	ip link set lo up
 	lab_do ip netns add tgt
 	ip -n tgt link set lo up
-	# Netfilter hooks are static keys: the first hook of a kind patches every NF_HOOK site
-	# in the kernel text (int3 on every CPU, then a sync). Done by a fault during heavy
-	# traffic under TCG, that livelocked both vCPUs in ip_local_deliver (daemon-failover's
-	# target reset, RCU stall). Empty hooks registered now, before any IO, keep the keys
-	# on: a fault then only adds a table.
 	lab_do nsenter --net=/run/netns/tgt nft -f - <<-EOF
 		table inet lab_keep_hooks {
 			chain i { type filter hook input priority 0; }
 			chain o { type filter hook output priority 0; }
 		}
 	EOF
+}
+
+# lab_target_start: netns tgt, one veth pair per portal (p<i> in the root ns at 10.99.<i>.1,
+# p<i>-t in tgt at 10.99.<i>.2), an LIO target with one LUN on every portal.
+lab_target_start() {
+	local i C=$LAB_CFG T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1" sz=$((LAB_LUN_MB * 1048576)) bs
+	lab__target_netns
 	for i in $(seq "$LAB_PORTALS"); do
 		lab_portal_link "$i"
 	done
@@ -465,7 +477,7 @@ lab_link_up() {
 # not have (generate_node_acls), so the restore closes the target's side itself, while
 # the fault still hides that from the initiator.
 lab__target_forgets() { # lab__target_forgets I: the target's connections to path I closed
-	nsenter --net=/run/netns/tgt ss -K state established src "10.99.$1.2" dst "10.99.$1.1" >/dev/null 2>&1
+	nsenter --net=/run/netns/tgt ss -K -t state established src "10.99.$1.2" dst "10.99.$1.1" >/dev/null 2>&1
 	lab_wait 20 "the target to close its connection to portal $1's initiator" lab__no_target_conn "$1"
 }
 lab__no_target_conn() {
@@ -517,7 +529,7 @@ lab_tcp_reset() {
 			chain i { type filter hook input priority 0; ip saddr 10.99.$1.1 tcp dport 3260 reject with tcp reset; }
 		}
 	EOF
-	nsenter --net=/run/netns/tgt ss -K dst "10.99.$1.1" >/dev/null 2>&1
+	nsenter --net=/run/netns/tgt ss -K -t dst "10.99.$1.1" >/dev/null 2>&1
 	lab_event_at "$t" fault "target-side TCP reset on portal $1 (RST + socket killed)"
 }
 lab_tcp_reset_clear() {
@@ -639,9 +651,7 @@ lab_probe_none() {
 # does the configfs work (a fork per mkdir/ln costs seconds under TCG for 128 LUNs).
 lab_target_start_luns() {
 	local n=$1 mb=${2:-1} i T="$LAB_CFG/iscsi/$LAB_IQN/tpgt_1"
-	ip link set lo up
-	lab_do ip netns add tgt
-	ip -n tgt link set lo up
+	lab__target_netns
 	for i in $(seq "$LAB_PORTALS"); do
 		lab_portal_link "$i"
 	done
