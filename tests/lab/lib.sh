@@ -112,6 +112,9 @@ lab__finish() {
 	[ -n "$LAB_IO_PID" ] && kill "$LAB_IO_PID" 2>/dev/null
 	[ -n "$LAB_DM_WATCH_PID" ] && { pkill -P "$LAB_DM_WATCH_PID"; kill "$LAB_DM_WATCH_PID"; } 2>/dev/null
 	[ -n "${LAB_PROBE_PID:-}" ] && lab_probe_stop
+	local pokes
+	pokes=$(lab__report_text_pokes)
+	[ -z "$pokes" ] || lab_event warning "kernel text patched while IO ran: $pokes; under TCG that can livelock the guest (tests/lab/README.md)"
 	cp "$LAB_EVENTS" "$LAB_OUT/events.tsv" 2>/dev/null
 	[ -f /tmp/labio.json ] && cp /tmp/labio.json "$LAB_OUT/labio.json"
 	dmesg >"$LAB_OUT/dmesg.txt" 2>/dev/null
@@ -130,6 +133,53 @@ lab_modules() {
 	lab_do modprobe -a target_core_mod target_core_file target_core_iblock iscsi_target_mod iscsi_tcp sd_mod \
 		dm_multipath dm_round_robin dm_queue_length dm_service_time veth sch_netem loop \
 		nf_tables nft_reject_inet nft_reject_ipv4 inet_diag tcp_diag
+	lab__pin_tracepoints
+	lab__watch_text_pokes
+}
+
+# Every batch of live kernel text patching (text_poke_bp_batch) is recorded in a trace
+# instance of its own; lab__finish says what patched text while lab_io_start's IO ran, so a
+# new source of the hazard lab__target_netns describes shows up before it locks a run up.
+lab__watch_text_pokes() {
+	local t=/sys/kernel/tracing d=/sys/kernel/tracing/instances/lab_poke
+	[ -w "$t/kprobe_events" ] || return 0
+	echo 'p:lab_poke text_poke_bp_batch' >>"$t/kprobe_events" 2>/dev/null || return 0
+	mkdir -p "$d" && echo 1 >"$d/events/kprobes/lab_poke/enable" || return 0
+	LAB_POKE_TRACE=$d/trace
+}
+lab__report_text_pokes() { # after IO started: "N batches (comm xK, ...)" or nothing
+	[ -n "${LAB_POKE_TRACE:-}" ] && [ -n "${LAB_POKE_SINCE:-}" ] || return 0
+	awk -v since="$LAB_POKE_SINCE" '
+		/^#/ { next }
+		{ for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break } }
+		t >= since { n++; c = $1; sub(/-[0-9]+$/, "", c); by[c]++ }
+		END { if (n) { s = ""; for (c in by) s = s (s ? ", " : "") c " x" by[c]; printf "%d batches (%s)", n, s } }
+	' "$LAB_POKE_TRACE" 2>/dev/null
+}
+
+# The tracepoints mpathd's programs attach to, each held by two probes from set-up on, so
+# a daemon started, stopped or killed under IO patches no kernel text (see
+# lab__target_netns for why that matters under TCG). The first probe on a tracepoint
+# patches its static key and static call, the second its static call again; from two on,
+# probes come and go with no patch (traced: every mpathd start and exit under IO patched
+# about 20 sites before). Two trace instances with their buffers off each enable every
+# event: two probes that return at once. The overhead bench sets LAB_PIN_TRACEPOINTS=0 so
+# the no-daemon baseline carries no probe.
+LAB_PIN_TRACEPOINTS=${LAB_PIN_TRACEPOINTS:-1}
+LAB_PINNED_EVENTS="block/block_rq_issue block/block_rq_complete block/block_rq_requeue
+	tcp/tcp_probe tcp/tcp_retransmit_skb tcp/tcp_receive_reset sock/inet_sock_set_state"
+lab__pin_tracepoints() {
+	[ "$LAB_PIN_TRACEPOINTS" = 1 ] || return 0
+	local t=/sys/kernel/tracing i d e
+	[ -d "$t/instances" ] || mount -t tracefs nodev "$t" || lab_fail "mounting tracefs on $t"
+	for i in 1 2; do
+		d=$t/instances/lab_pin$i
+		mkdir -p "$d" || lab_fail "making the trace instance $d"
+		echo 0 >"$d/tracing_on"
+		for e in $LAB_PINNED_EVENTS; do
+			echo 1 >"$d/events/$e/enable" || lab_fail "holding the tracepoint $e ($d/events/$e/enable)"
+		done
+	done
 }
 
 # lab_portal_link I: veth pair p<I> (root ns, 10.99.<I>.1) <-> p<I>-t (netns tgt,
@@ -391,6 +441,7 @@ lab_io_start() { # lab_io_start [DEV]: labio in the background until lab_io_stop
 	"$LABIO" --dev "$dev" --blocks "$LAB_IO_BLOCKS" --workers "$LAB_IO_WORKERS" \
 		--stop-file /tmp/labio.stop --out /tmp/labio.json --progress 5 &
 	LAB_IO_PID=$!
+	[ -n "${LAB_POKE_SINCE:-}" ] || LAB_POKE_SINCE=$(cut -d' ' -f1 /proc/uptime)
 	lab_event io "verified IO started on $dev ($LAB_IO_WORKERS workers, $LAB_IO_BLOCKS blocks)"
 }
 

@@ -8,6 +8,9 @@
 : "${BENCH_PART:=faults}" # faults | overhead
 : "${BENCH_FAULTS:=link_cut silent_loss target_reset}"
 : "${BENCH_STACKS:=kernel multipathd mpathd}"
+# The overhead's baseline is the kernel with no probe at all (lib.sh holds tracepoints open
+# otherwise, so daemons come and go under IO without patching kernel text).
+[ "$BENCH_PART" = overhead ] && LAB_PIN_TRACEPOINTS=0
 . "$LAB_LIB"
 . "${LAB_LIB%/*}/daemon.sh"
 . "${LAB_LIB%/*}/bench/compare-lib.sh"
