@@ -174,6 +174,11 @@ impl Driver {
         self.run(cmds, None);
     }
 
+    fn tick(&mut self) {
+        let cmds = self.e.tick(self.now);
+        self.run(cmds, None);
+    }
+
     fn up(&mut self, dev: DevT) {
         self.input(Input::Check {
             dev,
@@ -545,11 +550,13 @@ fn a_corroborated_stall_fails_the_path_rescues_its_io_and_sessions_get_fast_reco
     assert_eq!(d.tmo("session2"), "5");
     assert_eq!(d.e.recovery_tmo_originals(), [("session1".into(), 5)]);
     // sda comes back: session2 is fast again, and both originals are known for the exit.
+    // The fast value waits for the next tick, once for all the paths back by then.
     d.poll();
     d.up(SDA);
     d.up(SDA);
-    d.poll();
     assert_eq!(d.e.health().state(SDA), Some(PathState::Active));
+    assert_eq!(d.tmo("session2"), "5");
+    d.tick();
     assert_eq!(
         (d.tmo("session1"), d.tmo("session2")),
         ("0".into(), "0".into())
@@ -1065,4 +1072,132 @@ fn a_reconfigure_while_the_wwids_write_is_on_its_way_keeps_the_wwid() {
             .unwrap()
             .contains(&format!("/{WWID}/"))
     );
+}
+
+/// `luns` LUNs behind two portals (sessions 1 and 2, as in the recorded tree), every
+/// path's disk and session as a scan reads them; sdN is LUN N/2 on portal N%2 + 1.
+fn two_portals(luns: u32) -> (Vec<ScsiDisk>, BTreeMap<String, IscsiPath>) {
+    let (mut disks, mut iscsi) = (Vec::new(), BTreeMap::new());
+    for lun in 0..luns {
+        for portal in 0..2u32 {
+            let n = lun * 2 + portal;
+            let (name, hctl) = (format!("sd{n}"), format!("{portal}:0:0:{lun}"));
+            let dev = DevT {
+                major: 65 + n / 16,
+                minor: (n % 16) * 16,
+            };
+            disks.push(ScsiDisk {
+                name: name.clone(),
+                dev,
+                hctl: hctl.clone(),
+                vendor: "LIO-ORG".into(),
+                model: "lun".into(),
+                rev: "4.0".into(),
+                size_bytes: 1 << 20,
+                state: "running".into(),
+                wwid: Some(format!("naa.6001405{lun:025x}")),
+                access_state: None,
+                preferred: false,
+            });
+            let session = format!("session{}", portal + 1);
+            let portal = format!("10.99.{}.2:3260", portal + 1).parse().unwrap();
+            iscsi.insert(
+                name.clone(),
+                IscsiPath {
+                    name,
+                    dev,
+                    hctl,
+                    session,
+                    target: "iqn.2003-01.org.linux-iscsi.lab".into(),
+                    session_state: "LOGGED_IN".into(),
+                    recovery_tmo: Some(5),
+                    portal,
+                    conn: None,
+                },
+            );
+        }
+    }
+    (disks, iscsi)
+}
+
+#[test]
+fn a_portal_of_128_luns_comes_back_with_one_recovery_timeout_write_at_the_next_tick() {
+    let mut d = Driver::new("find_multipaths = \"greedy\"\n");
+    let (disks, iscsi) = two_portals(128);
+    let snap = gather::Snapshot {
+        disks: Ok(disks.clone()),
+        iscsi: Some(iscsi.clone()),
+        live: Ok(Vec::new()),
+        unreadable: Vec::new(),
+        scan: Duration::ZERO,
+        read_dm: Duration::ZERO,
+    };
+    let (works, _) = d.e.plan(snap, d.now);
+    assert_eq!(works.len(), 128);
+    d.run(works.into_iter().map(Command::Dm).collect(), None);
+    // Each create asks for a poll, which the driver runs: both sessions go fast.
+    let tmo_writes = |d: &mut Driver| -> Vec<(String, u32)> {
+        std::mem::take(&mut d.other)
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::SetRecoveryTmo { session, secs } => Some((session, secs)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        tmo_writes(&mut d),
+        [("session1".into(), 0), ("session2".into(), 0)]
+    );
+    let portal1: Vec<(DevT, String)> = disks
+        .iter()
+        .filter(|x| x.hctl.starts_with("0:"))
+        .map(|x| (x.dev, format!("{}", x.dev)))
+        .collect();
+    // The checker finds portal 1 down: session 2 carries every map's last path now and
+    // gets its original timeout back at the first failure, not later.
+    for (dev, _) in &portal1 {
+        d.input(Input::Check {
+            dev: *dev,
+            verdict: CheckVerdict::Down {
+                why: "TUR: host byte DID_TRANSPORT_DISRUPTED (0x0e)".into(),
+                ambiguous: false,
+            },
+        });
+    }
+    let map_of = |d: &Driver, dev: &str| -> String {
+        let mut maps = d.e.maps.iter();
+        let (name, _) = maps
+            .find(|(_, m)| m.table.path_devs().any(|p| p == dev))
+            .unwrap();
+        name.clone()
+    };
+    for (_, dev) in &portal1 {
+        let m = map_of(&d, dev);
+        assert_eq!(d.dm_state(&m, dev), DmPathState::Failed, "{m} {dev}");
+    }
+    assert_eq!(tmo_writes(&mut d), [("session2".into(), 5)]);
+    // It comes back: two clean checks each. Working the timeouts out after each of the
+    // 128 reinstatements held the daemon's loop for seconds under TCG; the fast value
+    // goes to session 2 once, at the next tick.
+    d.now += 5 * S;
+    for _ in 0..2 {
+        for (dev, _) in &portal1 {
+            d.up(*dev);
+        }
+    }
+    for (dev, name) in &portal1 {
+        assert_eq!(d.e.health().state(*dev), Some(PathState::Active));
+        let m = map_of(&d, name);
+        assert_eq!(d.dm_state(&m, name), DmPathState::Active, "{m} {name}");
+    }
+    assert_eq!(tmo_writes(&mut d), []);
+    d.tick();
+    assert_eq!(tmo_writes(&mut d), [("session2".into(), 0)]);
+    assert_eq!(
+        (d.tmo("session1"), d.tmo("session2")),
+        ("0".into(), "0".into())
+    );
+    d.tick();
+    assert_eq!(tmo_writes(&mut d), []);
 }
