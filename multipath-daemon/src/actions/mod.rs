@@ -50,6 +50,12 @@ pub enum DmOp {
 }
 
 impl DmOp {
+    /// Whether it suspends the map, and so waits for the I/O in flight (on a silently
+    /// dead path, for the transport). Messages and creates do not.
+    pub fn suspends(&self) -> bool {
+        matches!(self, Self::Reload { .. })
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -113,6 +119,8 @@ pub enum DmEvent {
         id: OpId,
         map: String,
         kind: &'static str,
+        /// It suspends the map ([`DmOp::suspends`]): it may be waiting for I/O.
+        suspends: bool,
         waited: Duration,
     },
 }
@@ -228,6 +236,7 @@ impl<D: DmBackend + 'static> DmExec<D> {
                                 id: job.id,
                                 map: map.clone(),
                                 kind: job.op.kind(),
+                                suspends: job.op.suspends(),
                                 waited: started.elapsed(),
                             });
                             deadline *= 2;
@@ -410,9 +419,13 @@ mod tests {
             .unwrap();
         match slow {
             DmEvent::Slow {
-                id, kind, waited, ..
+                id,
+                kind,
+                suspends,
+                waited,
+                ..
             } => {
-                assert_eq!((id, kind), (reload, "reload"));
+                assert_eq!((id, kind, suspends), (reload, "reload", true));
                 assert!(waited >= Duration::from_secs(2), "{waited:?}");
             }
             other => panic!("{other:?}"),

@@ -637,10 +637,14 @@ impl<D: DmBackend + 'static> Daemon<D> {
     fn on_dm(&mut self, ev: DmEvent) {
         match ev {
             DmEvent::Slow {
-                map, kind, waited, ..
+                map,
+                kind,
+                suspends,
+                waited,
+                ..
             } => {
-                // Only a reload suspends the map; a message waiting is something else.
-                let why = if kind == "reload" {
+                // Only a suspend waits for I/O; a message waiting is something else.
+                let why = if suspends {
                     " (a suspend waits for the I/O in flight)"
                 } else {
                     ""
