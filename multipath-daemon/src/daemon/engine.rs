@@ -176,6 +176,9 @@ pub struct Engine {
     wwids: WwidsFile,
     /// The last scan.
     disks: Vec<ScsiDisk>,
+    /// Where each disk is in `disks`, by device number: every map's paths are looked up
+    /// in it, by several handlers of each loop turn.
+    disk_at: HashMap<DevT, usize>,
     /// iSCSI sessions by disk name, as last read.
     iscsi: BTreeMap<String, IscsiPath>,
     prio: BTreeMap<String, u32>,
@@ -227,6 +230,7 @@ impl Engine {
             bindings,
             wwids,
             disks: Vec::new(),
+            disk_at: HashMap::new(),
             iscsi: BTreeMap::new(),
             prio: BTreeMap::new(),
             base_prio: BTreeMap::new(),
@@ -326,6 +330,7 @@ impl Engine {
                         self.last_disk.insert(w.clone(), disk.clone());
                     }
                 }
+                self.disk_at = d.iter().enumerate().map(|(i, d)| (d.dev, i)).collect();
                 self.disks = d;
                 self.settings_cache.get_mut().clear();
             }
@@ -443,13 +448,6 @@ impl Engine {
             .collect();
         let by_name: BTreeMap<&str, &ScsiDisk> =
             self.disks.iter().map(|d| (d.name.as_str(), d)).collect();
-        // Looked up for every path of every map: a scan of the disks each time made a
-        // pass quadratic (1 ms of its 1.9 at 256 paths natively; 200-400 ms under TCG).
-        let by_dev: HashMap<DevT, &str> = self
-            .disks
-            .iter()
-            .map(|d| (d.dev, d.name.as_str()))
-            .collect();
         let mut infos = Vec::new();
         let mut works = Vec::new();
         let live_names: BTreeSet<&str> = live.iter().map(|m| m.info.name.as_str()).collect();
@@ -487,8 +485,8 @@ impl Engine {
                 .get(&want.name)
                 .map(|m| {
                     m.table
-                        .path_devs()
-                        .filter_map(|d| Some(by_dev.get(&d.parse::<DevT>().ok()?)?.to_string()))
+                        .path_devts()
+                        .filter_map(|d| self.disk(d).map(|x| x.name.clone()))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -1008,16 +1006,11 @@ impl Engine {
             .filter(|(_, m)| m.info.is_some())
             .map(|(n, _)| n.clone())
             .collect();
-        let by_dev: BTreeMap<String, &str> = self
-            .disks
-            .iter()
-            .map(|d| (d.dev.to_string(), d.name.as_str()))
-            .collect();
         let paths = self
             .maps
             .values()
-            .flat_map(|m| m.table.path_devs())
-            .filter_map(|d| by_dev.get(d).map(|n| n.to_string()))
+            .flat_map(|m| m.table.path_devts())
+            .filter_map(|d| self.disk(d).map(|x| x.name.clone()))
             .collect();
         (maps, paths)
     }
@@ -1048,13 +1041,12 @@ impl Engine {
         let out = self.health.handle_batch(now, sessions);
         cmds.extend(self.commands(out));
         // Paths and their connection now: a session that logged in again has a new one.
-        let by_dev: HashMap<DevT, &ScsiDisk> = self.disks.iter().map(|d| (d.dev, d)).collect();
         let infos: Vec<PathInfo> = self
             .maps
             .iter()
-            .flat_map(|(name, m)| m.table.path_devs().map(move |d| (name, d)))
+            .flat_map(|(name, m)| m.table.path_devts().map(move |d| (name, d)))
             .filter_map(|(map, d)| {
-                let disk = *by_dev.get(&d.parse::<DevT>().ok()?)?;
+                let disk = self.disk(d)?;
                 let i = self.iscsi.get(&disk.name);
                 Some(PathInfo {
                     dev: disk.dev,
@@ -1160,11 +1152,6 @@ impl Engine {
         // Runs at every path lost and every poll: one walk of the maps with borrowed keys.
         // Building string maps of every path, as it first did, cost ~100 us at 256 paths
         // natively and 20-80 ms of the loop under TCG.
-        let by_dev: HashMap<DevT, &str> = self
-            .disks
-            .iter()
-            .map(|d| (d.dev, d.name.as_str()))
-            .collect();
         // Per session: whether every map it carries has a usable path on another session,
         // and the session as last read (its state and recovery timeout).
         let mut sessions: BTreeMap<&str, (bool, &IscsiPath)> = BTreeMap::new();
@@ -1172,11 +1159,8 @@ impl Engine {
         let mut mine: Vec<(&str, bool)> = Vec::new();
         for m in self.maps.values() {
             mine.clear();
-            for dev in m.table.path_devs() {
-                let Ok(dev) = dev.parse::<DevT>() else {
-                    continue;
-                };
-                let Some(i) = by_dev.get(&dev).and_then(|n| self.iscsi.get(*n)) else {
+            for dev in m.table.path_devts() {
+                let Some(i) = self.disk(dev).and_then(|d| self.iscsi.get(&d.name)) else {
                     continue;
                 };
                 let usable = self.health.state(dev).is_some_and(PathState::usable);
@@ -1284,16 +1268,19 @@ impl Engine {
         &mut self.ledger
     }
 
+    /// The disk of the last scan with this device number.
+    fn disk(&self, dev: DevT) -> Option<&ScsiDisk> {
+        self.disks.get(*self.disk_at.get(&dev)?)
+    }
+
     /// What the checker checks now: every path of every managed map but admin-failed ones.
     pub fn check_targets(&self) -> Vec<CheckTarget> {
-        let by_dev: BTreeMap<String, &ScsiDisk> =
-            self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
         let mut out = Vec::new();
         for m in self.maps.values() {
             let s = self.settings(&m.wwid);
             let kind = self.opts.checker.unwrap_or(s.path_checker);
             let timeout = self.opts.checker_timeout.unwrap_or(s.checker_timeout);
-            for d in m.table.path_devs().filter_map(|d| by_dev.get(d)) {
+            for d in m.table.path_devts().filter_map(|d| self.disk(d)) {
                 if self.health.state(d.dev) != Some(PathState::AdminFailed) {
                     out.push(CheckTarget {
                         dev: d.dev,
@@ -1328,12 +1315,11 @@ impl Engine {
         if self.health.state(dev) == Some(PathState::AdminFailed) {
             return None;
         }
-        let disk = self.disks.iter().find(|d| d.dev == dev)?;
-        let key = dev.to_string();
+        let disk = self.disk(dev)?;
         let m = self
             .maps
             .values()
-            .find(|m| m.table.path_devs().any(|d| d == key))?;
+            .find(|m| m.table.path_devts().any(|d| d == dev))?;
         let s = self.settings(&m.wwid);
         Some(CheckTarget {
             dev,
@@ -1500,13 +1486,11 @@ impl Engine {
 
     /// The managed paths with their connection and learned limits (for the probes).
     pub fn watched_paths(&self) -> Vec<(DevT, String, Option<Conn>)> {
-        let by_dev: BTreeMap<String, &ScsiDisk> =
-            self.disks.iter().map(|d| (d.dev.to_string(), d)).collect();
         let mut out: Vec<(DevT, String, Option<Conn>)> = self
             .maps
             .values()
-            .flat_map(|m| m.table.path_devs())
-            .filter_map(|d| by_dev.get(d))
+            .flat_map(|m| m.table.path_devts())
+            .filter_map(|d| self.disk(d))
             .map(|d| {
                 (
                     d.dev,

@@ -293,6 +293,13 @@ impl MultipathTable {
             .iter()
             .flat_map(|g| g.paths.iter().map(|p| p.dev.as_str()))
     }
+
+    /// Every path's device number, group by group (a path not named `MAJ:MIN` is left out).
+    pub fn path_devts(&self) -> impl Iterator<Item = DevT> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|g| g.paths.iter().filter_map(PathSpec::devt))
+    }
 }
 
 fn rr_path(dev: impl Into<String>) -> PathSpec {
